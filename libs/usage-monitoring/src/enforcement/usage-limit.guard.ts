@@ -1,0 +1,259 @@
+import {
+  Inject,
+  Injectable,
+  Logger,
+  UnauthorizedException,
+  type CanActivate,
+  type ExecutionContext,
+} from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { Metered, type MeteredOptions } from '../decorators/metered.decorator';
+import { SkipMetering } from '../decorators/skip-metering.decorator';
+import { RollingStats } from '../health/rolling-stats';
+import { newRequestId } from '../metering/request-id';
+import { PeriodClock } from '../plans/billing-period';
+import type { ResolvedPlan } from '../plans/plan-resolver';
+import type { PlanAssignment } from '../plans/plan.interface';
+import { UsageStoreError } from '../storage/usage-store.error';
+import type { LimitCharge, ReserveResult, UsageStore } from '../storage/usage-store.interface';
+import { MAX_USER_ID_LENGTH } from '../storage/sqlite/user-file-name';
+import type { EnforcementFailureReason } from '../usage-monitoring.constants';
+import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
+import type { UsageRequest } from '../usage-monitoring.options';
+import {
+  ENFORCEMENT_RETRY_AFTER_SECONDS,
+  EnforcementUnavailableException,
+} from './enforcement-unavailable.exception';
+import { EnforcementMetrics } from './enforcement-metrics';
+import type { MeteringContext } from './metering-context';
+import { rateLimitHeaders, setHeaders } from './rate-limit-headers';
+import { ThrottledLogger } from './throttled-logger';
+import { UsageLimitExceededException } from './usage-limit-exceeded.exception';
+
+interface RouteMetering {
+  skip: boolean;
+  metered: MeteredOptions | undefined;
+}
+
+type HttpRequest = UsageRequest & {
+  originalUrl?: string;
+  url?: string;
+  body?: unknown;
+  [RESERVATION_KEY]?: MeteringContext;
+};
+
+class EnforcementTimeoutError extends Error {}
+
+const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
+  typeof v === 'object' && v !== null && typeof (v as PromiseLike<T>).then === 'function';
+
+/**
+ * Decides before the handler runs: resolves provider and user, estimates the request, and reserves every
+ * limit that applies atomically (all or none). Over a limit → 429; store unavailable or too slow → 503
+ * (unless the emergency fail-open switch is on). Unmetered routes return after one cached lookup.
+ *
+ * Subclass it to change a step: `getUserId`, `getProvider`, `throwLimitExceeded`, `throwUnavailable`.
+ */
+@Injectable()
+export class UsageLimitGuard implements CanActivate {
+  protected readonly logger = new Logger(UsageLimitGuard.name);
+  private readonly throttledLog = new ThrottledLogger(this.logger);
+  private readonly routes = new WeakMap<object, WeakMap<object, RouteMetering>>();
+  private readonly periods = new PeriodClock();
+
+  constructor(
+    @Inject(NORMALIZED_OPTIONS) protected readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) protected readonly store: UsageStore,
+    protected readonly reflector: Reflector,
+    protected readonly metrics: EnforcementMetrics,
+    protected readonly stats: RollingStats,
+  ) {}
+
+  canActivate(context: ExecutionContext): boolean | Promise<boolean> {
+    if (context.getType() !== 'http') return true;
+    const route = this.route(context);
+    if (route.skip) return true;
+    const request = context.switchToHttp().getRequest<HttpRequest>();
+    const provider = this.getProvider(request, route.metered);
+    if (provider === undefined) return true;
+    return this.enforce(context, request, provider, route.metered?.model);
+  }
+
+  /** The provider of a request: `@Metered` wins, else detection over path and User-Agent. */
+  protected getProvider(request: HttpRequest, metered: MeteredOptions | undefined): string | undefined {
+    if (metered) return metered.provider;
+    const detector = this.options.detector;
+    if (!detector) return undefined;
+    const url = request.originalUrl ?? request.url ?? '';
+    const q = url.indexOf('?');
+    const ua = request.headers['user-agent'];
+    return detector.detect(q === -1 ? url : url.slice(0, q), typeof ua === 'string' ? ua : undefined);
+  }
+
+  /**
+   * The user to charge: the authenticated principal (through the `userId` option), else the one trusted
+   * header when configured. Client-supplied ids are never consulted otherwise.
+   */
+  protected getUserId(request: HttpRequest): string | undefined {
+    let id = this.options.userId(request);
+    if (id === undefined && this.options.trustedUserHeader) {
+      const h = request.headers[this.options.trustedUserHeader];
+      id = typeof h === 'string' ? h : undefined;
+    }
+    if (typeof id !== 'string' || id === '' || id.length > MAX_USER_ID_LENGTH) return undefined;
+    return id;
+  }
+
+  protected throwLimitExceeded(context: ExecutionContext, exception: UsageLimitExceededException, now: number): never {
+    setHeaders(context.switchToHttp().getResponse(), rateLimitHeaders(exception.exceeded, now));
+    throw exception;
+  }
+
+  protected throwUnavailable(context: ExecutionContext): never {
+    setHeaders(context.switchToHttp().getResponse(), { 'Retry-After': String(ENFORCEMENT_RETRY_AFTER_SECONDS) });
+    throw new EnforcementUnavailableException();
+  }
+
+  private enforce(
+    context: ExecutionContext,
+    request: HttpRequest,
+    provider: string,
+    model: string | undefined,
+  ): boolean | Promise<boolean> {
+    let userId = this.getUserId(request);
+    if (userId === undefined) {
+      if (this.options.anonymous !== 'allow') throw new UnauthorizedException();
+      userId = this.options.anonymousUserId;
+    }
+    const uid = userId;
+    const now = this.options.clock();
+    let outcome: ReserveResult | PromiseLike<ReserveResult>;
+    let ledgerPeriodKey = '';
+    let estimate!: MeteringContext['estimate'];
+    const reserveWith = (assignment: PlanAssignment | undefined): ReserveResult | Promise<ReserveResult> => {
+      const plan = this.options.plans.resolve(assignment);
+      const built = this.charges(plan, provider, request.body, model, now);
+      estimate = built.estimate;
+      ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
+      return this.store.reserve({ requestId: newRequestId(), userId: uid, provider, charges: built.charges, now });
+    };
+    try {
+      const assignment = this.options.resolvePlan(uid);
+      outcome = isThenable<PlanAssignment | undefined>(assignment)
+        ? Promise.resolve(assignment).then(reserveWith)
+        : reserveWith(assignment);
+    } catch (e) {
+      return this.onFailure(context, e, provider);
+    }
+    const admit = (result: ReserveResult): boolean => {
+      if (!result.admitted) {
+        this.stats.record(429);
+        return this.throwLimitExceeded(context, new UsageLimitExceededException(result.exceeded, provider), now);
+      }
+      request[RESERVATION_KEY] = {
+        reservation: result.reservation,
+        provider,
+        model,
+        estimate,
+        ledgerPeriodKey,
+        startedAt: now,
+        settled: false,
+      };
+      return true;
+    };
+    if (!isThenable<ReserveResult>(outcome)) return admit(outcome);
+    return this.withTimeout(outcome).then(admit, (e) => this.onFailure(context, e, provider));
+  }
+
+  private charges(plan: ResolvedPlan, provider: string, body: unknown, model: string | undefined, now: number) {
+    const limits = this.options.catalog.limitsFor(plan.name, provider);
+    const estimate = this.options.extractor.estimate(provider, body, model);
+    const needsCost = limits.some((l) => l.metric === 'cost');
+    const cost = needsCost
+      ? this.options.priceBook.price(provider, estimate.model ?? this.options.priceBook.defaultModel(provider), estimate).costMicros
+      : 0;
+    const tokens = estimate.inputTokens + estimate.outputTokens;
+    const charges: LimitCharge[] = limits.map((l) => {
+      const w = this.periods.window(l.period, now, plan.anchorDay);
+      return {
+        limitId: l.limitId,
+        scope: l.scope,
+        metric: l.metric,
+        period: l.period,
+        periodKey: w.key,
+        periodStart: w.start,
+        periodEnd: w.end,
+        max: l.max,
+        amount: l.metric === 'calls' ? 1 : l.metric === 'tokens' ? tokens : cost,
+      };
+    });
+    return { charges, estimate };
+  }
+
+  private withTimeout(p: PromiseLike<ReserveResult>): Promise<ReserveResult> {
+    return new Promise((resolve, reject) => {
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        reject(new EnforcementTimeoutError('usage store did not answer in time'));
+      }, this.options.enforcementTimeoutMs);
+      p.then(
+        (r) => {
+          if (!late) {
+            clearTimeout(timer);
+            resolve(r);
+          } else if (r.admitted) {
+            // Answered after we gave up: give the reservation back, nobody will settle it.
+            void Promise.resolve(this.store.release(r.reservation)).catch(() => undefined);
+          }
+        },
+        (e: unknown) => {
+          if (!late) {
+            clearTimeout(timer);
+            reject(e);
+          }
+        },
+      );
+    });
+  }
+
+  private onFailure(context: ExecutionContext, error: unknown, provider: string): boolean {
+    if (error instanceof UsageLimitExceededException) throw error;
+    const reason: EnforcementFailureReason =
+      error instanceof UsageStoreError
+        ? error.reason
+        : error instanceof EnforcementTimeoutError
+          ? 'database_session_unavailable'
+          : 'unexpected_enforcement_error';
+    this.metrics.recordFailure(reason, provider);
+    if (this.options.emergencyFailOpen) {
+      this.metrics.recordFailOpen(provider);
+      this.throttledLog.warn(
+        'fail-open',
+        `usage enforcement unavailable (${reason}); letting requests through because USAGE_LIMITS_EMERGENCY_FAIL_OPEN is on`,
+      );
+      return true;
+    }
+    this.throttledLog.error(`failure:${reason}`, `usage enforcement unavailable (${reason}): answering 503`);
+    this.stats.record(503);
+    return this.throwUnavailable(context);
+  }
+
+  private route(context: ExecutionContext): RouteMetering {
+    const handler = context.getHandler();
+    const cls = context.getClass();
+    let byClass = this.routes.get(handler);
+    if (!byClass) this.routes.set(handler, (byClass = new WeakMap()));
+    let hit = byClass.get(cls);
+    if (!hit) {
+      const targets = [handler, cls];
+      hit = {
+        skip: this.reflector.getAllAndOverride(SkipMetering, targets) === true,
+        metered: this.reflector.getAllAndOverride(Metered, targets),
+      };
+      byClass.set(cls, hit);
+    }
+    return hit;
+  }
+}

@@ -1,0 +1,222 @@
+import {
+  HttpException,
+  Inject,
+  Injectable,
+  Logger,
+  type CallHandler,
+  type ExecutionContext,
+  type NestInterceptor,
+} from '@nestjs/common';
+import { HTTP_CODE_METADATA, SSE_METADATA } from '@nestjs/common/constants';
+import { Observable, from, mergeMap, throwError, catchError, finalize, tap } from 'rxjs';
+import { UsageAlerts } from '../alerts/usage-alerts.service';
+import { EnforcementMetrics } from '../enforcement/enforcement-metrics';
+import type { MeteringContext } from '../enforcement/metering-context';
+import { ThrottledLogger } from '../enforcement/throttled-logger';
+import { RollingStats } from '../health/rolling-stats';
+import type { UsageStore, UsageEventRecord } from '../storage/usage-store.interface';
+import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
+import type { UsageRequest } from '../usage-monitoring.options';
+import { newRequestId } from './request-id';
+import type { MeasuredUsage } from './usage-extractor';
+
+type HttpRequest = UsageRequest & {
+  method?: string;
+  originalUrl?: string;
+  url?: string;
+  ip?: string;
+  body?: unknown;
+  [RESERVATION_KEY]?: MeteringContext;
+};
+
+type Outcome = UsageEventRecord['outcome'];
+
+const ZERO_USAGE: MeasuredUsage = {
+  inputTokens: 0,
+  outputTokens: 0,
+  searches: 0,
+  images: 0,
+  pages: 0,
+  estimated: false,
+};
+
+/**
+ * Settles what the guard reserved, after the handler: reads the provider's own usage from the response
+ * (estimated and flagged where missing), prices it, and appends the ledger row. The response is released
+ * once that row has committed; the handler's result and errors pass through unchanged, and a tracking
+ * failure never fails the request. Routes the guard did not meter pass straight through.
+ */
+@Injectable()
+export class MeteringInterceptor implements NestInterceptor {
+  protected readonly logger = new Logger(MeteringInterceptor.name);
+  private readonly throttledLog = new ThrottledLogger(this.logger);
+
+  constructor(
+    @Inject(NORMALIZED_OPTIONS) protected readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) protected readonly store: UsageStore,
+    protected readonly stats: RollingStats,
+    protected readonly alerts: UsageAlerts,
+    protected readonly metrics: EnforcementMetrics,
+  ) {}
+
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    if (context.getType() !== 'http') return next.handle();
+    const request = context.switchToHttp().getRequest<HttpRequest>();
+    const metering = request[RESERVATION_KEY];
+    if (!metering) {
+      return this.options.recordAllRequests ? this.recordUnmetered(context, request, next) : next.handle();
+    }
+    if (Reflect.getMetadata(SSE_METADATA, context.getHandler())) return this.meterStream(context, metering, next);
+    return next.handle().pipe(
+      mergeMap((value) => from(this.settle(context, metering, 'ok', value)).pipe(mergeMap(() => [value]))),
+      catchError((error: unknown) =>
+        from(this.settle(context, metering, 'error', undefined, error)).pipe(mergeMap(() => throwError(() => error))),
+      ),
+      // Completed without a value or unsubscribed (client gone): still settle, as partial.
+      finalize(() => void this.settle(context, metering, 'partial', undefined)),
+    );
+  }
+
+  /** Server-sent events: settle when the stream ends; a client that leaves early is charged as partial. */
+  private meterStream(context: ExecutionContext, metering: MeteringContext, next: CallHandler): Observable<unknown> {
+    let last: unknown;
+    return next.handle().pipe(
+      tap({
+        next: (event) => {
+          const data = (event as { data?: unknown } | null)?.data;
+          if (data !== undefined) last = data;
+        },
+        complete: () => void this.settle(context, metering, 'ok', last),
+        error: (error: unknown) => void this.settle(context, metering, 'error', last, error),
+      }),
+      finalize(() => void this.settle(context, metering, 'partial', last)),
+    );
+  }
+
+  private async settle(
+    context: ExecutionContext,
+    metering: MeteringContext,
+    outcome: Outcome,
+    value: unknown,
+    error?: unknown,
+  ): Promise<void> {
+    if (metering.settled) return;
+    metering.settled = true;
+    try {
+      const request = context.switchToHttp().getRequest<HttpRequest>();
+      const { provider, reservation } = metering;
+      const statusCode = error !== undefined ? statusOf(error) : this.successStatus(context);
+      const usage =
+        outcome === 'error' && value === undefined
+          ? ZERO_USAGE
+          : this.options.extractor.measure(provider, request.body, value, metering.model);
+      const model = usage.model ?? this.options.priceBook.defaultModel(provider) ?? null;
+      const { costMicros } = this.options.priceBook.price(provider, model ?? undefined, usage);
+      const now = this.options.clock();
+      const path = pathOf(request);
+      const method = request.method ?? 'GET';
+      const durationMs = Math.max(0, now - metering.startedAt);
+      const ua = request.headers['user-agent'];
+      const result = await this.store.settle(reservation, {
+        actual: { calls: 1, tokens: usage.inputTokens + usage.outputTokens, costMicros },
+        event: {
+          requestId: reservation.requestId,
+          userId: reservation.userId,
+          provider,
+          model,
+          endpoint: path.slice(0, 512),
+          method,
+          statusCode,
+          inputTokens: usage.inputTokens,
+          outputTokens: usage.outputTokens,
+          costMicros,
+          responseTimeMs: durationMs,
+          requestBytes: Number(request.headers['content-length']) || 0,
+          responseBytes: byteLength(value),
+          userAgent: typeof ua === 'string' ? ua.slice(0, 512) : null,
+          ip: typeof request.ip === 'string' ? request.ip.slice(0, 64) : null,
+          searches: usage.searches,
+          images: usage.images,
+          pages: usage.pages,
+          estimated: usage.estimated,
+          outcome,
+          periodKey: metering.ledgerPeriodKey,
+          occurredAt: now,
+        },
+        request: {
+          requestId: reservation.requestId,
+          userId: reservation.userId,
+          provider,
+          path: path.slice(0, 512),
+          method,
+          statusCode,
+          durationMs,
+          occurredAt: now,
+        },
+      });
+      this.stats.record(statusCode);
+      if (result.alerts.length) this.alerts.publish(result.alerts);
+    } catch (e) {
+      this.metrics.recordTrackingFailure();
+      this.throttledLog.error('settle', `usage could not be recorded: ${(e as Error)?.message ?? 'unknown error'}`);
+    }
+  }
+
+  private recordUnmetered(context: ExecutionContext, request: HttpRequest, next: CallHandler): Observable<unknown> {
+    const id = this.options.userId(request);
+    if (typeof id !== 'string' || id === '') return next.handle();
+    const startedAt = this.options.clock();
+    const record = (statusCode: number) => {
+      const now = this.options.clock();
+      this.store
+        .recordRequest({
+          requestId: newRequestId(),
+          userId: id,
+          provider: null,
+          path: pathOf(request).slice(0, 512),
+          method: request.method ?? 'GET',
+          statusCode,
+          durationMs: Math.max(0, now - startedAt),
+          occurredAt: now,
+        })
+        .catch(() => this.metrics.recordTrackingFailure());
+    };
+    return next.handle().pipe(
+      tap({
+        next: () => record(this.successStatus(context)),
+        error: (e: unknown) => record(statusOf(e)),
+      }),
+    );
+  }
+
+  private successStatus(context: ExecutionContext): number {
+    const code = Reflect.getMetadata(HTTP_CODE_METADATA, context.getHandler()) as number | undefined;
+    if (code) return code;
+    const res = context.switchToHttp().getResponse<{ statusCode?: number }>();
+    const req = context.switchToHttp().getRequest<HttpRequest>();
+    if (res.statusCode && res.statusCode !== 200) return res.statusCode;
+    return req.method === 'POST' ? 201 : 200;
+  }
+}
+
+function statusOf(error: unknown): number {
+  return error instanceof HttpException ? error.getStatus() : 500;
+}
+
+function pathOf(request: HttpRequest): string {
+  const url = request.originalUrl ?? request.url ?? '';
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
+}
+
+function byteLength(value: unknown): number {
+  if (value === undefined || value === null) return 0;
+  if (typeof value === 'string') return Buffer.byteLength(value);
+  if (Buffer.isBuffer(value)) return value.length;
+  try {
+    return Buffer.byteLength(JSON.stringify(value) ?? '');
+  } catch {
+    return 0;
+  }
+}

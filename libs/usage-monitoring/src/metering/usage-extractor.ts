@@ -1,0 +1,73 @@
+import { DEFAULT_ADAPTERS, genericAdapter, type UsageAdapter } from '../providers/adapters';
+import type { UsageQuantities } from '../pricing/price.interface';
+import { count, isObject, requestText } from './text-fields';
+import { estimateTokens } from './token-estimator';
+
+/** Quantities of one request with the model they were priced by. */
+export interface MeasuredUsage extends UsageQuantities {
+  model?: string;
+  /** True when any token figure is an estimate rather than the provider's own. */
+  estimated: boolean;
+}
+
+/**
+ * Turns request and response bodies into usage: before the call an upper-bound estimate for the
+ * reservation, after it the provider's own figures (estimated where missing).
+ */
+export class UsageExtractor {
+  constructor(
+    private readonly defaultMaxOutputTokens: number,
+    private readonly adapters: Readonly<Record<string, UsageAdapter>> = DEFAULT_ADAPTERS,
+  ) {}
+
+  /** Estimate for the reservation: input from the prompt fields, output bounded by `max_tokens` & co. */
+  estimate(provider: string, body: unknown, model?: string): MeasuredUsage {
+    const adapter = this.adapters[provider] ?? genericAdapter;
+    const unit = adapter.extract(undefined, body);
+    const req = isObject(body) ? body : {};
+    const quantities = {
+      searches: unit.searches ?? 0,
+      images: unit.images ?? 0,
+      pages: unit.pages ?? 0,
+    };
+    if (!adapter.tokenBased) {
+      return { ...quantities, inputTokens: 0, outputTokens: 0, model: model ?? unit.model, estimated: true };
+    }
+    const generation = isObject(req.generationConfig) ? req.generationConfig : {};
+    const outputBound =
+      count(req.max_tokens) ??
+      count(req.max_output_tokens) ??
+      count(req.max_completion_tokens) ??
+      count(generation.maxOutputTokens) ??
+      this.defaultMaxOutputTokens;
+    return {
+      ...quantities,
+      model: typeof req.model === 'string' ? req.model : model,
+      inputTokens: estimateTokens(requestText(body)),
+      outputTokens: outputBound,
+      estimated: true,
+    };
+  }
+
+  /** Actual usage after the call: the provider's usage fields, estimates (flagged) where absent. */
+  measure(provider: string, requestBody: unknown, responseBody: unknown, model?: string): MeasuredUsage {
+    const adapter = this.adapters[provider] ?? genericAdapter;
+    const u = adapter.extract(responseBody, requestBody);
+    const quantities = { searches: u.searches ?? 0, images: u.images ?? 0, pages: u.pages ?? 0 };
+    if (!adapter.tokenBased) {
+      return { ...quantities, inputTokens: 0, outputTokens: 0, model: u.model ?? model, estimated: false };
+    }
+    let estimated = false;
+    let inputTokens = u.inputTokens;
+    if (inputTokens === undefined) {
+      inputTokens = estimateTokens(requestText(requestBody));
+      estimated = true;
+    }
+    let outputTokens = u.outputTokens;
+    if (outputTokens === undefined) {
+      outputTokens = estimateTokens(u.outputText ?? '');
+      estimated = true;
+    }
+    return { ...quantities, inputTokens, outputTokens, model: u.model ?? model, estimated };
+  }
+}

@@ -1,0 +1,32 @@
+export type LimitMetric = 'calls' | 'tokens' | 'cost';
+export type PeriodUnit = 'month' | 'day' | 'hour' | 'minute';
+
+/**
+ * One limit of a plan. An absent limit is unlimited; `max: 0` allows nothing.
+ *
+ * @example { metric: 'calls', scope: 'ai_text', period: 'month', max: 50 }
+ * @example { metric: 'cost', scope: '*', period: 'month', max: 2 } // $2.00
+ */
+export interface Limit {
+  metric: LimitMetric;
+  /** A provider name, a provider group name (see `providerGroups`) or `'*'` for every provider. */
+  scope: string;
+  /** @default 'month' */
+  period?: PeriodUnit;
+  /** Calls, tokens, or US dollars for `cost` (at most 6 decimals). `0` allows nothing. */
+  max: number;
+}
+
+export interface Plan {
+  name: string;
+  limits: Limit[];
+}
+
+/** What the `plan(userId)` option may answer: a plan name, or a name with the user's billing anchor. */
+export type PlanAssignment =
+  | string
+  | {
+      plan: string;
+      /** Day of month (1–31) the user's monthly periods start on; 31 clamps to the month's last day. */
+      billingAnchorDay?: number;
+    };

@@ -1,0 +1,73 @@
+import { Column, Entity, Index, PrimaryColumn } from 'typeorm';
+import { bigintAsNumber } from './bigint.transformer';
+
+/** The append-only ledger: one row per metered request id. */
+@Entity('usage_events')
+@Index('idx_usage_events_user_time', ['userId', 'occurredAt'])
+export class UsageEventEntity {
+  @PrimaryColumn({ name: 'request_id', type: 'varchar', length: 64 })
+  requestId!: string;
+
+  @Column({ name: 'user_id', type: 'varchar', length: 1024 })
+  userId!: string;
+
+  @Column({ type: 'varchar', length: 64 })
+  provider!: string;
+
+  @Column({ type: 'varchar', length: 128, nullable: true })
+  model!: string | null;
+
+  @Column({ type: 'varchar', length: 512 })
+  endpoint!: string;
+
+  @Column({ type: 'varchar', length: 16 })
+  method!: string;
+
+  @Column({ name: 'status_code', type: 'integer' })
+  statusCode!: number;
+
+  @Column({ name: 'input_tokens', type: 'bigint', transformer: bigintAsNumber })
+  inputTokens!: number;
+
+  @Column({ name: 'output_tokens', type: 'bigint', transformer: bigintAsNumber })
+  outputTokens!: number;
+
+  @Column({ name: 'cost_micros', type: 'bigint', transformer: bigintAsNumber })
+  costMicros!: number;
+
+  @Column({ name: 'response_time_ms', type: 'integer' })
+  responseTimeMs!: number;
+
+  @Column({ name: 'request_bytes', type: 'integer' })
+  requestBytes!: number;
+
+  @Column({ name: 'response_bytes', type: 'integer' })
+  responseBytes!: number;
+
+  @Column({ name: 'user_agent', type: 'varchar', length: 512, nullable: true })
+  userAgent!: string | null;
+
+  @Column({ type: 'varchar', length: 64, nullable: true })
+  ip!: string | null;
+
+  @Column({ type: 'integer' })
+  searches!: number;
+
+  @Column({ type: 'integer' })
+  images!: number;
+
+  @Column({ type: 'integer' })
+  pages!: number;
+
+  @Column({ type: 'boolean' })
+  estimated!: boolean;
+
+  @Column({ type: 'varchar', length: 16 })
+  outcome!: string;
+
+  @Column({ name: 'period_key', type: 'varchar', length: 40 })
+  periodKey!: string;
+
+  @Column({ name: 'occurred_at', type: 'bigint', transformer: bigintAsNumber })
+  occurredAt!: number;
+}

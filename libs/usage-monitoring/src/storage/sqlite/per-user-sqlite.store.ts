@@ -1,0 +1,146 @@
+import { Logger } from '@nestjs/common';
+import { mkdirSync, statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { UsageStoreError } from '../usage-store.error';
+import type {
+  ApiRequestRecord,
+  CounterKey,
+  CounterSnapshot,
+  ReserveRequest,
+  ReserveResult,
+  Reservation,
+  Settlement,
+  SettleResult,
+  StoreHealth,
+  UsageStore,
+} from '../usage-store.interface';
+import { DataDirLock } from './data-dir-lock';
+import { UserDataSourceFactory } from './user-data-source.factory';
+import { UserLedger } from './user-ledger';
+import { UserLedgerCache } from './user-ledger.cache';
+
+export interface PerUserSqliteStoreOptions {
+  dataDir: string;
+  maxOpenDataSources: number;
+  busyTimeoutMs: number;
+  synchronous: 'normal' | 'full';
+  clock: () => number;
+}
+
+/**
+ * The default store: one SQLite database per user under `dataDir`, opened on demand through an LRU of
+ * DataSources. Open users' counters are held in memory as the single authority, so reservations cost
+ * no I/O; ledger rows and counter deltas are group-committed before a response is released.
+ */
+export class PerUserSqliteStore implements UsageStore {
+  private readonly logger = new Logger('UsageMonitoring');
+  private readonly dataDir: string;
+  private readonly factory: UserDataSourceFactory;
+  private readonly cache: UserLedgerCache;
+  private readonly lock: DataDirLock;
+  private openFailing = false;
+
+  constructor(private readonly options: PerUserSqliteStoreOptions) {
+    this.dataDir = resolve(options.dataDir);
+    this.factory = new UserDataSourceFactory({
+      dataDir: this.dataDir,
+      busyTimeoutMs: options.busyTimeoutMs,
+      synchronous: options.synchronous,
+    });
+    this.cache = new UserLedgerCache(options.maxOpenDataSources, (userId) => this.openLedger(userId));
+    this.lock = new DataDirLock(this.dataDir);
+  }
+
+  /** Path of a user's database file (always directly inside `dataDir`). */
+  filePath(userId: string): string {
+    return this.factory.filePath(userId);
+  }
+
+  /** How many user databases are open now. */
+  get openDataSources(): number {
+    return this.cache.openCount;
+  }
+
+  async init(): Promise<void> {
+    try {
+      mkdirSync(this.dataDir, { recursive: true });
+      if (!statSync(this.dataDir).isDirectory()) throw new Error('not a directory');
+    } catch (e) {
+      throw new Error(`storage.dataDir "${this.options.dataDir}" cannot be used: ${(e as Error).message}`);
+    }
+    this.lock.acquire();
+  }
+
+  reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
+    const ledger = this.cache.get(req.userId);
+    if (ledger) return ledger.reserve(req);
+    return this.cache.acquire(req.userId).then((l) => l.reserve(req));
+  }
+
+  release(reservation: Reservation): void {
+    this.cache.get(reservation.userId)?.release(reservation);
+  }
+
+  settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
+    const ledger = this.cache.get(reservation.userId);
+    // A ledger with a reservation in flight is never evicted, so it is always here.
+    if (!ledger) return Promise.reject(new UsageStoreError('unexpected_enforcement_error', 'ledger not open'));
+    return ledger.settle(reservation, settlement);
+  }
+
+  async recordRequest(row: ApiRequestRecord): Promise<void> {
+    const ledger = await this.cache.acquire(row.userId);
+    await ledger.recordRequest(row);
+  }
+
+  async readCounters(userId: string, keys: CounterKey[]): Promise<CounterSnapshot[]> {
+    const ledger = await this.cache.acquire(userId);
+    return ledger.snapshot(keys);
+  }
+
+  async health(): Promise<StoreHealth> {
+    try {
+      if (!(await stat(this.dataDir)).isDirectory()) return { up: false, reason: 'data directory unavailable' };
+    } catch {
+      return { up: false, reason: 'data directory unavailable' };
+    }
+    if (this.openFailing) return { up: false, reason: 'cannot open user databases' };
+    for (const l of this.cache.values()) if (l.failing) return { up: false, reason: 'usage writes failing' };
+    return { up: true };
+  }
+
+  /** Writes queued but not yet committed, across open users. */
+  pendingWrites(): number {
+    let n = 0;
+    for (const l of this.cache.values()) n += l.pendingWrites;
+    return n;
+  }
+
+  async close(): Promise<void> {
+    const uncommitted = await this.cache.closeAll();
+    if (uncommitted > 0) {
+      this.logger.error(`${uncommitted} user database(s) closed with usage writes that could not be committed`);
+    }
+    this.lock.release();
+  }
+
+  private async openLedger(userId: string): Promise<UserLedger> {
+    let dataSource;
+    try {
+      dataSource = await this.factory.create(userId);
+    } catch (e) {
+      this.openFailing = true;
+      throw new UsageStoreError('database_init_failed', 'cannot open the user database', { cause: e });
+    }
+    try {
+      const ledger = await UserLedger.open(userId, dataSource, this.options.clock(), () => this.cache.notifyIdle());
+      this.openFailing = false;
+      return ledger;
+    } catch (e) {
+      this.openFailing = true;
+      await dataSource.destroy().catch(() => undefined);
+      throw new UsageStoreError('missing_usage_tables', 'cannot read the usage tables', { cause: e });
+    }
+  }
+}

@@ -1,0 +1,58 @@
+import { join } from 'node:path';
+import { DataSource } from 'typeorm';
+import { USAGE_ENTITIES } from '../entities';
+import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '../migrations';
+import { userFileName } from './user-file-name';
+
+export interface UserDataSourceOptions {
+  dataDir: string;
+  busyTimeoutMs: number;
+  synchronous: 'normal' | 'full';
+}
+
+/**
+ * Builds and initialises one user's TypeORM DataSource (`sqlite3` driver): WAL, a busy timeout, and the
+ * schema brought up to date by the usage migrations before the first query.
+ */
+export class UserDataSourceFactory {
+  constructor(private readonly options: UserDataSourceOptions) {}
+
+  /** The file a user's database lives in; always directly inside `dataDir`. */
+  filePath(userId: string): string {
+    return join(this.options.dataDir, userFileName(userId));
+  }
+
+  async create(userId: string): Promise<DataSource> {
+    const dataSource = new DataSource({
+      type: 'sqlite',
+      database: this.filePath(userId),
+      entities: USAGE_ENTITIES,
+      migrations: USAGE_MIGRATIONS,
+      migrationsTableName: USAGE_MIGRATIONS_TABLE,
+      migrationsRun: true,
+      migrationsTransactionMode: 'all',
+      enableWAL: true,
+      busyTimeout: this.options.busyTimeoutMs,
+      logging: false,
+    });
+    try {
+      await dataSource.initialize();
+      await dataSource.query(`PRAGMA synchronous = ${this.options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+    } catch (e) {
+      await closeQuietly(dataSource);
+      throw e;
+    }
+    return dataSource;
+  }
+}
+
+/** Closes a DataSource whatever state a failed initialisation left it in. */
+async function closeQuietly(dataSource: DataSource): Promise<void> {
+  if (dataSource.isInitialized) {
+    await dataSource.destroy().catch(() => undefined);
+    return;
+  }
+  const db = (dataSource.driver as unknown as { databaseConnection?: { close(cb: () => void): void } })
+    .databaseConnection;
+  if (db) await new Promise<void>((resolve) => db.close(() => resolve()));
+}

@@ -1,0 +1,121 @@
+import { LRUCache } from 'lru-cache';
+import type { UserLedger } from './user-ledger';
+
+/**
+ * The open user databases: at most `cap` at once (open, opening and closing all count), least recently
+ * used first out, never one with a request in flight or writes pending. Concurrent first opens of a user
+ * share one initialisation; when every slot is busy, openers wait for one to become idle.
+ */
+export class UserLedgerCache {
+  private readonly open: LRUCache<string, UserLedger>;
+  private readonly opening = new Map<string, Promise<UserLedger>>();
+  private readonly closing = new Map<string, Promise<unknown>>();
+  private slotsUsed = 0;
+  private waiters: (() => void)[] = [];
+  private closed = false;
+
+  constructor(
+    private readonly cap: number,
+    private readonly openLedger: (userId: string) => Promise<UserLedger>,
+  ) {
+    this.open = new LRUCache<string, UserLedger>({ max: cap });
+  }
+
+  /** Open databases right now (including ones being opened or closed). */
+  get openCount(): number {
+    return this.slotsUsed;
+  }
+
+  /** The user's ledger if it is open (marks it recently used); never opens. */
+  get(userId: string): UserLedger | undefined {
+    return this.open.get(userId);
+  }
+
+  values(): IterableIterator<UserLedger> {
+    return this.open.values();
+  }
+
+  acquire(userId: string): Promise<UserLedger> {
+    const hit = this.open.get(userId);
+    if (hit) return Promise.resolve(hit);
+    const pending = this.opening.get(userId);
+    if (pending) return pending;
+    if (this.closed) return Promise.reject(new Error('usage store is closed'));
+    const p = this.openWithSlot(userId);
+    this.opening.set(userId, p);
+    p.then(
+      (ledger) => {
+        this.opening.delete(userId);
+        this.open.set(userId, ledger);
+      },
+      () => this.opening.delete(userId),
+    );
+    return p;
+  }
+
+  /** A ledger became idle: someone waiting for a slot may evict it now. */
+  notifyIdle(): void {
+    if (this.waiters.length) this.wake();
+  }
+
+  async closeAll(): Promise<number> {
+    this.closed = true;
+    await Promise.allSettled([...this.opening.values()]);
+    await Promise.allSettled([...this.closing.values()]);
+    let uncommitted = 0;
+    const ledgers = [...this.open.values()];
+    this.open.clear();
+    const results = await Promise.allSettled(ledgers.map((l) => l.close()));
+    for (const r of results) if (r.status !== 'fulfilled' || !r.value) uncommitted++;
+    this.slotsUsed = 0;
+    this.wake();
+    return uncommitted;
+  }
+
+  private async openWithSlot(userId: string): Promise<UserLedger> {
+    const prior = this.closing.get(userId);
+    if (prior) await prior; // its last writes must be on disk before we read its counters back
+    await this.takeSlot();
+    try {
+      return await this.openLedger(userId);
+    } catch (e) {
+      this.slotsUsed--;
+      this.wake();
+      throw e;
+    }
+  }
+
+  private async takeSlot(): Promise<void> {
+    while (this.slotsUsed >= this.cap) {
+      if (this.closed) throw new Error('usage store is closed');
+      const victim = this.leastRecentIdle();
+      if (victim) this.evict(victim);
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    this.slotsUsed++;
+  }
+
+  private leastRecentIdle(): UserLedger | undefined {
+    for (const ledger of this.open.rvalues()) if (ledger?.isIdle()) return ledger;
+    return undefined;
+  }
+
+  private evict(ledger: UserLedger): void {
+    this.open.delete(ledger.userId);
+    const done = ledger
+      .close()
+      .catch(() => false)
+      .finally(() => {
+        this.closing.delete(ledger.userId);
+        this.slotsUsed--;
+        this.wake();
+      });
+    this.closing.set(ledger.userId, done);
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+}

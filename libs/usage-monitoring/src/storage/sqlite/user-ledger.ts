@@ -1,0 +1,238 @@
+import type { Database } from 'sqlite3';
+import type { DataSource } from 'typeorm';
+import type { UsageAlert } from '../../alerts/usage-alert.interface';
+import { ALERT_THRESHOLDS } from '../../usage-monitoring.constants';
+import { UsageStoreError } from '../usage-store.error';
+import type {
+  ActualUsage,
+  ApiRequestRecord,
+  CounterKey,
+  CounterSnapshot,
+  LimitCharge,
+  ReserveRequest,
+  ReserveResult,
+  Reservation,
+  Settlement,
+  SettleResult,
+} from '../usage-store.interface';
+import { type AlertRow, type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
+
+interface Counter {
+  used: number;
+  reserved: number;
+  periodEnd: number;
+}
+
+const counterKey = (periodKey: string, scope: string, metric: string) =>
+  `${periodKey}\u0001${scope}\u0001${metric}`;
+
+const actualOf = (a: ActualUsage, metric: LimitCharge['metric']) =>
+  metric === 'calls' ? a.calls : metric === 'tokens' ? a.tokens : a.costMicros;
+
+/**
+ * One open user database. Its counters live here, in memory, as the single authority (one process owns
+ * the dataDir), so a reservation is a synchronous check-and-add: atomic by construction, no database
+ * round trip. Settlements reach the database through the group-commit writer.
+ */
+export class UserLedger {
+  private readonly counters = new Map<string, Counter>();
+  private inFlight = 0;
+  private writer!: SqliteBatchWriter;
+
+  private constructor(
+    readonly userId: string,
+    readonly dataSource: DataSource,
+    private readonly onIdle: (ledger: UserLedger) => void,
+  ) {}
+
+  static async open(
+    userId: string,
+    dataSource: DataSource,
+    now: number,
+    onIdle: (ledger: UserLedger) => void,
+  ): Promise<UserLedger> {
+    const ledger = new UserLedger(userId, dataSource, onIdle);
+    const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
+    ledger.writer = await SqliteBatchWriter.open(db, () => ledger.notifyIfIdle());
+    const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
+      await dataSource.query(
+        'SELECT period_key, scope, metric, used, period_end FROM usage_counters WHERE user_id = ? AND period_end > ?',
+        [userId, now],
+      );
+    for (const r of rows) {
+      ledger.counters.set(counterKey(r.period_key, r.scope, r.metric), {
+        used: Number(r.used),
+        reserved: 0,
+        periodEnd: Number(r.period_end),
+      });
+    }
+    return ledger;
+  }
+
+  /** No request in flight and nothing waiting to commit: safe to close. */
+  isIdle(): boolean {
+    return this.inFlight === 0 && this.writer.pending === 0;
+  }
+
+  /** The last commit failed and has not yet succeeded on retry. */
+  get failing(): boolean {
+    return this.writer.failure !== null;
+  }
+
+  get pendingWrites(): number {
+    return this.writer.pending;
+  }
+
+  reserve(req: ReserveRequest): ReserveResult {
+    if (this.writer.failure) {
+      throw new UsageStoreError('operational_error', 'usage writes are failing; refusing new reservations', {
+        cause: this.writer.failure,
+      });
+    }
+    const { charges } = req;
+    for (const c of charges) {
+      const ctr = this.counter(c, req.now);
+      // `max(amount, 1)`: an exhausted limit refuses even a request estimated at zero.
+      if (ctr.used + ctr.reserved + (c.amount > 0 ? c.amount : 1) > c.max) {
+        return { admitted: false, exceeded: { charge: c, used: ctr.used, reserved: ctr.reserved } };
+      }
+    }
+    for (const c of charges) this.counter(c, req.now).reserved += c.amount;
+    this.inFlight++;
+    return {
+      admitted: true,
+      reservation: {
+        requestId: req.requestId,
+        userId: req.userId,
+        provider: req.provider,
+        charges,
+        createdAt: req.now,
+      },
+    };
+  }
+
+  release(reservation: Reservation): void {
+    for (const c of reservation.charges) this.counter(c, reservation.createdAt).reserved -= c.amount;
+    this.inFlight--;
+    this.notifyIfIdle();
+  }
+
+  settle(reservation: Reservation, s: Settlement): Promise<SettleResult> {
+    const deltas: CounterDelta[] = [];
+    const alerts: UsageAlert[] = [];
+    for (const c of reservation.charges) {
+      const ctr = this.counter(c, reservation.createdAt);
+      ctr.reserved -= c.amount;
+      const actual = actualOf(s.actual, c.metric);
+      if (actual <= 0) continue;
+      const before = ctr.used;
+      ctr.used += actual;
+      deltas.push({
+        userId: this.userId,
+        periodKey: c.periodKey,
+        scope: c.scope,
+        metric: c.metric,
+        periodEnd: c.periodEnd,
+        delta: actual,
+      });
+      if (c.max > 0) {
+        for (const t of ALERT_THRESHOLDS) {
+          if (before * 100 < t * c.max && ctr.used * 100 >= t * c.max) {
+            alerts.push({
+              userId: this.userId,
+              limitId: c.limitId,
+              scope: c.scope,
+              metric: c.metric,
+              period: c.period,
+              periodKey: c.periodKey,
+              threshold: t,
+              used: ctr.used,
+              max: c.max,
+              at: s.event.occurredAt,
+            });
+          }
+        }
+      }
+    }
+    const alertRows: AlertRow[] | undefined = alerts.length
+      ? alerts.map((a) => ({
+          userId: a.userId,
+          periodKey: a.periodKey,
+          limitId: a.limitId,
+          threshold: a.threshold,
+          used: a.used,
+          max: a.max,
+          createdAt: a.at,
+        }))
+      : undefined;
+    return new Promise((resolve) => {
+      this.writer.enqueue(
+        {
+          event: s.event,
+          request: s.request,
+          alerts: alertRows,
+          done: () => {
+            this.inFlight--;
+            resolve({ alerts });
+            this.notifyIfIdle();
+          },
+        },
+        deltas,
+      );
+    });
+  }
+
+  recordRequest(row: ApiRequestRecord): Promise<void> {
+    this.inFlight++;
+    return new Promise((resolve) =>
+      this.writer.enqueue(
+        {
+          request: row,
+          done: () => {
+            this.inFlight--;
+            resolve();
+            this.notifyIfIdle();
+          },
+        },
+        [],
+      ),
+    );
+  }
+
+  snapshot(keys: CounterKey[]): CounterSnapshot[] {
+    return keys.map((k) => {
+      const ctr = this.counters.get(counterKey(k.periodKey, k.scope, k.metric));
+      return { ...k, used: ctr?.used ?? 0, reserved: ctr?.reserved ?? 0 };
+    });
+  }
+
+  /** Commits what is queued, then closes the database. Returns false when writes were left uncommitted. */
+  async close(): Promise<boolean> {
+    const drained = await this.writer.drain();
+    await this.writer.finalize();
+    await this.dataSource.destroy();
+    return drained;
+  }
+
+  private counter(c: LimitCharge, now: number): Counter {
+    const key = counterKey(c.periodKey, c.scope, c.metric);
+    let ctr = this.counters.get(key);
+    if (!ctr) {
+      this.pruneEnded(now);
+      ctr = { used: 0, reserved: 0, periodEnd: c.periodEnd };
+      this.counters.set(key, ctr);
+    }
+    return ctr;
+  }
+
+  /** Drops counters of periods that have ended (runs only when a new counter appears). */
+  private pruneEnded(now: number): void {
+    for (const [key, ctr] of this.counters) {
+      if (ctr.periodEnd <= now && ctr.reserved === 0) this.counters.delete(key);
+    }
+  }
+
+  private notifyIfIdle(): void {
+    if (this.isIdle()) this.onIdle(this);
+  }
+}

@@ -1,0 +1,137 @@
+import type { UsageAlert } from '../alerts/usage-alert.interface';
+import type { LimitMetric, PeriodUnit } from '../plans/plan.interface';
+
+/** One limit of a request, resolved to the current period, with the amount to reserve. */
+export interface LimitCharge {
+  /** `scope:metric:period`, stable across periods. */
+  limitId: string;
+  scope: string;
+  metric: LimitMetric;
+  period: PeriodUnit;
+  periodKey: string;
+  periodStart: number;
+  periodEnd: number;
+  /** Calls, tokens or micro-dollars. */
+  max: number;
+  /** Reserved by this request (calls, tokens or micro-dollars). */
+  amount: number;
+}
+
+export interface ReserveRequest {
+  requestId: string;
+  userId: string;
+  provider: string;
+  charges: LimitCharge[];
+  now: number;
+}
+
+export interface Reservation {
+  requestId: string;
+  userId: string;
+  provider: string;
+  charges: LimitCharge[];
+  createdAt: number;
+}
+
+export interface ExceededLimit {
+  charge: LimitCharge;
+  used: number;
+  reserved: number;
+}
+
+export type ReserveResult =
+  | { admitted: true; reservation: Reservation }
+  | { admitted: false; exceeded: ExceededLimit };
+
+/** One row of the append-only ledger (`usage_events`). */
+export interface UsageEventRecord {
+  requestId: string;
+  userId: string;
+  provider: string;
+  model: string | null;
+  endpoint: string;
+  method: string;
+  statusCode: number;
+  inputTokens: number;
+  outputTokens: number;
+  costMicros: number;
+  responseTimeMs: number;
+  requestBytes: number;
+  responseBytes: number;
+  userAgent: string | null;
+  ip: string | null;
+  searches: number;
+  images: number;
+  pages: number;
+  /** True when any number on the row is an estimate rather than the provider's own figure. */
+  estimated: boolean;
+  /** `ok`, `error` (the handler failed) or `partial` (the client left before the end). */
+  outcome: 'ok' | 'error' | 'partial';
+  /** The billing month key the reservation was made in. */
+  periodKey: string;
+  occurredAt: number;
+}
+
+/** One per-request monitoring row (`api_requests`). */
+export interface ApiRequestRecord {
+  requestId: string;
+  userId: string;
+  provider: string | null;
+  path: string;
+  method: string;
+  statusCode: number;
+  durationMs: number;
+  occurredAt: number;
+}
+
+/** What a settled request actually consumed, per metric. */
+export interface ActualUsage {
+  calls: number;
+  tokens: number;
+  costMicros: number;
+}
+
+export interface Settlement {
+  actual: ActualUsage;
+  event: UsageEventRecord;
+  request: ApiRequestRecord;
+}
+
+export interface SettleResult {
+  /** Thresholds crossed by this settlement (already stored). */
+  alerts: UsageAlert[];
+}
+
+export interface CounterKey {
+  scope: string;
+  metric: LimitMetric;
+  periodKey: string;
+}
+
+export interface CounterSnapshot extends CounterKey {
+  used: number;
+  reserved: number;
+}
+
+export interface StoreHealth {
+  up: boolean;
+  /** A coarse reason, safe to show (never a path or DSN). */
+  reason?: string;
+}
+
+/**
+ * The storage seam. Reservation is atomic (all charges or none); `settle` resolves only once the
+ * ledger row and counter deltas are durable.
+ */
+export interface UsageStore {
+  /** Called once at module init (open files, take locks, run migrations). */
+  init?(): Promise<void>;
+  reserve(request: ReserveRequest): ReserveResult | Promise<ReserveResult>;
+  settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult>;
+  /** Returns an unused reservation without charging (e.g. the handler never ran). */
+  release(reservation: Reservation): void | Promise<void>;
+  recordRequest(request: ApiRequestRecord): Promise<void>;
+  readCounters(userId: string, keys: CounterKey[]): Promise<CounterSnapshot[]>;
+  health(): Promise<StoreHealth>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,175 @@
+import { AI_TEXT_GROUP, EMERGENCY_FAIL_OPEN_ENV } from './usage-monitoring.constants';
+import type {
+  UsageMonitoringModuleOptions,
+  UsageRequest,
+} from './usage-monitoring.options';
+import { UsageExtractor } from './metering/usage-extractor';
+import { PlanCatalog } from './plans/plan-catalog';
+import { PlanResolver } from './plans/plan-resolver';
+import type { PlanAssignment } from './plans/plan.interface';
+import { DEFAULT_MODELS, DEFAULT_PRICES } from './pricing/default-prices';
+import { PriceBook } from './pricing/price-book';
+import { DEFAULT_IGNORED_PATH_PREFIXES, DEFAULT_PROVIDER_PATTERNS, ProviderDetector } from './providers/provider-detector';
+import type { UsageAlert } from './alerts/usage-alert.interface';
+import type { UsageStore } from './storage/usage-store.interface';
+
+export type ResolvedStorage =
+  | { type: 'sqlite'; dataDir: string; maxOpenDataSources: number; busyTimeoutMs: number; synchronous: 'normal' | 'full' }
+  | { type: 'custom'; store: UsageStore };
+
+/** Options after validation and defaults, computed once at module init. */
+export interface NormalizedUsageOptions {
+  catalog: PlanCatalog;
+  providerGroups: Readonly<Record<string, readonly string[]>>;
+  defaultPlan: string;
+  plans: PlanResolver;
+  resolvePlan: (userId: string) => PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+  userId: (request: UsageRequest) => string | undefined;
+  trustedUserHeader: string | undefined;
+  anonymous: 'deny' | 'allow';
+  anonymousUserId: string;
+  detector: ProviderDetector | undefined;
+  enforcementTimeoutMs: number;
+  emergencyFailOpen: boolean;
+  recordAllRequests: boolean;
+  extractor: UsageExtractor;
+  priceBook: PriceBook;
+  storage: ResolvedStorage;
+  onAlert: ((alert: UsageAlert) => void) | undefined;
+  clock: () => number;
+}
+
+export const DEFAULT_PROVIDER_GROUPS = { [AI_TEXT_GROUP]: ['gemini', 'openai', 'anthropic', 'mistral'] };
+
+/** The default identity: the authenticated principal's `id`, then `sub`. Never a client header. */
+export function defaultUserId(request: UsageRequest): string | undefined {
+  const user = request.user as { id?: unknown; sub?: unknown } | undefined;
+  const id = user?.id ?? user?.sub;
+  if (typeof id === 'string') return id;
+  if (typeof id === 'number' && Number.isFinite(id)) return String(id);
+  return undefined;
+}
+
+/** `USAGE_LIMITS_EMERGENCY_FAIL_OPEN` ∈ {1, true, yes, on} (any case). */
+export function envFailOpen(env: NodeJS.ProcessEnv = process.env): boolean {
+  return ['1', 'true', 'yes', 'on'].includes((env[EMERGENCY_FAIL_OPEN_ENV] ?? '').trim().toLowerCase());
+}
+
+function fail(message: string): never {
+  throw new Error(`UsageMonitoringModule: ${message}`);
+}
+
+function positiveInt(value: unknown, name: string, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || (value as number) < min) fail(`${name} must be an integer ≥ ${min} (got ${JSON.stringify(value)})`);
+  return value as number;
+}
+
+function fn<T>(value: unknown, name: string): T | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'function') fail(`${name} must be a function`);
+  return value as T;
+}
+
+/** Validates the options and fills in defaults. Throws an error naming the option to fix. */
+export function normalizeOptions(options: UsageMonitoringModuleOptions): NormalizedUsageOptions {
+  if (!options || typeof options !== 'object') fail('options are required ({ plans, ... })');
+  const groups = options.providerGroups ?? DEFAULT_PROVIDER_GROUPS;
+  if (typeof groups !== 'object' || groups === null) fail('providerGroups must be an object of provider name arrays');
+  for (const [name, members] of Object.entries(groups)) {
+    if (!Array.isArray(members) || members.some((m) => typeof m !== 'string' || m === '')) {
+      fail(`providerGroups.${name} must be an array of provider names`);
+    }
+  }
+  let catalog: PlanCatalog;
+  try {
+    catalog = new PlanCatalog(options.plans, groups);
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  const defaultPlan = options.defaultPlan ?? (catalog.has('free') ? 'free' : catalog.names[0]);
+  if (!catalog.has(defaultPlan)) fail(`defaultPlan "${defaultPlan}" is not in plans (${catalog.names.join(', ')})`);
+
+  const planFn = fn<NormalizedUsageOptions['resolvePlan']>(options.plan, 'plan');
+  const userIdFn = fn<NormalizedUsageOptions['userId']>(options.userId, 'userId') ?? defaultUserId;
+  const clock = fn<() => number>(options.clock, 'clock') ?? Date.now;
+  const onAlert = fn<(a: UsageAlert) => void>(options.onAlert, 'onAlert');
+
+  if (options.trustedUserHeader !== undefined && (typeof options.trustedUserHeader !== 'string' || !/^[A-Za-z0-9-]+$/.test(options.trustedUserHeader))) {
+    fail('trustedUserHeader must be a header name such as "x-user-id"');
+  }
+  const anonymous = options.anonymous ?? 'deny';
+  if (anonymous !== 'deny' && anonymous !== 'allow') fail(`anonymous must be 'deny' or 'allow' (got ${JSON.stringify(anonymous)})`);
+  const anonymousUserId = options.anonymousUserId ?? '__anonymous__';
+  if (typeof anonymousUserId !== 'string' || anonymousUserId === '') fail('anonymousUserId must be a non-empty string');
+
+  const patterns: Record<string, string | RegExp> = { ...DEFAULT_PROVIDER_PATTERNS };
+  for (const [provider, p] of Object.entries(options.providerPatterns ?? {})) {
+    if (p === null) {
+      delete patterns[provider];
+      continue;
+    }
+    if (typeof p !== 'string' && !(p instanceof RegExp)) fail(`providerPatterns.${provider} must be a string, a RegExp or null`);
+    try {
+      if (typeof p === 'string') new RegExp(p, 'i');
+    } catch (e) {
+      fail(`providerPatterns.${provider} is not a valid regular expression: ${(e as Error).message}`);
+    }
+    patterns[provider] = p;
+  }
+  const ignored = options.ignoredPathPrefixes ?? DEFAULT_IGNORED_PATH_PREFIXES;
+  if (!Array.isArray(ignored) || ignored.some((p) => typeof p !== 'string')) fail('ignoredPathPrefixes must be an array of strings');
+  const detector = options.detectProviders === false ? undefined : new ProviderDetector(patterns, ignored);
+
+  let priceBook: PriceBook;
+  try {
+    priceBook = new PriceBook(DEFAULT_PRICES, options.prices ?? {}, { ...DEFAULT_MODELS, ...(options.defaultModels ?? {}) });
+  } catch (e) {
+    fail((e as Error).message);
+  }
+
+  return {
+    catalog,
+    providerGroups: groups,
+    defaultPlan,
+    plans: new PlanResolver(catalog, defaultPlan),
+    resolvePlan: planFn ?? (() => defaultPlan),
+    userId: userIdFn,
+    trustedUserHeader: options.trustedUserHeader?.toLowerCase(),
+    anonymous,
+    anonymousUserId,
+    detector,
+    enforcementTimeoutMs: positiveInt(options.enforcementTimeoutMs, 'enforcementTimeoutMs', 250),
+    emergencyFailOpen: options.emergencyFailOpen ?? envFailOpen(),
+    recordAllRequests: options.recordAllRequests ?? false,
+    extractor: new UsageExtractor(positiveInt(options.defaultMaxOutputTokens, 'defaultMaxOutputTokens', 1024, 0)),
+    priceBook,
+    storage: resolveStorage(options),
+    onAlert,
+    clock,
+  };
+}
+
+function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage {
+  const s = options.storage ?? {};
+  if (typeof s !== 'object' || s === null) fail("storage must be an object, e.g. { dataDir: './data' }");
+  if (s.type === 'custom') {
+    const store = s.store as Partial<UsageStore> | undefined;
+    if (!store || typeof store.reserve !== 'function' || typeof store.settle !== 'function') {
+      fail("storage.store must implement UsageStore when storage.type is 'custom'");
+    }
+    return { type: 'custom', store: s.store };
+  }
+  if (s.type !== undefined && s.type !== 'sqlite') fail(`storage.type must be 'sqlite' or 'custom' (got ${JSON.stringify(s.type)})`);
+  const dataDir = s.dataDir ?? './data';
+  if (typeof dataDir !== 'string' || dataDir.trim() === '') fail('storage.dataDir must be a non-empty path');
+  const synchronous = s.synchronous ?? 'normal';
+  if (synchronous !== 'normal' && synchronous !== 'full') fail(`storage.synchronous must be 'normal' or 'full'`);
+  return {
+    type: 'sqlite',
+    dataDir,
+    maxOpenDataSources: positiveInt(s.maxOpenDataSources, 'storage.maxOpenDataSources', 64),
+    busyTimeoutMs: positiveInt(s.busyTimeoutMs, 'storage.busyTimeoutMs', 2000, 0),
+    synchronous,
+  };
+}

@@ -1,0 +1,167 @@
+import type { Limit, Plan, PlanAssignment } from './plans/plan.interface';
+import type { PriceOverride } from './pricing/price.interface';
+import type { UsageStore } from './storage/usage-store.interface';
+import type { UsageAlert } from './alerts/usage-alert.interface';
+
+/** Per-user SQLite storage (the default): one database file per user under `dataDir`. */
+export interface SqliteStorageOptions {
+  type?: 'sqlite';
+  /**
+   * Folder that holds one SQLite file per user. Created if missing. One live process owns it
+   * (a lock file refuses a second one; a lock left by a dead process is taken over).
+   * @default './data'
+   */
+  dataDir?: string;
+  /**
+   * How many user databases may be open at once (LRU; a database with a request in flight is never closed).
+   * @default 64
+   */
+  maxOpenDataSources?: number;
+  /**
+   * SQLite busy timeout in milliseconds.
+   * @default 2000
+   */
+  busyTimeoutMs?: number;
+  /**
+   * `PRAGMA synchronous`. `'normal'` (WAL) survives a process crash (SIGKILL) without losing a committed
+   * transaction; only an OS crash or power loss may drop the last commits. `'full'` also survives those,
+   * at one fsync per group commit.
+   * @default 'normal'
+   */
+  synchronous?: 'normal' | 'full';
+}
+
+/** A store you built yourself (for example a subclass, or another engine behind the `UsageStore` seam). */
+export interface CustomStorageOptions {
+  type: 'custom';
+  store: UsageStore;
+}
+
+export type StorageOptions = SqliteStorageOptions | CustomStorageOptions;
+
+/** Anything with headers and an optional authenticated principal; Express and Fastify requests both fit. */
+export interface UsageRequest {
+  user?: unknown;
+  headers: Record<string, string | string[] | undefined>;
+  [key: string]: unknown;
+}
+
+export interface UsageMonitoringModuleOptions {
+  /**
+   * The plan catalog. Limits are data: an absent limit is unlimited, `max: 0` allows nothing.
+   * @example [{ name: 'free', limits: [{ metric: 'calls', scope: 'ai_text', period: 'month', max: 50 }] }]
+   */
+  plans: Plan[];
+  /**
+   * Plan used when `plan(userId)` answers nothing.
+   * @default 'free' when the catalog has it, else the first plan
+   */
+  defaultPlan?: string;
+  /**
+   * The user's plan (your billing system is the source of truth). May be async.
+   * @default () => defaultPlan
+   */
+  plan?: (
+    userId: string,
+  ) => PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+  /**
+   * Named groups of providers that share a counter when a limit's `scope` names the group.
+   * @default { ai_text: ['gemini', 'openai', 'anthropic', 'mistral'] }
+   */
+  providerGroups?: Record<string, string[]>;
+  /**
+   * Where usage lives.
+   * @default { type: 'sqlite', dataDir: './data' }
+   */
+  storage?: StorageOptions;
+  /**
+   * Resolves the user from the authenticated principal. Client headers are never consulted by default.
+   * @default (req) => req.user?.id ?? req.user?.sub
+   */
+  userId?: (request: UsageRequest) => string | undefined;
+  /**
+   * Trust this one request header as the user id (only behind a gateway that sets it and strips
+   * client copies). Used when `userId` answers nothing.
+   * @default undefined (no header is trusted)
+   * @example 'x-user-id'
+   */
+  trustedUserHeader?: string;
+  /**
+   * A metered request without a user: `'deny'` answers 401; `'allow'` charges it to one shared
+   * anonymous user (`anonymousUserId`) on the default plan.
+   * @default 'deny'
+   */
+  anonymous?: 'deny' | 'allow';
+  /** @default '__anonymous__' */
+  anonymousUserId?: string;
+  /**
+   * Provider detection by regular expression over path and User-Agent, for routes without `@Metered`.
+   * Merged over the defaults; set a provider to `null` to drop its default pattern.
+   * @default gemini `gemini|google.*ai`, openai `openai|gpt|chatgpt`, anthropic `anthropic|claude`,
+   * mistral `mistral`, tavily `tavily`, serper `serper`, metaphor `metaphor|/exa`, firecrawl `firecrawl`
+   */
+  providerPatterns?: Record<string, string | RegExp | null>;
+  /**
+   * Detect providers from the path and User-Agent at all (`false`: only `@Metered` routes are metered).
+   * @default true
+   */
+  detectProviders?: boolean;
+  /**
+   * Path prefixes never metered by detection.
+   * @default ['/api/onboarding/', '/api/subscription/']
+   */
+  ignoredPathPrefixes?: string[];
+  /**
+   * How long the guard waits for the store before answering 503.
+   * @default 250
+   */
+  enforcementTimeoutMs?: number;
+  /**
+   * Let metered requests through (counted, logged at most once a minute) when the store is unavailable.
+   * @default true when the environment variable USAGE_LIMITS_EMERGENCY_FAIL_OPEN is 1, true, yes or on (read at start-up)
+   */
+  emergencyFailOpen?: boolean;
+  /**
+   * Also write an `api_requests` row for unmetered requests of identified users (opens their database).
+   * @default false
+   */
+  recordAllRequests?: boolean;
+  /**
+   * Output tokens reserved when a request names no `max_tokens` / `max_output_tokens`.
+   * @default 1024
+   */
+  defaultMaxOutputTokens?: number;
+  /**
+   * Price overrides and additions, by model or provider name (USD).
+   * @example { 'gpt-4o-mini': { inputPerMTok: 0.15, outputPerMTok: 0.6 }, tavily: { perSearch: 0.001 } }
+   */
+  prices?: Record<string, PriceOverride>;
+  /**
+   * Model assumed when a request names none, by provider.
+   * @default { gemini: 'gemini-2.5-flash', openai: 'gpt-4o-mini', anthropic: 'claude-3.5-sonnet', mistral: 'mistral-small' }
+   */
+  defaultModels?: Record<string, string>;
+  /**
+   * Called once per user, period, limit and threshold (80/90/100 %) after the usage that crossed it committed.
+   * The same alerts are also on `UsageAlerts.alerts$`.
+   */
+  onAlert?: (alert: UsageAlert) => void;
+  /**
+   * Milliseconds since the epoch. Tests inject a clock to roll periods.
+   * @default Date.now
+   */
+  clock?: () => number;
+}
+
+/** Module-shape extras of `forRoot` / `forRootAsync`. */
+export interface UsageMonitoringModuleExtras {
+  /** @default true */
+  isGlobal?: boolean;
+  /**
+   * Register `GET /health/usage`.
+   * @default true
+   */
+  healthController?: boolean;
+}
+
+export type { Limit, Plan, PlanAssignment };

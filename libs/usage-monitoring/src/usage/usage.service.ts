@@ -1,0 +1,58 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { EnforcementMetrics, type EnforcementStats } from '../enforcement/enforcement-metrics';
+import { percentageOf } from '../enforcement/usage-limit-exceeded.exception';
+import { periodWindow } from '../plans/billing-period';
+import { microsToUsd } from '../pricing/money';
+import type { UsageStore } from '../storage/usage-store.interface';
+import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
+import type { LimitUsage, UsageReport } from './usage-report.interface';
+
+/**
+ * Reads usage for reports and dashboards (not the hot path): a user's current periods against the
+ * limits of their plan, and the enforcement failure counts.
+ */
+@Injectable()
+export class UsageService {
+  constructor(
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) private readonly store: UsageStore,
+    private readonly metrics: EnforcementMetrics,
+  ) {}
+
+  /** The user's current-period usage per limit, with percentages and reset times. */
+  async getUsage(userId: string): Promise<UsageReport> {
+    const plan = this.options.plans.resolve(await this.options.resolvePlan(userId));
+    const now = this.options.clock();
+    const limits = this.options.catalog.limitsOf(plan.name);
+    const windows = limits.map((l) => periodWindow(l.period, now, plan.anchorDay));
+    const counters = await this.store.readCounters(
+      userId,
+      limits.map((l, i) => ({ scope: l.scope, metric: l.metric, periodKey: windows[i].key })),
+    );
+    const groups = this.options.providerGroups;
+    const rows: LimitUsage[] = limits.map((l, i) => {
+      const { used, reserved } = counters[i];
+      const money = (n: number) => (l.metric === 'cost' ? microsToUsd(n) : n);
+      return {
+        scope: l.scope,
+        providers: l.scope === '*' ? ['*'] : [...(groups[l.scope] ?? [l.scope])],
+        metric: l.metric,
+        period: l.period,
+        period_key: windows[i].key,
+        used: money(used),
+        reserved: money(reserved),
+        limit: money(l.max),
+        remaining: money(Math.max(0, l.max - used - reserved)),
+        percentage: percentageOf(used, l.max),
+        reset_at: new Date(windows[i].end).toISOString(),
+      };
+    });
+    return { plan: plan.name, limits: rows, timestamp: new Date(now).toISOString() };
+  }
+
+  /** Enforcement failures by `reason:provider`, fail-open passes by provider, tracking failures. */
+  enforcementStats(): EnforcementStats {
+    return this.metrics.snapshot();
+  }
+}

@@ -1,0 +1,22 @@
+import { Logger } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { AppModule } from './app.module';
+import { DEMO_KEYS } from './auth/api-key.guard';
+import type { DemoKey } from './auth/demo-keys';
+
+async function bootstrap(): Promise<void> {
+  const app = await NestFactory.create(AppModule);
+  app.enableShutdownHooks();
+  const port = Number(process.env.PORT ?? 3000);
+  await app.listen(port);
+  const logger = new Logger('Demo');
+  const keys = app.get<Map<string, DemoKey>>(DEMO_KEYS);
+  logger.log(`listening on http://localhost:${port}`);
+  if (!process.env.DEMO_API_KEYS) {
+    for (const [key, k] of keys) logger.log(`demo key ${key} → user ${k.user} (plan ${k.plan})`);
+  } else {
+    logger.log(`${keys.size} key(s) loaded from DEMO_API_KEYS`);
+  }
+}
+
+void bootstrap();

@@ -1,0 +1,127 @@
+import { Injectable, Module, type INestApplication, type Type } from '@nestjs/common';
+import { APP_GUARD } from '@nestjs/core';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Test } from '@nestjs/testing';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  AI_TEXT_GROUP,
+  UsageMonitoringModule,
+  type Plan,
+  type UsageMonitoringModuleOptions,
+} from '@app/usage-monitoring';
+import {
+  DetectedController,
+  FakeAnthropicController,
+  FakeOpenAiController,
+  FakeTavilyController,
+  StoreProbe,
+  TestAuthGuard,
+} from './test-controllers';
+
+export type ModuleStyle = 'forRoot' | 'useFactory' | 'useClass';
+export type Platform = 'express' | 'fastify';
+
+export interface TestAppOptions {
+  style?: ModuleStyle;
+  platform?: Platform;
+  /** Overrides merged over the test defaults (plans, a fresh temporary dataDir). */
+  usage?: Partial<UsageMonitoringModuleOptions>;
+  healthController?: boolean;
+  /** Extra controllers. */
+  controllers?: Type[];
+}
+
+export interface TestApp {
+  app: INestApplication;
+  url: string;
+  dataDir: string;
+  probe: StoreProbe;
+  close(): Promise<void>;
+}
+
+/** Test plans: `free` has 5 AI text calls a month; `tokens` caps tokens; `zero` allows nothing. */
+export const TEST_PLANS: Plan[] = [
+  {
+    name: 'free',
+    limits: [
+      { metric: 'calls', scope: AI_TEXT_GROUP, period: 'month', max: 5 },
+      { metric: 'calls', scope: 'tavily', period: 'month', max: 3 },
+      { metric: 'cost', scope: '*', period: 'month', max: 2 },
+    ],
+  },
+  { name: 'hundred', limits: [{ metric: 'calls', scope: 'openai', period: 'month', max: 100 }] },
+  { name: 'tokens', limits: [{ metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 10_000 }] },
+  { name: 'zero', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 0 }] },
+  { name: 'unlimited', limits: [] },
+];
+
+export function tempDataDir(): string {
+  return mkdtempSync(join(tmpdir(), 'usage-monitoring-test-'));
+}
+
+/**
+ * Builds the app every end-to-end spec uses: the library's module (by `forRoot`, `forRootAsync` with a
+ * factory, or with a class), fake provider controllers, test auth, on Express or Fastify, listening on
+ * 127.0.0.1 with a fresh data directory.
+ */
+export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
+  const dataDir = (opts.usage?.storage as { dataDir?: string } | undefined)?.dataDir ?? tempDataDir();
+  const options: UsageMonitoringModuleOptions = {
+    plans: TEST_PLANS,
+    ...opts.usage,
+    storage: opts.usage?.storage ?? { dataDir },
+  };
+  const extras = { healthController: opts.healthController };
+
+  @Injectable()
+  class OptionsFactory {
+    createUsageMonitoringOptions(): UsageMonitoringModuleOptions {
+      return options;
+    }
+  }
+
+  const usageModule =
+    opts.style === 'useFactory'
+      ? UsageMonitoringModule.forRootAsync({ ...extras, useFactory: async () => options })
+      : opts.style === 'useClass'
+        ? UsageMonitoringModule.forRootAsync({ ...extras, useClass: OptionsFactory })
+        : UsageMonitoringModule.forRoot({ ...options, ...extras });
+
+  @Module({
+    imports: [usageModule],
+    controllers: [
+      FakeOpenAiController,
+      FakeAnthropicController,
+      FakeTavilyController,
+      DetectedController,
+      ...(opts.controllers ?? []),
+    ],
+    providers: [{ provide: APP_GUARD, useClass: TestAuthGuard }, StoreProbe],
+  })
+  class TestAppModule {}
+
+  const moduleRef = await Test.createTestingModule({ imports: [TestAppModule] }).compile();
+  let app: INestApplication;
+  if (opts.platform === 'fastify') {
+    app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger: false });
+  } else {
+    app = moduleRef.createNestApplication({ logger: false });
+  }
+  app.enableShutdownHooks();
+  await app.init();
+  if (opts.platform === 'fastify') await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();
+  await app.listen(0, '127.0.0.1');
+  const address = app.getHttpServer().address() as { port: number };
+  return {
+    app,
+    url: `http://127.0.0.1:${address.port}`,
+    dataDir,
+    probe: app.get(StoreProbe),
+    async close() {
+      await app.close();
+      if (!opts.usage?.storage) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
