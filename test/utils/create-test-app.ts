@@ -9,6 +9,7 @@ import {
   AI_TEXT_GROUP,
   UsageMonitoringModule,
   type Plan,
+  type SqliteStorageOptions,
   type UsageMonitoringModuleOptions,
 } from '@app/usage-monitoring';
 import {
@@ -57,6 +58,11 @@ export const TEST_PLANS: Plan[] = [
   { name: 'unlimited', limits: [] },
 ];
 
+/** Test users pick their plan with a prefix: `plan=hundred;alice` is on `hundred`; others are on `free`. */
+export function planFromUserId(userId: string): string | undefined {
+  return /^plan=(\w+);/.exec(userId)?.[1];
+}
+
 export function tempDataDir(): string {
   return mkdtempSync(join(tmpdir(), 'usage-monitoring-test-'));
 }
@@ -67,11 +73,14 @@ export function tempDataDir(): string {
  * 127.0.0.1 with a fresh data directory.
  */
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
-  const dataDir = (opts.usage?.storage as { dataDir?: string } | undefined)?.dataDir ?? tempDataDir();
+  const given = opts.usage?.storage as SqliteStorageOptions | { type: 'custom'; dataDir?: undefined } | undefined;
+  const ownDir = given?.type !== 'custom' && !given?.dataDir;
+  const dataDir = given?.dataDir ?? tempDataDir();
   const options: UsageMonitoringModuleOptions = {
     plans: TEST_PLANS,
+    plan: planFromUserId,
     ...opts.usage,
-    storage: opts.usage?.storage ?? { dataDir },
+    storage: given?.type === 'custom' ? opts.usage!.storage : { ...(given as SqliteStorageOptions), dataDir },
   };
   const extras = { healthController: opts.healthController };
 
@@ -121,7 +130,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     probe: app.get(StoreProbe),
     async close() {
       await app.close();
-      if (!opts.usage?.storage) rmSync(dataDir, { recursive: true, force: true });
+      if (ownDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }

@@ -1,0 +1,139 @@
+import request from 'supertest';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { UsageAlerts, UsageService, userFileName, type UsageAlert } from '@app/usage-monitoring';
+import { createTestApp, type TestApp } from './utils/create-test-app';
+import { bearer } from './utils/test-controllers';
+import { queryUserDb } from './utils/user-db';
+
+const NOV_20 = Date.UTC(2026, 10, 20, 8, 0, 0);
+const chat = (extra: object = {}) => ({ messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20, ...extra });
+const EVENT_COLUMNS =
+  'user_id, provider, model, endpoint, method, status_code, input_tokens, output_tokens, cost_micros, searches, estimated, outcome, period_key';
+
+describe('metering', () => {
+  let t: TestApp;
+  const alerts: UsageAlert[] = [];
+  beforeAll(async () => {
+    t = await createTestApp({ usage: { clock: () => NOV_20, onAlert: (a) => alerts.push(a) } });
+  });
+  afterAll(() => t.close());
+
+  const post = (user: string, body: object, path = '/openai/v1/chat/completions') =>
+    request(t.url).post(path).set('authorization', bearer(user)).send(body);
+
+  it('records the provider’s own usage exactly and leaves the response untouched', async () => {
+    const res = await post('exact', chat({ report: { prompt: 123, completion: 45 }, reply: 'ok' }));
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({
+      id: 'chatcmpl-test',
+      object: 'chat.completion',
+      model: 'gpt-4o-mini',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+      usage: { prompt_tokens: 123, completion_tokens: 45 },
+    });
+    const rows = await queryUserDb(t.dataDir, 'exact', `SELECT ${EVENT_COLUMNS} FROM usage_events`);
+    expect(rows).toEqual([
+      {
+        user_id: 'exact',
+        provider: 'openai',
+        model: 'gpt-4o-mini',
+        endpoint: '/openai/v1/chat/completions',
+        method: 'POST',
+        status_code: 200,
+        input_tokens: 123,
+        output_tokens: 45,
+        // gpt-4o-mini: 123 × $0.15/M + 45 × $0.60/M = 45.45 µ$, rounded up.
+        cost_micros: 46,
+        searches: 0,
+        estimated: 0,
+        outcome: 'ok',
+        period_key: 'month:2026-11-01',
+      },
+    ]);
+    const [counter] = await queryUserDb<{ used: number }>(t.dataDir, 'exact', "SELECT used FROM usage_counters WHERE metric = 'cost'");
+    expect(counter.used).toBe(46);
+  });
+
+  it('estimates and flags usage when the provider reports none', async () => {
+    const res = await post('estimated', chat({ omitUsage: true, reply: 'four words of reply' }));
+    expect(res.status).toBe(200);
+    const rows = await queryUserDb(t.dataDir, 'estimated', 'SELECT input_tokens, output_tokens, estimated FROM usage_events');
+    // words × 1.3, rounded up: "hello there" → 3, "four words of reply" → 6.
+    expect(rows).toEqual([{ input_tokens: 3, output_tokens: 6, estimated: 1 }]);
+  });
+
+  it('records failed calls (status, outcome) and passes the error through unchanged', async () => {
+    const res = await post('failing', chat({ fail: 502 }));
+    expect(res.status).toBe(502);
+    expect(res.body).toEqual({ error: 'upstream failed' });
+    const rows = await queryUserDb(t.dataDir, 'failing', 'SELECT status_code, outcome, input_tokens, output_tokens FROM usage_events');
+    expect(rows).toEqual([{ status_code: 502, outcome: 'error', input_tokens: 0, output_tokens: 0 }]);
+  });
+
+  it('detects providers by path and User-Agent; unmetered and skipped routes open no database', async () => {
+    expect((await post('detected', chat(), '/detect/openai/complete')).status).toBe(200);
+    const rows = await queryUserDb(t.dataDir, 'detected', 'SELECT provider, endpoint FROM usage_events');
+    expect(rows).toEqual([{ provider: 'openai', endpoint: '/detect/openai/complete' }]);
+
+    expect((await request(t.url).get('/detect/plain').set('authorization', bearer('plain-user'))).status).toBe(200);
+    expect((await request(t.url).get('/openai/v1/models').set('authorization', bearer('plain-user'))).status).toBe(200);
+    expect(existsSync(join(t.dataDir, userFileName('plain-user')))).toBe(false);
+
+    const viaUa = await request(t.url).get('/detect/plain').set('user-agent', 'OpenAI/JS 4.77.0').set('authorization', bearer('ua-user'));
+    expect(viaUa.status).toBe(200);
+    const uaRows = await queryUserDb(t.dataDir, 'ua-user', 'SELECT provider, method, status_code FROM usage_events');
+    expect(uaRows).toEqual([{ provider: 'openai', method: 'GET', status_code: 200 }]);
+  });
+
+  it('alerts once per threshold: 80 % at the 4th of 5 calls, 90 % and 100 % at the 5th', async () => {
+    const seen: UsageAlert[] = [];
+    const sub = t.app.get(UsageAlerts).alerts$.subscribe((a) => seen.push(a));
+    alerts.length = 0;
+    for (let i = 0; i < 7; i++) await post('alerted', chat());
+    sub.unsubscribe();
+    const fired = alerts.filter((a) => a.userId === 'alerted').map((a) => [a.limitId, a.threshold, a.used]);
+    expect(fired).toEqual([
+      ['ai_text:calls:month', 80, 4],
+      ['ai_text:calls:month', 90, 5],
+      ['ai_text:calls:month', 100, 5],
+    ]);
+    expect(seen).toHaveLength(3);
+    const rows = await queryUserDb(t.dataDir, 'alerted', 'SELECT limit_id, threshold, used, max_value FROM usage_alerts ORDER BY threshold');
+    expect(rows).toEqual([
+      { limit_id: 'ai_text:calls:month', threshold: 80, used: 4, max_value: 5 },
+      { limit_id: 'ai_text:calls:month', threshold: 90, used: 5, max_value: 5 },
+      { limit_id: 'ai_text:calls:month', threshold: 100, used: 5, max_value: 5 },
+    ]);
+  });
+
+  it('reports a user’s own usage against the plan', async () => {
+    const report = await t.app.get(UsageService).getUsage('exact');
+    expect(report.plan).toBe('free');
+    expect(report.limits.map((l) => [l.scope, l.metric, l.used, l.limit, l.remaining])).toEqual([
+      ['ai_text', 'calls', 1, 5, 4],
+      ['tavily', 'calls', 0, 3, 3],
+      ['*', 'cost', 0.000046, 2, 1.999954],
+    ]);
+    expect(report.limits[0].providers).toEqual(['gemini', 'openai', 'anthropic', 'mistral']);
+    expect(report.limits[0].percentage).toBe(20);
+  });
+});
+
+describe('recordAllRequests', () => {
+  it('writes api_requests rows for identified unmetered requests when on', async () => {
+    const t = await createTestApp({ usage: { recordAllRequests: true } });
+    try {
+      expect((await request(t.url).get('/detect/plain').set('authorization', bearer('watched'))).status).toBe(200);
+      expect((await request(t.url).get('/detect/plain')).status).toBe(200);
+      // The row is written after the response; give the group commit a moment.
+      await new Promise((r) => setTimeout(r, 100));
+      const rows = await queryUserDb(t.dataDir, 'watched', 'SELECT provider, path, method, status_code FROM api_requests');
+      expect(rows).toEqual([{ provider: null, path: '/detect/plain', method: 'GET', status_code: 200 }]);
+      const events = await queryUserDb<{ n: number }>(t.dataDir, 'watched', 'SELECT COUNT(*) AS n FROM usage_events');
+      expect(events[0].n).toBe(0);
+    } finally {
+      await t.close();
+    }
+  });
+});
