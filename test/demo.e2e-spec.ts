@@ -37,7 +37,11 @@ describe('demo app contract', () => {
       .set('authorization', 'Bearer key-pro')
       .send({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 50 });
     expect(openai.status).toBe(200);
-    expect(openai.body.usage).toEqual({ prompt_tokens: 3, completion_tokens: expect.any(Number), total_tokens: expect.any(Number) });
+    expect(openai.body.usage).toEqual({
+      prompt_tokens: 3,
+      completion_tokens: expect.any(Number),
+      total_tokens: expect.any(Number),
+    });
     const again = await request(url)
       .post('/openai/v1/chat/completions')
       .set('authorization', 'Bearer key-pro')
@@ -59,20 +63,36 @@ describe('demo app contract', () => {
     expect(gemini.body.usageMetadata.promptTokenCount).toBe(3);
     expect(gemini.body.modelVersion).toBe('gemini-2.5-flash');
 
-    const tavily = await request(url).post('/tavily/search').set('authorization', 'Bearer key-pro').send({ query: 'nestjs' });
+    const tavily = await request(url)
+      .post('/tavily/search')
+      .set('authorization', 'Bearer key-pro')
+      .send({ query: 'nestjs' });
     expect(tavily.status).toBe(200);
     expect(tavily.body.results).toHaveLength(3);
 
-    const rows = await queryUserDb(dataDir, 'pro-user', 'SELECT provider, model, estimated FROM usage_events ORDER BY occurred_at, provider');
+    const rows = await queryUserDb(
+      dataDir,
+      'pro-user',
+      'SELECT provider, model, estimated FROM usage_events ORDER BY occurred_at, provider',
+    );
     expect(rows.map((r) => r.provider)).toEqual(['openai', 'openai', 'anthropic', 'gemini', 'tavily']);
-    expect(rows.map((r) => r.model)).toEqual(['gpt-4o-mini', 'gpt-4o-mini', 'claude-3.5-sonnet', 'gemini-2.5-flash', null]);
+    expect(rows.map((r) => r.model)).toEqual([
+      'gpt-4o-mini',
+      'gpt-4o-mini',
+      'claude-3.5-sonnet',
+      'gemini-2.5-flash',
+      null,
+    ]);
     expect(rows.every((r) => r.estimated === 0)).toBe(true);
   });
 
   it('answers 401 for a missing or unknown key on metered routes and /usage/me; /hello needs none', async () => {
     expect((await request(url).get('/hello')).status).toBe(200);
     expect((await request(url).post('/openai/v1/chat/completions').send({})).status).toBe(401);
-    expect((await request(url).post('/openai/v1/chat/completions').set('authorization', 'Bearer nope').send({})).status).toBe(401);
+    expect(
+      (await request(url).post('/openai/v1/chat/completions').set('authorization', 'Bearer nope').send({}))
+        .status,
+    ).toBe(401);
     expect((await request(url).get('/usage/me')).status).toBe(401);
   });
 
@@ -81,8 +101,14 @@ describe('demo app contract', () => {
     for (let i = 0; i < 51; i++) {
       const res =
         i % 2 === 0
-          ? await request(url).post('/openai/v1/chat/completions').set('authorization', 'Bearer key-free').send({ messages: [{ role: 'user', content: `q${i}` }] })
-          : await request(url).post('/anthropic/v1/messages').set('x-api-key', 'key-free').send({ max_tokens: 32, messages: [{ role: 'user', content: `q${i}` }] });
+          ? await request(url)
+              .post('/openai/v1/chat/completions')
+              .set('authorization', 'Bearer key-free')
+              .send({ messages: [{ role: 'user', content: `q${i}` }] })
+          : await request(url)
+              .post('/anthropic/v1/messages')
+              .set('x-api-key', 'key-free')
+              .send({ max_tokens: 32, messages: [{ role: 'user', content: `q${i}` }] });
       codes.push(res.status);
     }
     expect(codes.slice(0, 50).every((c) => c === 200)).toBe(true);
@@ -90,7 +116,13 @@ describe('demo app contract', () => {
     const me = await request(url).get('/usage/me').set('authorization', 'Bearer key-free');
     expect(me.status).toBe(200);
     expect(me.body.plan).toBe('free');
-    expect(me.body.limits[0]).toMatchObject({ scope: 'ai_text', metric: 'calls', used: 50, limit: 50, percentage: 100 });
+    expect(me.body.limits[0]).toMatchObject({
+      scope: 'ai_text',
+      metric: 'calls',
+      used: 50,
+      limit: 50,
+      percentage: 100,
+    });
     const health = await request(url).get('/health/usage');
     expect(health.status).toBe(200);
     expect(JSON.stringify(health.body)).not.toContain('odd:chars');

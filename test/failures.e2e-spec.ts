@@ -1,10 +1,6 @@
 import request from 'supertest';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
-import {
-  EMERGENCY_FAIL_OPEN_ENV,
-  ENFORCEMENT_UNAVAILABLE_BODY,
-  UsageService,
-} from '@app/usage-monitoring';
+import { EMERGENCY_FAIL_OPEN_ENV, ENFORCEMENT_UNAVAILABLE_BODY, UsageService } from '@app/usage-monitoring';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
@@ -37,7 +33,10 @@ describe('store unavailable', () => {
   it('answers the exact 503, counts the reason, reports down, and recovers without a restart', async () => {
     const restore = breakDataDir(t.dataDir);
     try {
-      const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('newcomer')).send(chat);
+      const res = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('newcomer'))
+        .send(chat);
       expect(res.status).toBe(503);
       expect(res.body).toEqual(EXPECTED_503);
       expect(ENFORCEMENT_UNAVAILABLE_BODY).toEqual(EXPECTED_503);
@@ -45,36 +44,64 @@ describe('store unavailable', () => {
       expect(JSON.stringify(res.body)).not.toMatch(/SQLITE|ENOTDIR|usage-monitoring-test/);
       const health = await request(t.url).get('/health/usage');
       expect(health.status).toBe(503);
-      expect(health.body.error).toEqual({ usage_store: { status: 'down', reason: 'data directory unavailable' } });
-      expect(t.app.get(UsageService).enforcementStats().failures).toEqual({ 'database_init_failed:openai': 1 });
+      expect(health.body.error).toEqual({
+        usage_store: { status: 'down', reason: 'data directory unavailable' },
+      });
+      expect(t.app.get(UsageService).enforcementStats().failures).toEqual({
+        'database_init_failed:openai': 1,
+      });
     } finally {
       restore();
     }
-    const again = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('newcomer')).send(chat);
+    const again = await request(t.url)
+      .post('/openai/v1/chat/completions')
+      .set('authorization', bearer('newcomer'))
+      .send(chat);
     expect(again.status).toBe(200);
     expect((await request(t.url).get('/health/usage')).status).toBe(200);
-    const rows = await queryUserDb<{ n: number }>(t.dataDir, 'newcomer', 'SELECT COUNT(*) AS n FROM usage_events');
+    const rows = await queryUserDb<{ n: number }>(
+      t.dataDir,
+      'newcomer',
+      'SELECT COUNT(*) AS n FROM usage_events',
+    );
     expect(rows[0].n).toBe(1);
   });
 
   it('answers 503 within the enforcement timeout when no database slot frees up, and gives the late reservation back', async () => {
-    const t2 = await createTestApp({ usage: { storage: { maxOpenDataSources: 1 }, enforcementTimeoutMs: 100 } });
+    const t2 = await createTestApp({
+      usage: { storage: { maxOpenDataSources: 1 }, enforcementTimeoutMs: 100 },
+    });
     try {
-      const slow = request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer('slow')).send({ ...chat, delayMs: 600 });
+      const slow = request(t2.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('slow'))
+        .send({ ...chat, delayMs: 600 });
       const slowDone = slow.then((r) => r.status);
       await new Promise((r) => setTimeout(r, 100));
       const started = Date.now();
-      const blocked = await request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer('blocked')).send(chat);
+      const blocked = await request(t2.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('blocked'))
+        .send(chat);
       const waited = Date.now() - started;
       expect(blocked.status).toBe(503);
       expect(blocked.body).toEqual(EXPECTED_503);
       expect(waited).toBeLessThan(500);
       expect(await slowDone).toBe(200);
-      expect(t2.app.get(UsageService).enforcementStats().failures).toEqual({ 'database_session_unavailable:openai': 1 });
-      const ok = await request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer('blocked')).send(chat);
+      expect(t2.app.get(UsageService).enforcementStats().failures).toEqual({
+        'database_session_unavailable:openai': 1,
+      });
+      const ok = await request(t2.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('blocked'))
+        .send(chat);
       expect(ok.status).toBe(200);
       const [snapshot] = await t2.probe.store.readCounters('blocked', [
-        { scope: 'ai_text', metric: 'calls', periodKey: (await t2.app.get(UsageService).getUsage('blocked')).limits[0].period_key },
+        {
+          scope: 'ai_text',
+          metric: 'calls',
+          periodKey: (await t2.app.get(UsageService).getUsage('blocked')).limits[0].period_key,
+        },
       ]);
       expect(snapshot).toMatchObject({ used: 1, reserved: 0 });
     } finally {
@@ -90,21 +117,27 @@ describe(`${EMERGENCY_FAIL_OPEN_ENV}`, () => {
     else process.env[EMERGENCY_FAIL_OPEN_ENV] = previous;
   });
 
-  it.each(['1', 'true', 'YES', 'on'])('=%s lets requests through while the store is down and counts them', async (value) => {
-    process.env[EMERGENCY_FAIL_OPEN_ENV] = value;
-    const t = await createTestApp();
-    const restore = breakDataDir(t.dataDir);
-    try {
-      const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('u')).send(chat);
-      expect(res.status).toBe(200);
-      const stats = t.app.get(UsageService).enforcementStats();
-      expect(stats.failOpen).toEqual({ openai: 1 });
-      expect(stats.failures).toEqual({ 'database_init_failed:openai': 1 });
-    } finally {
-      restore();
-      await t.close();
-    }
-  });
+  it.each(['1', 'true', 'YES', 'on'])(
+    '=%s lets requests through while the store is down and counts them',
+    async (value) => {
+      process.env[EMERGENCY_FAIL_OPEN_ENV] = value;
+      const t = await createTestApp();
+      const restore = breakDataDir(t.dataDir);
+      try {
+        const res = await request(t.url)
+          .post('/openai/v1/chat/completions')
+          .set('authorization', bearer('u'))
+          .send(chat);
+        expect(res.status).toBe(200);
+        const stats = t.app.get(UsageService).enforcementStats();
+        expect(stats.failOpen).toEqual({ openai: 1 });
+        expect(stats.failures).toEqual({ 'database_init_failed:openai': 1 });
+      } finally {
+        restore();
+        await t.close();
+      }
+    },
+  );
 
   it('is read at start-up only, and other values keep failing closed', async () => {
     process.env[EMERGENCY_FAIL_OPEN_ENV] = 'maybe';
@@ -112,7 +145,10 @@ describe(`${EMERGENCY_FAIL_OPEN_ENV}`, () => {
     process.env[EMERGENCY_FAIL_OPEN_ENV] = 'true';
     const restore = breakDataDir(t.dataDir);
     try {
-      const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('u')).send(chat);
+      const res = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('u'))
+        .send(chat);
       expect(res.status).toBe(503);
     } finally {
       restore();

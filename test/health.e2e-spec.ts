@@ -7,8 +7,10 @@ const ok = { messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 };
 const failing = { ...ok, fail: 500 };
 
 async function run(url: string, user: string, good: number, bad: number) {
-  for (let i = 0; i < good; i++) await request(url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(ok);
-  for (let i = 0; i < bad; i++) await request(url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(failing);
+  for (let i = 0; i < good; i++)
+    await request(url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(ok);
+  for (let i = 0; i < bad; i++)
+    await request(url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(failing);
 }
 
 describe('GET /health/usage', () => {
@@ -50,7 +52,13 @@ describe('GET /health/usage', () => {
       await run(t.url, 'plan=unlimited;load', good, bad);
       const res = await request(t.url).get('/health/usage');
       expect(res.status).toBe(200);
-      expect(res.body.usage).toMatchObject({ status, icon, recent_requests: 100, recent_errors: bad, error_rate: rate });
+      expect(res.body.usage).toMatchObject({
+        status,
+        icon,
+        recent_requests: 100,
+        recent_errors: bad,
+        error_rate: rate,
+      });
     } finally {
       await t.close();
     }

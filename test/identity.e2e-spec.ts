@@ -27,7 +27,11 @@ describe('identity', () => {
     for (const victim of ['victim-q', 'victim-h', 'victim@example.com', 'victim-s', 'victim-b']) {
       expect(existsSync(join(t.dataDir, userFileName(victim)))).toBe(false);
     }
-    const rows = await queryUserDb<{ user_id: string }>(t.dataDir, 'real-user', 'SELECT user_id FROM usage_events');
+    const rows = await queryUserDb<{ user_id: string }>(
+      t.dataDir,
+      'real-user',
+      'SELECT user_id FROM usage_events',
+    );
     expect(rows).toEqual([{ user_id: 'real-user' }]);
   });
 
@@ -42,7 +46,10 @@ describe('identity', () => {
   });
 
   it('refuses an id longer than 1024 characters rather than truncating it', async () => {
-    const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('x'.repeat(1025))).send(chat);
+    const res = await request(t.url)
+      .post('/openai/v1/chat/completions')
+      .set('authorization', bearer('x'.repeat(1025)))
+      .send(chat);
     expect(res.status).toBe(401);
   });
 
@@ -50,11 +57,34 @@ describe('identity', () => {
     const nfc = 'Jos\u00e9';
     const nfd = 'Jose\u0301';
     const ids = [
-      '../../x', 'a/b', '..\\x', ':memory:', 'a'.repeat(500), 'a.b', 'ab', 'AB', 'Ab', 'CON', 'nul',
-      'file:///etc/passwd', '%2e%2e%2f', 'x\u0000y', '🙂', nfc, nfd, ' ', '.', '..', '/', 'user\nnewline',
+      '../../x',
+      'a/b',
+      '..\\x',
+      ':memory:',
+      'a'.repeat(500),
+      'a.b',
+      'ab',
+      'AB',
+      'Ab',
+      'CON',
+      'nul',
+      'file:///etc/passwd',
+      '%2e%2e%2f',
+      'x\u0000y',
+      '🙂',
+      nfc,
+      nfd,
+      ' ',
+      '.',
+      '..',
+      '/',
+      'user\nnewline',
     ];
     for (const id of ids) {
-      const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(id)).send(chat);
+      const res = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer(id))
+        .send(chat);
       expect(res.status).toBe(200);
     }
     const root = realpathSync(t.dataDir);
@@ -74,11 +104,30 @@ describe('identity options', () => {
   it('trusts one configured header for requests without a principal; the principal still wins', async () => {
     const t = await createTestApp({ usage: { trustedUserHeader: 'x-user-id' } });
     try {
-      expect((await request(t.url).post('/openai/v1/chat/completions').set('x-user-id', 'gw-user').send(chat)).status).toBe(200);
-      expect((await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer('principal')).set('x-user-id', 'gw-user').send(chat)).status).toBe(200);
-      const gw = await queryUserDb<{ n: number }>(t.dataDir, 'gw-user', 'SELECT COUNT(*) AS n FROM usage_events');
+      expect(
+        (await request(t.url).post('/openai/v1/chat/completions').set('x-user-id', 'gw-user').send(chat))
+          .status,
+      ).toBe(200);
+      expect(
+        (
+          await request(t.url)
+            .post('/openai/v1/chat/completions')
+            .set('authorization', bearer('principal'))
+            .set('x-user-id', 'gw-user')
+            .send(chat)
+        ).status,
+      ).toBe(200);
+      const gw = await queryUserDb<{ n: number }>(
+        t.dataDir,
+        'gw-user',
+        'SELECT COUNT(*) AS n FROM usage_events',
+      );
       expect(gw[0].n).toBe(1);
-      const p = await queryUserDb<{ n: number }>(t.dataDir, 'principal', 'SELECT COUNT(*) AS n FROM usage_events');
+      const p = await queryUserDb<{ n: number }>(
+        t.dataDir,
+        'principal',
+        'SELECT COUNT(*) AS n FROM usage_events',
+      );
       expect(p[0].n).toBe(1);
     } finally {
       await t.close();
@@ -88,7 +137,8 @@ describe('identity options', () => {
   it("anonymous: 'allow' charges requests without a user to one shared anonymous user", async () => {
     const t = await createTestApp({ usage: { anonymous: 'allow' } });
     try {
-      for (let i = 0; i < 5; i++) expect((await request(t.url).post('/openai/v1/chat/completions').send(chat)).status).toBe(200);
+      for (let i = 0; i < 5; i++)
+        expect((await request(t.url).post('/openai/v1/chat/completions').send(chat)).status).toBe(200);
       expect((await request(t.url).post('/openai/v1/chat/completions').send(chat)).status).toBe(429);
       expect(sqliteFiles(t.dataDir)).toEqual([userFileName('__anonymous__')]);
     } finally {

@@ -5,7 +5,11 @@ import { queryUserDb } from './utils/user-db';
 
 const NOV_15_NOON = Date.UTC(2026, 10, 15, 12, 0, 0);
 const DEC_1 = Date.UTC(2026, 11, 1);
-const chat = (extra: object = {}) => ({ messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20, ...extra });
+const chat = (extra: object = {}) => ({
+  messages: [{ role: 'user', content: 'hello there' }],
+  max_tokens: 20,
+  ...extra,
+});
 
 describe('limits', () => {
   let t: TestApp;
@@ -29,7 +33,8 @@ describe('limits', () => {
     expect(refused.status).toBe(429);
     expect(refused.body).toEqual({
       error: 'Usage limit exceeded',
-      message: 'Monthly calls limit for ai_text reached (5 of 5 used). It resets at 2026-12-01T00:00:00.000Z.',
+      message:
+        'Monthly calls limit for ai_text reached (5 of 5 used). It resets at 2026-12-01T00:00:00.000Z.',
       code: 'USAGE_LIMIT_CALLS',
       provider: 'openai',
       usage_info: {
@@ -80,8 +85,18 @@ describe('limits', () => {
     });
     try {
       now = Date.UTC(2026, 10, 15, 12, 0, 30);
-      expect((await request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat())).status).toBe(200);
-      const res = await request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat());
+      expect(
+        (
+          await request(t2.url)
+            .post('/openai/v1/chat/completions')
+            .set('authorization', bearer(user))
+            .send(chat())
+        ).status,
+      ).toBe(200);
+      const res = await request(t2.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer(user))
+        .send(chat());
       expect(res.status).toBe(429);
       expect(res.headers['retry-after']).toBe('30');
       expect(res.headers['x-should-retry']).toBeUndefined();
@@ -99,11 +114,23 @@ describe('limits', () => {
     const codes = results.map((r) => r.status);
     expect(codes.filter((c) => c === 200)).toHaveLength(100);
     expect(codes.filter((c) => c === 429)).toHaveLength(200);
-    const [counter] = await queryUserDb<{ used: number }>(t.dataDir, user, "SELECT used FROM usage_counters WHERE metric = 'calls'");
+    const [counter] = await queryUserDb<{ used: number }>(
+      t.dataDir,
+      user,
+      "SELECT used FROM usage_counters WHERE metric = 'calls'",
+    );
     expect(counter.used).toBe(100);
-    const [ledger] = await queryUserDb<{ n: number }>(t.dataDir, user, 'SELECT COUNT(*) AS n FROM usage_events');
+    const [ledger] = await queryUserDb<{ n: number }>(
+      t.dataDir,
+      user,
+      'SELECT COUNT(*) AS n FROM usage_events',
+    );
     expect(ledger.n).toBe(100);
-    const [requests] = await queryUserDb<{ n: number }>(t.dataDir, user, 'SELECT COUNT(*) AS n FROM api_requests');
+    const [requests] = await queryUserDb<{ n: number }>(
+      t.dataDir,
+      user,
+      'SELECT COUNT(*) AS n FROM api_requests',
+    );
     expect(requests.n).toBe(100);
   });
 
@@ -115,7 +142,11 @@ describe('limits', () => {
     expect(results.every((r) => r.status === 200 || r.status === 429)).toBe(true);
     // Each reserves 3 (prompt estimate) + 200 (max_tokens) and settles 60.
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(10_000 / 203));
-    const [counter] = await queryUserDb<{ used: number }>(t.dataDir, user, "SELECT used FROM usage_counters WHERE metric = 'tokens'");
+    const [counter] = await queryUserDb<{ used: number }>(
+      t.dataDir,
+      user,
+      "SELECT used FROM usage_counters WHERE metric = 'tokens'",
+    );
     expect(counter.used).toBe(60 * admitted);
     expect(counter.used).toBeLessThanOrEqual(10_000);
     const [ledger] = await queryUserDb<{ n: number; tokens: number }>(
@@ -135,7 +166,9 @@ describe('limits', () => {
   it('max 0 allows nothing; an absent limit is unlimited', async () => {
     const zero = await post('plan=zero;z');
     expect(zero.status).toBe(429);
-    expect(zero.body.message).toBe('Monthly calls limit for * allows none. It resets at 2026-12-01T00:00:00.000Z.');
+    expect(zero.body.message).toBe(
+      'Monthly calls limit for * allows none. It resets at 2026-12-01T00:00:00.000Z.',
+    );
     expect(zero.body.usage_info).toMatchObject({ current: 0, limit: 0, percentage: 100 });
     for (let i = 0; i < 20; i++) expect((await post('plan=unlimited;u')).status).toBe(200);
   });
@@ -155,8 +188,15 @@ describe('limits', () => {
     for (let i = 0; i < 3; i++) expect((await post(user, '/tavily/search', { query: 'q' })).status).toBe(200);
     const res = await post(user, '/tavily/search', { query: 'q' });
     expect(res.status).toBe(429);
-    expect(res.body).toMatchObject({ provider: 'tavily', usage_info: { scope: 'tavily', current: 3, limit: 3 } });
-    const rows = await queryUserDb<{ searches: number; cost_micros: number }>(t.dataDir, user, 'SELECT searches, cost_micros FROM usage_events');
+    expect(res.body).toMatchObject({
+      provider: 'tavily',
+      usage_info: { scope: 'tavily', current: 3, limit: 3 },
+    });
+    const rows = await queryUserDb<{ searches: number; cost_micros: number }>(
+      t.dataDir,
+      user,
+      'SELECT searches, cost_micros FROM usage_events',
+    );
     expect(rows).toEqual([
       { searches: 1, cost_micros: 1000 },
       { searches: 1, cost_micros: 1000 },

@@ -25,7 +25,13 @@ describe('open DataSources (LRU)', () => {
       for (let i = 0; i < users.length; i += 3) {
         const batch = users.slice(i, i + 3);
         const codes = await Promise.all(
-          batch.map((u) => request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(u)).send(chat).then((r) => r.status)),
+          batch.map((u) =>
+            request(t.url)
+              .post('/openai/v1/chat/completions')
+              .set('authorization', bearer(u))
+              .send(chat)
+              .then((r) => r.status),
+          ),
         );
         expect(codes).toEqual(batch.map(() => 200));
         maxOpen = Math.max(maxOpen, store.openDataSources);
@@ -34,7 +40,11 @@ describe('open DataSources (LRU)', () => {
       expect(maxOpen).toBeLessThanOrEqual(4);
       expect(maxOpen).toBeGreaterThanOrEqual(2);
       expect(sqliteFiles(t.dataDir)).toHaveLength(21);
-      const rows = await queryUserDb<{ n: number }>(t.dataDir, 'long-request', 'SELECT COUNT(*) AS n FROM usage_events');
+      const rows = await queryUserDb<{ n: number }>(
+        t.dataDir,
+        'long-request',
+        'SELECT COUNT(*) AS n FROM usage_events',
+      );
       expect(rows[0].n).toBe(1);
       expect(t.app.get(UsageService).enforcementStats().trackingFailures).toBe(0);
       // Reopened users read their counters back.

@@ -7,7 +7,11 @@ import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 
 const NOV_20 = Date.UTC(2026, 10, 20, 8, 0, 0);
-const chat = (extra: object = {}) => ({ messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20, ...extra });
+const chat = (extra: object = {}) => ({
+  messages: [{ role: 'user', content: 'hello there' }],
+  max_tokens: 20,
+  ...extra,
+});
 const EVENT_COLUMNS =
   'user_id, provider, model, endpoint, method, status_code, input_tokens, output_tokens, cost_micros, searches, estimated, outcome, period_key';
 
@@ -51,14 +55,22 @@ describe('metering', () => {
         period_key: 'month:2026-11-01',
       },
     ]);
-    const [counter] = await queryUserDb<{ used: number }>(t.dataDir, 'exact', "SELECT used FROM usage_counters WHERE metric = 'cost'");
+    const [counter] = await queryUserDb<{ used: number }>(
+      t.dataDir,
+      'exact',
+      "SELECT used FROM usage_counters WHERE metric = 'cost'",
+    );
     expect(counter.used).toBe(46);
   });
 
   it('estimates and flags usage when the provider reports none', async () => {
     const res = await post('estimated', chat({ omitUsage: true, reply: 'four words of reply' }));
     expect(res.status).toBe(200);
-    const rows = await queryUserDb(t.dataDir, 'estimated', 'SELECT input_tokens, output_tokens, estimated FROM usage_events');
+    const rows = await queryUserDb(
+      t.dataDir,
+      'estimated',
+      'SELECT input_tokens, output_tokens, estimated FROM usage_events',
+    );
     // words × 1.3, rounded up: "hello there" → 3, "four words of reply" → 6.
     expect(rows).toEqual([{ input_tokens: 3, output_tokens: 6, estimated: 1 }]);
   });
@@ -67,7 +79,11 @@ describe('metering', () => {
     const res = await post('failing', chat({ fail: 502 }));
     expect(res.status).toBe(502);
     expect(res.body).toEqual({ error: 'upstream failed' });
-    const rows = await queryUserDb(t.dataDir, 'failing', 'SELECT status_code, outcome, input_tokens, output_tokens FROM usage_events');
+    const rows = await queryUserDb(
+      t.dataDir,
+      'failing',
+      'SELECT status_code, outcome, input_tokens, output_tokens FROM usage_events',
+    );
     expect(rows).toEqual([{ status_code: 502, outcome: 'error', input_tokens: 0, output_tokens: 0 }]);
   });
 
@@ -76,13 +92,24 @@ describe('metering', () => {
     const rows = await queryUserDb(t.dataDir, 'detected', 'SELECT provider, endpoint FROM usage_events');
     expect(rows).toEqual([{ provider: 'openai', endpoint: '/detect/openai/complete' }]);
 
-    expect((await request(t.url).get('/detect/plain').set('authorization', bearer('plain-user'))).status).toBe(200);
-    expect((await request(t.url).get('/openai/v1/models').set('authorization', bearer('plain-user'))).status).toBe(200);
+    expect(
+      (await request(t.url).get('/detect/plain').set('authorization', bearer('plain-user'))).status,
+    ).toBe(200);
+    expect(
+      (await request(t.url).get('/openai/v1/models').set('authorization', bearer('plain-user'))).status,
+    ).toBe(200);
     expect(existsSync(join(t.dataDir, userFileName('plain-user')))).toBe(false);
 
-    const viaUa = await request(t.url).get('/detect/plain').set('user-agent', 'OpenAI/JS 4.77.0').set('authorization', bearer('ua-user'));
+    const viaUa = await request(t.url)
+      .get('/detect/plain')
+      .set('user-agent', 'OpenAI/JS 4.77.0')
+      .set('authorization', bearer('ua-user'));
     expect(viaUa.status).toBe(200);
-    const uaRows = await queryUserDb(t.dataDir, 'ua-user', 'SELECT provider, method, status_code FROM usage_events');
+    const uaRows = await queryUserDb(
+      t.dataDir,
+      'ua-user',
+      'SELECT provider, method, status_code FROM usage_events',
+    );
     expect(uaRows).toEqual([{ provider: 'openai', method: 'GET', status_code: 200 }]);
   });
 
@@ -99,7 +126,11 @@ describe('metering', () => {
       ['ai_text:calls:month', 100, 5],
     ]);
     expect(seen).toHaveLength(3);
-    const rows = await queryUserDb(t.dataDir, 'alerted', 'SELECT limit_id, threshold, used, max_value FROM usage_alerts ORDER BY threshold');
+    const rows = await queryUserDb(
+      t.dataDir,
+      'alerted',
+      'SELECT limit_id, threshold, used, max_value FROM usage_alerts ORDER BY threshold',
+    );
     expect(rows).toEqual([
       { limit_id: 'ai_text:calls:month', threshold: 80, used: 4, max_value: 5 },
       { limit_id: 'ai_text:calls:month', threshold: 90, used: 5, max_value: 5 },
@@ -124,13 +155,23 @@ describe('recordAllRequests', () => {
   it('writes api_requests rows for identified unmetered requests when on', async () => {
     const t = await createTestApp({ usage: { recordAllRequests: true } });
     try {
-      expect((await request(t.url).get('/detect/plain').set('authorization', bearer('watched'))).status).toBe(200);
+      expect((await request(t.url).get('/detect/plain').set('authorization', bearer('watched'))).status).toBe(
+        200,
+      );
       expect((await request(t.url).get('/detect/plain')).status).toBe(200);
       // The row is written after the response; give the group commit a moment.
       await new Promise((r) => setTimeout(r, 100));
-      const rows = await queryUserDb(t.dataDir, 'watched', 'SELECT provider, path, method, status_code FROM api_requests');
+      const rows = await queryUserDb(
+        t.dataDir,
+        'watched',
+        'SELECT provider, path, method, status_code FROM api_requests',
+      );
       expect(rows).toEqual([{ provider: null, path: '/detect/plain', method: 'GET', status_code: 200 }]);
-      const events = await queryUserDb<{ n: number }>(t.dataDir, 'watched', 'SELECT COUNT(*) AS n FROM usage_events');
+      const events = await queryUserDb<{ n: number }>(
+        t.dataDir,
+        'watched',
+        'SELECT COUNT(*) AS n FROM usage_events',
+      );
       expect(events[0].n).toBe(0);
     } finally {
       await t.close();

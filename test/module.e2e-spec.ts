@@ -3,7 +3,13 @@ import request from 'supertest';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageMonitoringModule, type UsageMonitoringModuleOptions } from '@app/usage-monitoring';
-import { createTestApp, tempDataDir, TEST_PLANS, type ModuleStyle, type Platform } from './utils/create-test-app';
+import {
+  createTestApp,
+  tempDataDir,
+  TEST_PLANS,
+  type ModuleStyle,
+  type Platform,
+} from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 
@@ -24,14 +30,21 @@ describe('UsageMonitoringModule wiring', () => {
       const user = `user-${style}-${platform}`;
       const codes: number[] = [];
       for (let i = 0; i < 6; i++) {
-        const res = await request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat);
+        const res = await request(t.url)
+          .post('/openai/v1/chat/completions')
+          .set('authorization', bearer(user))
+          .send(chat);
         codes.push(res.status);
       }
       expect(codes).toEqual([200, 200, 200, 200, 200, 429]);
       const health = await request(t.url).get('/health/usage');
       expect(health.status).toBe(200);
       expect(health.body.usage.recent_requests).toBe(6);
-      const rows = await queryUserDb<{ n: number }>(t.dataDir, user, 'SELECT COUNT(*) AS n FROM usage_events');
+      const rows = await queryUserDb<{ n: number }>(
+        t.dataDir,
+        user,
+        'SELECT COUNT(*) AS n FROM usage_events',
+      );
       expect(rows[0].n).toBe(5);
     } finally {
       await t.close();
@@ -49,21 +62,54 @@ describe('UsageMonitoringModule wiring', () => {
 
   const badOptions: [string, object, RegExp][] = [
     ['no plans', { plans: [] }, /plans must be a non-empty array/],
-    ['negative max', { plans: [{ name: 'p', limits: [{ metric: 'calls', scope: '*', max: -1 }] }] }, /plans\[0\]\.limits\[0\]\.max/],
-    ['bad metric', { plans: [{ name: 'p', limits: [{ metric: 'cals', scope: '*', max: 1 }] }] }, /plans\[0\]\.limits\[0\]\.metric/],
-    ['bad period', { plans: [{ name: 'p', limits: [{ metric: 'calls', scope: '*', period: 'week', max: 1 }] }] }, /plans\[0\]\.limits\[0\]\.period/],
-    ['cost finer than a micro-dollar', { plans: [{ name: 'p', limits: [{ metric: 'cost', scope: '*', max: 0.0000001 }] }] }, /max has more than 6 decimals/],
+    [
+      'negative max',
+      { plans: [{ name: 'p', limits: [{ metric: 'calls', scope: '*', max: -1 }] }] },
+      /plans\[0\]\.limits\[0\]\.max/,
+    ],
+    [
+      'bad metric',
+      { plans: [{ name: 'p', limits: [{ metric: 'cals', scope: '*', max: 1 }] }] },
+      /plans\[0\]\.limits\[0\]\.metric/,
+    ],
+    [
+      'bad period',
+      { plans: [{ name: 'p', limits: [{ metric: 'calls', scope: '*', period: 'week', max: 1 }] }] },
+      /plans\[0\]\.limits\[0\]\.period/,
+    ],
+    [
+      'cost finer than a micro-dollar',
+      { plans: [{ name: 'p', limits: [{ metric: 'cost', scope: '*', max: 0.0000001 }] }] },
+      /max has more than 6 decimals/,
+    ],
     ['unknown default plan', { plans: TEST_PLANS, defaultPlan: 'gold' }, /defaultPlan "gold"/],
     ['bad timeout', { plans: TEST_PLANS, enforcementTimeoutMs: 0 }, /enforcementTimeoutMs/],
-    ['bad price override', { plans: TEST_PLANS, prices: { 'gpt-4o': { inputPerMTok: -1 } } }, /prices\.gpt-4o\.inputPerMTok/],
-    ['unknown price field', { plans: TEST_PLANS, prices: { 'gpt-4o': { input: 1 } } }, /prices\.gpt-4o\.input is not a price field/],
+    [
+      'bad price override',
+      { plans: TEST_PLANS, prices: { 'gpt-4o': { inputPerMTok: -1 } } },
+      /prices\.gpt-4o\.inputPerMTok/,
+    ],
+    [
+      'unknown price field',
+      { plans: TEST_PLANS, prices: { 'gpt-4o': { input: 1 } } },
+      /prices\.gpt-4o\.input is not a price field/,
+    ],
     ['bad pattern', { plans: TEST_PLANS, providerPatterns: { x: '(' } }, /providerPatterns\.x/],
-    ['bad cache size', { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), maxOpenDataSources: 0 } }, /storage\.maxOpenDataSources/],
+    [
+      'bad cache size',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), maxOpenDataSources: 0 } },
+      /storage\.maxOpenDataSources/,
+    ],
   ];
 
   it.each(badOptions)('refuses to start with %s, naming the option', async (_name, options, message) => {
     const build = Test.createTestingModule({
-      imports: [UsageMonitoringModule.forRoot({ ...(options as object as UsageMonitoringModuleOptions), storage: (options as { storage?: object }).storage ?? { dataDir: tempDataDir() } })],
+      imports: [
+        UsageMonitoringModule.forRoot({
+          ...(options as UsageMonitoringModuleOptions),
+          storage: (options as { storage?: object }).storage ?? { dataDir: tempDataDir() },
+        }),
+      ],
     }).compile();
     await expect(build).rejects.toThrow(message);
   });
@@ -89,7 +135,10 @@ describe('UsageMonitoringModule wiring', () => {
     writeFileSync(join(dataDir, '.usage-monitoring.lock'), '4194305 stale-token\n');
     const second = await createTestApp({ usage: { storage: { dataDir } } });
     try {
-      const res = await request(second.url).post('/openai/v1/chat/completions').set('authorization', bearer('u')).send(chat);
+      const res = await request(second.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('u'))
+        .send(chat);
       expect(res.status).toBe(200);
     } finally {
       await second.close();

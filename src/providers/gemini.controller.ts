@@ -35,7 +35,9 @@ export class GeminiController {
     const reply = replyTo(prompt, body?.generationConfig?.maxOutputTokens);
     const promptTokens = tokensOf(prompt);
     return {
-      candidates: [{ content: { role: 'model', parts: [{ text: reply.text }] }, finishReason: 'STOP', index: 0 }],
+      candidates: [
+        { content: { role: 'model', parts: [{ text: reply.text }] }, finishReason: 'STOP', index: 0 },
+      ],
       usageMetadata: {
         promptTokenCount: promptTokens,
         candidatesTokenCount: reply.tokens,

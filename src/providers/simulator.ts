@@ -13,7 +13,19 @@ function seed(text: string): number {
 }
 
 export function replyTo(prompt: string, maxTokens: number | undefined): { text: string; tokens: number } {
-  const words = ['Sure', 'here', 'is', 'a', 'simulated', 'answer', 'about', 'your', 'request', 'with', 'details'];
+  const words = [
+    'Sure',
+    'here',
+    'is',
+    'a',
+    'simulated',
+    'answer',
+    'about',
+    'your',
+    'request',
+    'with',
+    'details',
+  ];
   const n = 8 + (seed(prompt) % 24);
   const out: string[] = [];
   for (let i = 0; i < n; i++) out.push(words[(seed(prompt) + i * 7) % words.length]);

@@ -73,7 +73,8 @@ export function tempDataDir(): string {
  * 127.0.0.1 with a fresh data directory.
  */
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
-  const given = opts.usage?.storage as SqliteStorageOptions | { type: 'custom'; dataDir?: undefined } | undefined;
+  const given = opts.usage?.storage as
+    SqliteStorageOptions | { type: 'custom'; dataDir?: undefined } | undefined;
   const ownDir = given?.type !== 'custom' && !given?.dataDir;
   const dataDir = given?.dataDir ?? tempDataDir();
   const options: UsageMonitoringModuleOptions = {
@@ -120,7 +121,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   }
   app.enableShutdownHooks();
   await app.init();
-  if (opts.platform === 'fastify') await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();
+  if (opts.platform === 'fastify')
+    await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address() as { port: number };
   return {

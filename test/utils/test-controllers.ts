@@ -24,9 +24,12 @@ import {
 @Injectable()
 export class TestAuthGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined>; user?: unknown }>();
+    const req = context
+      .switchToHttp()
+      .getRequest<{ headers: Record<string, string | undefined>; user?: unknown }>();
     const auth = req.headers.authorization;
-    if (auth?.startsWith('Bearer ')) req.user = { id: Buffer.from(auth.slice(7), 'base64url').toString('utf8') };
+    if (auth?.startsWith('Bearer '))
+      req.user = { id: Buffer.from(auth.slice(7), 'base64url').toString('utf8') };
     return true;
   }
 }

@@ -4,9 +4,15 @@ import { Database, OPEN_READONLY } from 'sqlite3';
 import { userFileName } from '@app/usage-monitoring';
 
 /** Runs a read query on a user's database file, directly (the way an operator would look). */
-export function queryUserDb<T = Record<string, unknown>>(dataDir: string, userId: string, sql: string, params: unknown[] = []): Promise<T[]> {
+export function queryUserDb<T = Record<string, unknown>>(
+  dataDir: string,
+  userId: string,
+  sql: string,
+  params: unknown[] = [],
+): Promise<T[]> {
   const file = join(dataDir, userFileName(userId));
-  if (!existsSync(file)) return Promise.reject(new Error(`no database file for user ${JSON.stringify(userId)}`));
+  if (!existsSync(file))
+    return Promise.reject(new Error(`no database file for user ${JSON.stringify(userId)}`));
   return new Promise((resolve, reject) => {
     const db = new Database(file, OPEN_READONLY, (err) => {
       if (err) return reject(err);

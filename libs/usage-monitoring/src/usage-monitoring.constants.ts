@@ -5,8 +5,7 @@ export const USAGE_LIMIT_CODES = {
   cost: 'USAGE_LIMIT_COST',
 } as const;
 
-export type UsageLimitCode =
-  (typeof USAGE_LIMIT_CODES)[keyof typeof USAGE_LIMIT_CODES];
+export type UsageLimitCode = (typeof USAGE_LIMIT_CODES)[keyof typeof USAGE_LIMIT_CODES];
 
 export const ENFORCEMENT_UNAVAILABLE_CODE = 'USAGE_LIMIT_ENFORCEMENT_UNAVAILABLE';
 
@@ -22,8 +21,7 @@ export const ENFORCEMENT_FAILURE_REASONS = [
   'unexpected_enforcement_error',
 ] as const;
 
-export type EnforcementFailureReason =
-  (typeof ENFORCEMENT_FAILURE_REASONS)[number];
+export type EnforcementFailureReason = (typeof ENFORCEMENT_FAILURE_REASONS)[number];
 
 /** Alert thresholds, in percent of a limit. */
 export const ALERT_THRESHOLDS = [80, 90, 100] as const;

@@ -1,16 +1,15 @@
 import { ConfigurableModuleBuilder } from '@nestjs/common';
 import type { UsageMonitoringModuleExtras, UsageMonitoringModuleOptions } from './usage-monitoring.options';
 
-export const {
-  ConfigurableModuleClass,
-  MODULE_OPTIONS_TOKEN,
-  OPTIONS_TYPE,
-  ASYNC_OPTIONS_TYPE,
-} = new ConfigurableModuleBuilder<UsageMonitoringModuleOptions>({ moduleName: 'UsageMonitoring' })
-  .setClassMethodName('forRoot')
-  .setFactoryMethodName('createUsageMonitoringOptions')
-  .setExtras<UsageMonitoringModuleExtras>({ isGlobal: true, healthController: true }, (definition, extras) => ({
-    ...definition,
-    global: extras.isGlobal,
-  }))
-  .build();
+export const { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN, OPTIONS_TYPE, ASYNC_OPTIONS_TYPE } =
+  new ConfigurableModuleBuilder<UsageMonitoringModuleOptions>({ moduleName: 'UsageMonitoring' })
+    .setClassMethodName('forRoot')
+    .setFactoryMethodName('createUsageMonitoringOptions')
+    .setExtras<UsageMonitoringModuleExtras>(
+      { isGlobal: true, healthController: true },
+      (definition, extras) => ({
+        ...definition,
+        global: extras.isGlobal,
+      }),
+    )
+    .build();

@@ -73,7 +73,10 @@ const providers: Provider[] = [
     MeteringInterceptor,
   ],
 })
-export class UsageMonitoringModule extends ConfigurableModuleClass implements OnModuleInit, OnApplicationShutdown {
+export class UsageMonitoringModule
+  extends ConfigurableModuleClass
+  implements OnModuleInit, OnApplicationShutdown
+{
   constructor(@Inject(USAGE_STORE) private readonly store: UsageStore) {
     super();
   }

@@ -1,20 +1,27 @@
 import { AI_TEXT_GROUP, EMERGENCY_FAIL_OPEN_ENV } from './usage-monitoring.constants';
-import type {
-  UsageMonitoringModuleOptions,
-  UsageRequest,
-} from './usage-monitoring.options';
+import type { UsageMonitoringModuleOptions, UsageRequest } from './usage-monitoring.options';
 import { UsageExtractor } from './metering/usage-extractor';
 import { PlanCatalog } from './plans/plan-catalog';
 import { PlanResolver } from './plans/plan-resolver';
 import type { PlanAssignment } from './plans/plan.interface';
 import { DEFAULT_MODELS, DEFAULT_PRICES } from './pricing/default-prices';
 import { PriceBook } from './pricing/price-book';
-import { DEFAULT_IGNORED_PATH_PREFIXES, DEFAULT_PROVIDER_PATTERNS, ProviderDetector } from './providers/provider-detector';
+import {
+  DEFAULT_IGNORED_PATH_PREFIXES,
+  DEFAULT_PROVIDER_PATTERNS,
+  ProviderDetector,
+} from './providers/provider-detector';
 import type { UsageAlert } from './alerts/usage-alert.interface';
 import type { UsageStore } from './storage/usage-store.interface';
 
 export type ResolvedStorage =
-  | { type: 'sqlite'; dataDir: string; maxOpenDataSources: number; busyTimeoutMs: number; synchronous: 'normal' | 'full' }
+  | {
+      type: 'sqlite';
+      dataDir: string;
+      maxOpenDataSources: number;
+      busyTimeoutMs: number;
+      synchronous: 'normal' | 'full';
+    }
   | { type: 'custom'; store: UsageStore };
 
 /** Options after validation and defaults, computed once at module init. */
@@ -61,7 +68,8 @@ function fail(message: string): never {
 
 function positiveInt(value: unknown, name: string, fallback: number, min = 1): number {
   if (value === undefined) return fallback;
-  if (!Number.isSafeInteger(value) || (value as number) < min) fail(`${name} must be an integer ≥ ${min} (got ${JSON.stringify(value)})`);
+  if (!Number.isSafeInteger(value) || (value as number) < min)
+    fail(`${name} must be an integer ≥ ${min} (got ${JSON.stringify(value)})`);
   return value as number;
 }
 
@@ -75,7 +83,8 @@ function fn<T>(value: unknown, name: string): T | undefined {
 export function normalizeOptions(options: UsageMonitoringModuleOptions): NormalizedUsageOptions {
   if (!options || typeof options !== 'object') fail('options are required ({ plans, ... })');
   const groups = options.providerGroups ?? DEFAULT_PROVIDER_GROUPS;
-  if (typeof groups !== 'object' || groups === null) fail('providerGroups must be an object of provider name arrays');
+  if (typeof groups !== 'object' || groups === null)
+    fail('providerGroups must be an object of provider name arrays');
   for (const [name, members] of Object.entries(groups)) {
     if (!Array.isArray(members) || members.some((m) => typeof m !== 'string' || m === '')) {
       fail(`providerGroups.${name} must be an array of provider names`);
@@ -88,20 +97,26 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
     fail((e as Error).message);
   }
   const defaultPlan = options.defaultPlan ?? (catalog.has('free') ? 'free' : catalog.names[0]);
-  if (!catalog.has(defaultPlan)) fail(`defaultPlan "${defaultPlan}" is not in plans (${catalog.names.join(', ')})`);
+  if (!catalog.has(defaultPlan))
+    fail(`defaultPlan "${defaultPlan}" is not in plans (${catalog.names.join(', ')})`);
 
   const planFn = fn<NormalizedUsageOptions['resolvePlan']>(options.plan, 'plan');
   const userIdFn = fn<NormalizedUsageOptions['userId']>(options.userId, 'userId') ?? defaultUserId;
   const clock = fn<() => number>(options.clock, 'clock') ?? Date.now;
   const onAlert = fn<(a: UsageAlert) => void>(options.onAlert, 'onAlert');
 
-  if (options.trustedUserHeader !== undefined && (typeof options.trustedUserHeader !== 'string' || !/^[A-Za-z0-9-]+$/.test(options.trustedUserHeader))) {
+  if (
+    options.trustedUserHeader !== undefined &&
+    (typeof options.trustedUserHeader !== 'string' || !/^[A-Za-z0-9-]+$/.test(options.trustedUserHeader))
+  ) {
     fail('trustedUserHeader must be a header name such as "x-user-id"');
   }
   const anonymous = options.anonymous ?? 'deny';
-  if (anonymous !== 'deny' && anonymous !== 'allow') fail(`anonymous must be 'deny' or 'allow' (got ${JSON.stringify(anonymous)})`);
+  if (anonymous !== 'deny' && anonymous !== 'allow')
+    fail(`anonymous must be 'deny' or 'allow' (got ${JSON.stringify(anonymous)})`);
   const anonymousUserId = options.anonymousUserId ?? '__anonymous__';
-  if (typeof anonymousUserId !== 'string' || anonymousUserId === '') fail('anonymousUserId must be a non-empty string');
+  if (typeof anonymousUserId !== 'string' || anonymousUserId === '')
+    fail('anonymousUserId must be a non-empty string');
 
   const patterns: Record<string, string | RegExp> = { ...DEFAULT_PROVIDER_PATTERNS };
   for (const [provider, p] of Object.entries(options.providerPatterns ?? {})) {
@@ -109,7 +124,8 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
       delete patterns[provider];
       continue;
     }
-    if (typeof p !== 'string' && !(p instanceof RegExp)) fail(`providerPatterns.${provider} must be a string, a RegExp or null`);
+    if (typeof p !== 'string' && !(p instanceof RegExp))
+      fail(`providerPatterns.${provider} must be a string, a RegExp or null`);
     try {
       if (typeof p === 'string') new RegExp(p, 'i');
     } catch (e) {
@@ -118,12 +134,16 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
     patterns[provider] = p;
   }
   const ignored = options.ignoredPathPrefixes ?? DEFAULT_IGNORED_PATH_PREFIXES;
-  if (!Array.isArray(ignored) || ignored.some((p) => typeof p !== 'string')) fail('ignoredPathPrefixes must be an array of strings');
+  if (!Array.isArray(ignored) || ignored.some((p) => typeof p !== 'string'))
+    fail('ignoredPathPrefixes must be an array of strings');
   const detector = options.detectProviders === false ? undefined : new ProviderDetector(patterns, ignored);
 
   let priceBook: PriceBook;
   try {
-    priceBook = new PriceBook(DEFAULT_PRICES, options.prices ?? {}, { ...DEFAULT_MODELS, ...(options.defaultModels ?? {}) });
+    priceBook = new PriceBook(DEFAULT_PRICES, options.prices ?? {}, {
+      ...DEFAULT_MODELS,
+      ...(options.defaultModels ?? {}),
+    });
   } catch (e) {
     fail((e as Error).message);
   }
@@ -142,7 +162,9 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
     enforcementTimeoutMs: positiveInt(options.enforcementTimeoutMs, 'enforcementTimeoutMs', 250),
     emergencyFailOpen: options.emergencyFailOpen ?? envFailOpen(),
     recordAllRequests: options.recordAllRequests ?? false,
-    extractor: new UsageExtractor(positiveInt(options.defaultMaxOutputTokens, 'defaultMaxOutputTokens', 1024, 0)),
+    extractor: new UsageExtractor(
+      positiveInt(options.defaultMaxOutputTokens, 'defaultMaxOutputTokens', 1024, 0),
+    ),
     priceBook,
     storage: resolveStorage(options),
     onAlert,
@@ -160,11 +182,13 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     }
     return { type: 'custom', store: s.store };
   }
-  if (s.type !== undefined && s.type !== 'sqlite') fail(`storage.type must be 'sqlite' or 'custom' (got ${JSON.stringify(s.type)})`);
+  if (s.type !== undefined && s.type !== 'sqlite')
+    fail(`storage.type must be 'sqlite' or 'custom' (got ${JSON.stringify(s.type)})`);
   const dataDir = s.dataDir ?? './data';
   if (typeof dataDir !== 'string' || dataDir.trim() === '') fail('storage.dataDir must be a non-empty path');
   const synchronous = s.synchronous ?? 'normal';
-  if (synchronous !== 'normal' && synchronous !== 'full') fail(`storage.synchronous must be 'normal' or 'full'`);
+  if (synchronous !== 'normal' && synchronous !== 'full')
+    fail(`storage.synchronous must be 'normal' or 'full'`);
   return {
     type: 'sqlite',
     dataDir,

@@ -61,9 +61,7 @@ export interface UsageMonitoringModuleOptions {
    * The user's plan (your billing system is the source of truth). May be async.
    * @default () => defaultPlan
    */
-  plan?: (
-    userId: string,
-  ) => PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+  plan?: (userId: string) => PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
   /**
    * Named groups of providers that share a counter when a limit's `scope` names the group.
    * @default { ai_text: ['gemini', 'openai', 'anthropic', 'mistral'] }

@@ -9,7 +9,10 @@ const NO_RETRY_AFTER_SECONDS = 60;
  * Headers of a 429: `Retry-After`, the IETF `RateLimit-Policy` / `RateLimit` fields (quota units:
  * calls, tokens or micro-dollars) and the `X-RateLimit-*` trio (USD for cost; reset in seconds).
  */
-export function rateLimitHeaders({ charge, used, reserved }: ExceededLimit, now: number): Record<string, string> {
+export function rateLimitHeaders(
+  { charge, used, reserved }: ExceededLimit,
+  now: number,
+): Record<string, string> {
   const resetSeconds = Math.max(1, Math.ceil((charge.periodEnd - now) / 1000));
   const windowSeconds = Math.round((charge.periodEnd - charge.periodStart) / 1000);
   const remaining = Math.max(0, charge.max - used - reserved);

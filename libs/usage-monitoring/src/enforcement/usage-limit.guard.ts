@@ -105,13 +105,19 @@ export class UsageLimitGuard implements CanActivate {
     return id;
   }
 
-  protected throwLimitExceeded(context: ExecutionContext, exception: UsageLimitExceededException, now: number): never {
+  protected throwLimitExceeded(
+    context: ExecutionContext,
+    exception: UsageLimitExceededException,
+    now: number,
+  ): never {
     setHeaders(context.switchToHttp().getResponse(), rateLimitHeaders(exception.exceeded, now));
     throw exception;
   }
 
   protected throwUnavailable(context: ExecutionContext): never {
-    setHeaders(context.switchToHttp().getResponse(), { 'Retry-After': String(ENFORCEMENT_RETRY_AFTER_SECONDS) });
+    setHeaders(context.switchToHttp().getResponse(), {
+      'Retry-After': String(ENFORCEMENT_RETRY_AFTER_SECONDS),
+    });
     throw new EnforcementUnavailableException();
   }
 
@@ -136,7 +142,13 @@ export class UsageLimitGuard implements CanActivate {
       const built = this.charges(plan, provider, request.body, model, now);
       estimate = built.estimate;
       ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
-      return this.store.reserve({ requestId: newRequestId(), userId: uid, provider, charges: built.charges, now });
+      return this.store.reserve({
+        requestId: newRequestId(),
+        userId: uid,
+        provider,
+        charges: built.charges,
+        now,
+      });
     };
     try {
       const assignment = this.options.resolvePlan(uid);
@@ -149,7 +161,11 @@ export class UsageLimitGuard implements CanActivate {
     const admit = (result: ReserveResult): boolean => {
       if (!result.admitted) {
         this.stats.record(429);
-        return this.throwLimitExceeded(context, new UsageLimitExceededException(result.exceeded, provider), now);
+        return this.throwLimitExceeded(
+          context,
+          new UsageLimitExceededException(result.exceeded, provider),
+          now,
+        );
       }
       request[RESERVATION_KEY] = {
         reservation: result.reservation,
@@ -166,12 +182,22 @@ export class UsageLimitGuard implements CanActivate {
     return this.withTimeout(outcome).then(admit, (e) => this.onFailure(context, e, provider));
   }
 
-  private charges(plan: ResolvedPlan, provider: string, body: unknown, model: string | undefined, now: number) {
+  private charges(
+    plan: ResolvedPlan,
+    provider: string,
+    body: unknown,
+    model: string | undefined,
+    now: number,
+  ) {
     const limits = this.options.catalog.limitsFor(plan.name, provider);
     const estimate = this.options.extractor.estimate(provider, body, model);
     const needsCost = limits.some((l) => l.metric === 'cost');
     const cost = needsCost
-      ? this.options.priceBook.price(provider, estimate.model ?? this.options.priceBook.defaultModel(provider), estimate).costMicros
+      ? this.options.priceBook.price(
+          provider,
+          estimate.model ?? this.options.priceBook.defaultModel(provider),
+          estimate,
+        ).costMicros
       : 0;
     const tokens = estimate.inputTokens + estimate.outputTokens;
     const charges: LimitCharge[] = limits.map((l) => {
@@ -211,7 +237,7 @@ export class UsageLimitGuard implements CanActivate {
         (e: unknown) => {
           if (!late) {
             clearTimeout(timer);
-            reject(e);
+            reject(e instanceof Error ? e : new Error(String(e)));
           }
         },
       );

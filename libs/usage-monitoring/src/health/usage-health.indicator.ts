@@ -22,7 +22,9 @@ export class UsageHealthIndicator {
     @Inject(USAGE_STORE) private readonly store: UsageStore,
   ) {}
 
-  async isHealthy<K extends string = 'usage_store'>(key: K = 'usage_store' as K): Promise<HealthIndicatorResult<K>> {
+  async isHealthy<K extends string = 'usage_store'>(
+    key: K = 'usage_store' as K,
+  ): Promise<HealthIndicatorResult<K>> {
     const indicator = this.indicators.check(key);
     let health;
     try {

@@ -67,11 +67,14 @@ export class MeteringInterceptor implements NestInterceptor {
     if (!metering) {
       return this.options.recordAllRequests ? this.recordUnmetered(context, request, next) : next.handle();
     }
-    if (Reflect.getMetadata(SSE_METADATA, context.getHandler())) return this.meterStream(context, metering, next);
+    if (Reflect.getMetadata(SSE_METADATA, context.getHandler()))
+      return this.meterStream(context, metering, next);
     return next.handle().pipe(
       mergeMap((value) => from(this.settle(context, metering, 'ok', value)).pipe(mergeMap(() => [value]))),
       catchError((error: unknown) =>
-        from(this.settle(context, metering, 'error', undefined, error)).pipe(mergeMap(() => throwError(() => error))),
+        from(this.settle(context, metering, 'error', undefined, error)).pipe(
+          mergeMap(() => throwError(() => error)),
+        ),
       ),
       // Completed without a value or unsubscribed (client gone): still settle, as partial.
       finalize(() => void this.settle(context, metering, 'partial', undefined)),
@@ -79,7 +82,11 @@ export class MeteringInterceptor implements NestInterceptor {
   }
 
   /** Server-sent events: settle when the stream ends; a client that leaves early is charged as partial. */
-  private meterStream(context: ExecutionContext, metering: MeteringContext, next: CallHandler): Observable<unknown> {
+  private meterStream(
+    context: ExecutionContext,
+    metering: MeteringContext,
+    next: CallHandler,
+  ): Observable<unknown> {
     let last: unknown;
     return next.handle().pipe(
       tap({
@@ -159,11 +166,18 @@ export class MeteringInterceptor implements NestInterceptor {
       if (result.alerts.length) this.alerts.publish(result.alerts);
     } catch (e) {
       this.metrics.recordTrackingFailure();
-      this.throttledLog.error('settle', `usage could not be recorded: ${(e as Error)?.message ?? 'unknown error'}`);
+      this.throttledLog.error(
+        'settle',
+        `usage could not be recorded: ${(e as Error)?.message ?? 'unknown error'}`,
+      );
     }
   }
 
-  private recordUnmetered(context: ExecutionContext, request: HttpRequest, next: CallHandler): Observable<unknown> {
+  private recordUnmetered(
+    context: ExecutionContext,
+    request: HttpRequest,
+    next: CallHandler,
+  ): Observable<unknown> {
     const id = this.options.userId(request);
     if (typeof id !== 'string' || id === '') return next.handle();
     const startedAt = this.options.clock();

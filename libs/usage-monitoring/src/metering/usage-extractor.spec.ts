@@ -22,7 +22,11 @@ describe('UsageExtractor', () => {
       'anthropic',
       'anthropic',
       { model: 'claude-3.5-sonnet', messages: [] },
-      { model: 'claude-3.5-sonnet', usage: { input_tokens: 100, output_tokens: 50 }, content: [{ type: 'text', text: 'x' }] },
+      {
+        model: 'claude-3.5-sonnet',
+        usage: { input_tokens: 100, output_tokens: 50 },
+        content: [{ type: 'text', text: 'x' }],
+      },
       { model: 'claude-3.5-sonnet', inputTokens: 100, outputTokens: 50, estimated: false },
     ],
     [
@@ -68,15 +72,25 @@ describe('UsageExtractor', () => {
   });
 
   it('estimates before the call: prompt tokens plus the output bound', () => {
-    expect(x.estimate('openai', { messages: [{ role: 'user', content: 'a b c' }], max_tokens: 100 })).toMatchObject({
+    expect(
+      x.estimate('openai', { messages: [{ role: 'user', content: 'a b c' }], max_tokens: 100 }),
+    ).toMatchObject({
       inputTokens: 4,
       outputTokens: 100,
       estimated: true,
     });
-    expect(x.estimate('gemini', { contents: [{ parts: [{ text: 'a' }] }], generationConfig: { maxOutputTokens: 7 } })).toMatchObject({
+    expect(
+      x.estimate('gemini', {
+        contents: [{ parts: [{ text: 'a' }] }],
+        generationConfig: { maxOutputTokens: 7 },
+      }),
+    ).toMatchObject({
       inputTokens: 2,
       outputTokens: 7,
     });
-    expect(x.estimate('anthropic', { system: 'be brief', messages: [] })).toMatchObject({ inputTokens: 3, outputTokens: 1024 });
+    expect(x.estimate('anthropic', { system: 'be brief', messages: [] })).toMatchObject({
+      inputTokens: 3,
+      outputTokens: 1024,
+    });
   });
 });

@@ -28,7 +28,9 @@ describe('periodWindow', () => {
     expect(periodWindow('day', Date.UTC(2026, 10, 27, 13)).key).toBe('day:2026-11-27');
     expect(periodWindow('hour', Date.UTC(2026, 10, 27, 13, 5)).key).toBe('hour:2026-11-27T13');
     expect(periodWindow('minute', Date.UTC(2026, 10, 27, 13, 5, 59)).key).toBe('minute:2026-11-27T13:05');
-    expect(periodWindow('day', Date.UTC(2027, 10, 27)).key).not.toBe(periodWindow('day', Date.UTC(2026, 10, 27)).key);
+    expect(periodWindow('day', Date.UTC(2027, 10, 27)).key).not.toBe(
+      periodWindow('day', Date.UTC(2026, 10, 27)).key,
+    );
   });
 
   it('every instant lies in [start, end) and consecutive periods touch', () => {

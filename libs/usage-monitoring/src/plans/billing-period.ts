@@ -31,11 +31,7 @@ function isoDate(ms: number): string {
  * Monthly periods start on `anchorDay` (default 1); an anchor past the month's end clamps to its last day,
  * so an anchor on the 31st runs Jan 31 → Feb 28 → Mar 31.
  */
-export function periodWindow(
-  unit: PeriodUnit,
-  now: number,
-  anchorDay = 1,
-): PeriodWindow {
+export function periodWindow(unit: PeriodUnit, now: number, anchorDay = 1): PeriodWindow {
   const d = new Date(now);
   const y = d.getUTCFullYear();
   const mo = d.getUTCMonth();

@@ -35,7 +35,9 @@ export class PlanCatalog {
       }
       if (this.plans.has(plan.name)) throw new Error(`${where}.name "${plan.name}" is used twice`);
       if (!Array.isArray(plan.limits)) throw new Error(`${where}.limits must be an array`);
-      const compiled = (plan.limits as Limit[]).map((l: Limit, j: number) => compileLimit(l, `${where}.limits[${j}]`));
+      const compiled = (plan.limits as Limit[]).map((l: Limit, j: number) =>
+        compileLimit(l, `${where}.limits[${j}]`),
+      );
       const seen = new Set<string>();
       for (const [j, l] of compiled.entries()) {
         if (seen.has(l.limitId)) {
@@ -43,7 +45,9 @@ export class PlanCatalog {
         }
         seen.add(l.limitId);
       }
-      compiled.sort((a: CompiledLimit, b: CompiledLimit) => METRICS.indexOf(a.metric) - METRICS.indexOf(b.metric));
+      compiled.sort(
+        (a: CompiledLimit, b: CompiledLimit) => METRICS.indexOf(a.metric) - METRICS.indexOf(b.metric),
+      );
       this.plans.set(plan.name, compiled);
     });
   }
@@ -79,7 +83,8 @@ export class PlanCatalog {
 }
 
 function compileLimit(l: Limit, where: string): CompiledLimit {
-  if (!l || typeof l !== 'object') throw new Error(`${where} must be an object { metric, scope, period, max }`);
+  if (!l || typeof l !== 'object')
+    throw new Error(`${where} must be an object { metric, scope, period, max }`);
   if (!METRICS.includes(l.metric)) {
     throw new Error(`${where}.metric must be one of ${METRICS.join(', ')} (got ${JSON.stringify(l.metric)})`);
   }
@@ -95,7 +100,9 @@ function compileLimit(l: Limit, where: string): CompiledLimit {
     max = usdToMicros(l.max, `${where}.max`);
   } else {
     if (!Number.isSafeInteger(l.max) || l.max < 0) {
-      throw new Error(`${where}.max must be a non-negative integer (got ${JSON.stringify(l.max)}); omit the limit for unlimited`);
+      throw new Error(
+        `${where}.max must be a non-negative integer (got ${JSON.stringify(l.max)}); omit the limit for unlimited`,
+      );
     }
     max = l.max;
   }

@@ -26,7 +26,8 @@ export class PlanResolver {
     if (assignment === undefined || assignment === null) return this.named(this.defaultPlan, 1);
     if (typeof assignment === 'string') return this.named(assignment, 1);
     const day = assignment.billingAnchorDay;
-    const anchorDay = Number.isInteger(day) && (day as number) >= 1 && (day as number) <= 31 ? (day as number) : 1;
+    const anchorDay =
+      Number.isInteger(day) && (day as number) >= 1 && (day as number) <= 31 ? (day as number) : 1;
     return this.named(assignment.plan, anchorDay);
   }
 

@@ -13,7 +13,9 @@ describe('money', () => {
   it('converts configured dollars exactly and refuses what is not money', () => {
     expect(usdToMicros(0.1 + 0.2, 'x')).toBe(300_000);
     expect(usdToMicros(2, 'x')).toBe(2_000_000);
-    expect(() => usdToMicros(-1, 'plans[0].max')).toThrow('plans[0].max must be a finite, non-negative number');
+    expect(() => usdToMicros(-1, 'plans[0].max')).toThrow(
+      'plans[0].max must be a finite, non-negative number',
+    );
     expect(() => usdToMicros(Number.NaN, 'x')).toThrow('finite');
     expect(() => usdToMicros(0.0000001, 'x')).toThrow('more than 6 decimals');
     expect(formatUsd(1_234_567)).toBe('1.234567');
@@ -22,8 +24,18 @@ describe('money', () => {
 });
 
 describe('PriceBook', () => {
-  const book = new PriceBook(DEFAULT_PRICES, { 'my-model': { inputPerMTok: 1, outputPerMTok: 2, perRequest: 0.01 } }, DEFAULT_MODELS);
-  const q = (inputTokens: number, outputTokens: number, searches = 0) => ({ inputTokens, outputTokens, searches, images: 0, pages: 0 });
+  const book = new PriceBook(
+    DEFAULT_PRICES,
+    { 'my-model': { inputPerMTok: 1, outputPerMTok: 2, perRequest: 0.01 } },
+    DEFAULT_MODELS,
+  );
+  const q = (inputTokens: number, outputTokens: number, searches = 0) => ({
+    inputTokens,
+    outputTokens,
+    searches,
+    images: 0,
+    pages: 0,
+  });
 
   it.each([
     ['openai', 'gpt-4o', 1_000_000, 1_000_000, 12_500_000],

@@ -36,7 +36,9 @@ export class PriceBook {
       }
       for (const key of Object.keys(p)) {
         if (!(FIELDS as readonly string[]).includes(key)) {
-          throw new Error(`prices.${name}.${key} is not a price field (expected one of ${FIELDS.join(', ')})`);
+          throw new Error(
+            `prices.${name}.${key} is not a price field (expected one of ${FIELDS.join(', ')})`,
+          );
         }
       }
       this.prices.set(name, compile({ ...this.prices.get(name), ...p }, `prices.${name}`));

@@ -1,4 +1,8 @@
-import { DEFAULT_IGNORED_PATH_PREFIXES, DEFAULT_PROVIDER_PATTERNS, ProviderDetector } from './provider-detector';
+import {
+  DEFAULT_IGNORED_PATH_PREFIXES,
+  DEFAULT_PROVIDER_PATTERNS,
+  ProviderDetector,
+} from './provider-detector';
 
 describe('ProviderDetector', () => {
   const d = new ProviderDetector(DEFAULT_PROVIDER_PATTERNS, DEFAULT_IGNORED_PATH_PREFIXES);

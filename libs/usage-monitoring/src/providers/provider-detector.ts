@@ -26,7 +26,10 @@ export class ProviderDetector {
   ) {
     this.entries = Object.entries(patterns).map(([provider, p]) => ({
       provider,
-      re: typeof p === 'string' ? new RegExp(p, 'i') : new RegExp(p.source, p.flags.includes('i') ? p.flags : `${p.flags}i`),
+      re:
+        typeof p === 'string'
+          ? new RegExp(p, 'i')
+          : new RegExp(p.source, p.flags.includes('i') ? p.flags : `${p.flags}i`),
     }));
     this.any = this.entries.length
       ? new RegExp(this.entries.map((e) => `(?:${e.re.source})`).join('|'), 'i')

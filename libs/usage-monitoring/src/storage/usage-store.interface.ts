@@ -40,8 +40,7 @@ export interface ExceededLimit {
 }
 
 export type ReserveResult =
-  | { admitted: true; reservation: Reservation }
-  | { admitted: false; exceeded: ExceededLimit };
+  { admitted: true; reservation: Reservation } | { admitted: false; exceeded: ExceededLimit };
 
 /** One row of the append-only ledger (`usage_events`). */
 export interface UsageEventRecord {

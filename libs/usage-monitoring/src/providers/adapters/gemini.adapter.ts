@@ -9,7 +9,8 @@ export const geminiAdapter: UsageAdapter = {
     const usage = isObject(response.usageMetadata) ? response.usageMetadata : {};
     const text: string[] = [];
     if (Array.isArray(response.candidates)) {
-      for (const c of response.candidates) if (isObject(c) && isObject(c.content)) collect(c.content.parts, text);
+      for (const c of response.candidates)
+        if (isObject(c) && isObject(c.content)) collect(c.content.parts, text);
     }
     const model =
       typeof response.modelVersion === 'string'

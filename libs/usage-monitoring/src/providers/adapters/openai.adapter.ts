@@ -14,7 +14,8 @@ export const openAiAdapter: UsageAdapter = {
       }
     }
     if (typeof response.output_text === 'string') text.push(response.output_text);
-    else if (Array.isArray(response.output)) for (const o of response.output) if (isObject(o)) collect(o.content, text);
+    else if (Array.isArray(response.output))
+      for (const o of response.output) if (isObject(o)) collect(o.content, text);
     return {
       model: modelOf(response, request),
       inputTokens: count(usage.prompt_tokens) ?? count(usage.input_tokens),

@@ -13,10 +13,4 @@ export const USAGE_ENTITIES = [
   UsageReservationEntity,
 ];
 
-export {
-  ApiRequestEntity,
-  UsageAlertEntity,
-  UsageCounterEntity,
-  UsageEventEntity,
-  UsageReservationEntity,
-};
+export { ApiRequestEntity, UsageAlertEntity, UsageCounterEntity, UsageEventEntity, UsageReservationEntity };

@@ -59,7 +59,9 @@ export class UsageSchema1764201600000 implements MigrationInterface {
           str('period_key', 40),
           bigint('occurred_at'),
         ],
-        indices: [new TableIndex({ name: 'idx_usage_events_user_time', columnNames: ['user_id', 'occurred_at'] })],
+        indices: [
+          new TableIndex({ name: 'idx_usage_events_user_time', columnNames: ['user_id', 'occurred_at'] }),
+        ],
       }),
     );
     await q.createTable(
@@ -75,7 +77,9 @@ export class UsageSchema1764201600000 implements MigrationInterface {
           int('duration_ms'),
           bigint('occurred_at'),
         ],
-        indices: [new TableIndex({ name: 'idx_api_requests_user_time', columnNames: ['user_id', 'occurred_at'] })],
+        indices: [
+          new TableIndex({ name: 'idx_api_requests_user_time', columnNames: ['user_id', 'occurred_at'] }),
+        ],
       }),
     );
     await q.createTable(
@@ -113,7 +117,13 @@ export class UsageSchema1764201600000 implements MigrationInterface {
   }
 
   async down(q: QueryRunner): Promise<void> {
-    for (const t of ['usage_reservations', 'usage_alerts', 'api_requests', 'usage_events', 'usage_counters']) {
+    for (const t of [
+      'usage_reservations',
+      'usage_alerts',
+      'api_requests',
+      'usage_events',
+      'usage_counters',
+    ]) {
       await q.dropTable(t, true);
     }
   }

@@ -26,12 +26,39 @@ function settlement(r: Reservation, tokens: number): Settlement {
   return {
     actual: { calls: 1, tokens, costMicros: 10 },
     event: {
-      requestId: r.requestId, userId: r.userId, provider: 'openai', model: 'gpt-4o-mini', endpoint: '/x', method: 'POST',
-      statusCode: 200, inputTokens: tokens, outputTokens: 0, costMicros: 10, responseTimeMs: 1, requestBytes: 0,
-      responseBytes: 0, userAgent: null, ip: null, searches: 0, images: 0, pages: 0, estimated: false, outcome: 'ok',
-      periodKey: 'month:2026-11-01', occurredAt: NOW,
+      requestId: r.requestId,
+      userId: r.userId,
+      provider: 'openai',
+      model: 'gpt-4o-mini',
+      endpoint: '/x',
+      method: 'POST',
+      statusCode: 200,
+      inputTokens: tokens,
+      outputTokens: 0,
+      costMicros: 10,
+      responseTimeMs: 1,
+      requestBytes: 0,
+      responseBytes: 0,
+      userAgent: null,
+      ip: null,
+      searches: 0,
+      images: 0,
+      pages: 0,
+      estimated: false,
+      outcome: 'ok',
+      periodKey: 'month:2026-11-01',
+      occurredAt: NOW,
     },
-    request: { requestId: r.requestId, userId: r.userId, provider: 'openai', path: '/x', method: 'POST', statusCode: 200, durationMs: 1, occurredAt: NOW },
+    request: {
+      requestId: r.requestId,
+      userId: r.userId,
+      provider: 'openai',
+      path: '/x',
+      method: 'POST',
+      statusCode: 200,
+      durationMs: 1,
+      occurredAt: NOW,
+    },
   };
 }
 
@@ -53,7 +80,13 @@ describe('PerUserSqliteStore', () => {
   let store: PerUserSqliteStore;
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'usage-store-spec-'));
-    store = new PerUserSqliteStore({ dataDir: dir, maxOpenDataSources: 8, busyTimeoutMs: 1000, synchronous: 'normal', clock: () => NOW });
+    store = new PerUserSqliteStore({
+      dataDir: dir,
+      maxOpenDataSources: 8,
+      busyTimeoutMs: 1000,
+      synchronous: 'normal',
+      clock: () => NOW,
+    });
     await store.init();
   });
   afterEach(async () => {
@@ -63,21 +96,36 @@ describe('PerUserSqliteStore', () => {
 
   it('reserves all charges or none', async () => {
     const refused = await store.reserve({
-      requestId: 'r1', userId: 'u', provider: 'openai', now: NOW,
+      requestId: 'r1',
+      userId: 'u',
+      provider: 'openai',
+      now: NOW,
       charges: [charge('calls', 10, 1), charge('cost', 100, 200)],
     });
-    expect(refused).toMatchObject({ admitted: false, exceeded: { charge: { metric: 'cost' }, used: 0, reserved: 0 } });
+    expect(refused).toMatchObject({
+      admitted: false,
+      exceeded: { charge: { metric: 'cost' }, used: 0, reserved: 0 },
+    });
     const counters = await store.readCounters('u', [
       { scope: '*', metric: 'calls', periodKey: 'month:2026-11-01' },
       { scope: '*', metric: 'cost', periodKey: 'month:2026-11-01' },
     ]);
-    expect(counters.map((c) => [c.used, c.reserved])).toEqual([[0, 0], [0, 0]]);
+    expect(counters.map((c) => [c.used, c.reserved])).toEqual([
+      [0, 0],
+      [0, 0],
+    ]);
   });
 
   it('group-commits concurrent settlements; counters equal the ledger and survive a reopen', async () => {
     const reservations: Reservation[] = [];
     for (let i = 0; i < 250; i++) {
-      const r = await store.reserve({ requestId: `req-${String(i).padStart(4, '0')}`, userId: 'u', provider: 'openai', now: NOW, charges: [charge('calls', 200, 1), charge('tokens', 1_000_000, 100)] });
+      const r = await store.reserve({
+        requestId: `req-${String(i).padStart(4, '0')}`,
+        userId: 'u',
+        provider: 'openai',
+        now: NOW,
+        charges: [charge('calls', 200, 1), charge('tokens', 1_000_000, 100)],
+      });
       if (r.admitted) reservations.push(r.reservation);
     }
     expect(reservations).toHaveLength(200);
@@ -91,19 +139,49 @@ describe('PerUserSqliteStore', () => {
       { metric: 'tokens', used: reservations.reduce((s, _r, i) => s + (i % 7), 0) },
     ]);
     await store.close();
-    store = new PerUserSqliteStore({ dataDir: dir, maxOpenDataSources: 8, busyTimeoutMs: 1000, synchronous: 'normal', clock: () => NOW });
+    store = new PerUserSqliteStore({
+      dataDir: dir,
+      maxOpenDataSources: 8,
+      busyTimeoutMs: 1000,
+      synchronous: 'normal',
+      clock: () => NOW,
+    });
     await store.init();
-    const again = await store.reserve({ requestId: 'next', userId: 'u', provider: 'openai', now: NOW, charges: [charge('calls', 200, 1)] });
+    const again = await store.reserve({
+      requestId: 'next',
+      userId: 'u',
+      provider: 'openai',
+      now: NOW,
+      charges: [charge('calls', 200, 1)],
+    });
     expect(again).toMatchObject({ admitted: false, exceeded: { used: 200 } });
   });
 
   it('release gives a reservation back without charging', async () => {
-    const r = await store.reserve({ requestId: 'x', userId: 'v', provider: 'openai', now: NOW, charges: [charge('calls', 1, 1)] });
+    const r = await store.reserve({
+      requestId: 'x',
+      userId: 'v',
+      provider: 'openai',
+      now: NOW,
+      charges: [charge('calls', 1, 1)],
+    });
     expect(r.admitted).toBe(true);
-    const second = await store.reserve({ requestId: 'y', userId: 'v', provider: 'openai', now: NOW, charges: [charge('calls', 1, 1)] });
+    const second = await store.reserve({
+      requestId: 'y',
+      userId: 'v',
+      provider: 'openai',
+      now: NOW,
+      charges: [charge('calls', 1, 1)],
+    });
     expect(second.admitted).toBe(false);
     if (r.admitted) store.release(r.reservation);
-    const third = await store.reserve({ requestId: 'z', userId: 'v', provider: 'openai', now: NOW, charges: [charge('calls', 1, 1)] });
+    const third = await store.reserve({
+      requestId: 'z',
+      userId: 'v',
+      provider: 'openai',
+      now: NOW,
+      charges: [charge('calls', 1, 1)],
+    });
     expect(third.admitted).toBe(true);
   });
 });

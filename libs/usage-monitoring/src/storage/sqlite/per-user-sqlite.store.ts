@@ -85,7 +85,8 @@ export class PerUserSqliteStore implements UsageStore {
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
     const ledger = this.cache.get(reservation.userId);
     // A ledger with a reservation in flight is never evicted, so it is always here.
-    if (!ledger) return Promise.reject(new UsageStoreError('unexpected_enforcement_error', 'ledger not open'));
+    if (!ledger)
+      return Promise.reject(new UsageStoreError('unexpected_enforcement_error', 'ledger not open'));
     return ledger.settle(reservation, settlement);
   }
 
@@ -101,7 +102,8 @@ export class PerUserSqliteStore implements UsageStore {
 
   async health(): Promise<StoreHealth> {
     try {
-      if (!(await stat(this.dataDir)).isDirectory()) return { up: false, reason: 'data directory unavailable' };
+      if (!(await stat(this.dataDir)).isDirectory())
+        return { up: false, reason: 'data directory unavailable' };
     } catch {
       return { up: false, reason: 'data directory unavailable' };
     }
@@ -120,7 +122,9 @@ export class PerUserSqliteStore implements UsageStore {
   async close(): Promise<void> {
     const uncommitted = await this.cache.closeAll();
     if (uncommitted > 0) {
-      this.logger.error(`${uncommitted} user database(s) closed with usage writes that could not be committed`);
+      this.logger.error(
+        `${uncommitted} user database(s) closed with usage writes that could not be committed`,
+      );
     }
     this.lock.release();
   }
@@ -134,7 +138,9 @@ export class PerUserSqliteStore implements UsageStore {
       throw new UsageStoreError('database_init_failed', 'cannot open the user database', { cause: e });
     }
     try {
-      const ledger = await UserLedger.open(userId, dataSource, this.options.clock(), () => this.cache.notifyIdle());
+      const ledger = await UserLedger.open(userId, dataSource, this.options.clock(), () =>
+        this.cache.notifyIdle(),
+      );
       this.openFailing = false;
       return ledger;
     } catch (e) {

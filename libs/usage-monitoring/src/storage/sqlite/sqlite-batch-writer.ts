@@ -117,9 +117,7 @@ export class SqliteBatchWriter {
   async finalize(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await Promise.all(
-      Object.values(this.statements).map(
-        (s) => new Promise<void>((resolve) => s.finalize(() => resolve())),
-      ),
+      Object.values(this.statements).map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
     );
   }
 
@@ -201,15 +199,42 @@ export class SqliteBatchWriter {
           const e = w.event;
           if (e) {
             run(s.event, [
-              e.requestId, e.userId, e.provider, e.model, e.endpoint, e.method, e.statusCode,
-              e.inputTokens, e.outputTokens, e.costMicros, e.responseTimeMs, e.requestBytes, e.responseBytes,
-              e.userAgent, e.ip, e.searches, e.images, e.pages, e.estimated ? 1 : 0, e.outcome, e.periodKey,
+              e.requestId,
+              e.userId,
+              e.provider,
+              e.model,
+              e.endpoint,
+              e.method,
+              e.statusCode,
+              e.inputTokens,
+              e.outputTokens,
+              e.costMicros,
+              e.responseTimeMs,
+              e.requestBytes,
+              e.responseBytes,
+              e.userAgent,
+              e.ip,
+              e.searches,
+              e.images,
+              e.pages,
+              e.estimated ? 1 : 0,
+              e.outcome,
+              e.periodKey,
               e.occurredAt,
             ]);
           }
           const r = w.request;
           if (r) {
-            run(s.request, [r.requestId, r.userId, r.provider, r.path, r.method, r.statusCode, r.durationMs, r.occurredAt]);
+            run(s.request, [
+              r.requestId,
+              r.userId,
+              r.provider,
+              r.path,
+              r.method,
+              r.statusCode,
+              r.durationMs,
+              r.occurredAt,
+            ]);
           }
           if (w.alerts) {
             for (const a of w.alerts) {
@@ -219,7 +244,8 @@ export class SqliteBatchWriter {
         }
         const now = Date.now();
         for (const d of deltas.values()) {
-          if (d.delta !== 0) run(s.counter, [d.userId, d.periodKey, d.scope, d.metric, d.delta, d.periodEnd, now]);
+          if (d.delta !== 0)
+            run(s.counter, [d.userId, d.periodKey, d.scope, d.metric, d.delta, d.periodEnd, now]);
         }
         done(null);
       });

@@ -37,7 +37,9 @@ export class UserDataSourceFactory {
     });
     try {
       await dataSource.initialize();
-      await dataSource.query(`PRAGMA synchronous = ${this.options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+      await dataSource.query(
+        `PRAGMA synchronous = ${this.options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`,
+      );
     } catch (e) {
       await closeQuietly(dataSource);
       throw e;
