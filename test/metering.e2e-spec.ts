@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageAlerts, UsageService, userFileName, type UsageAlert } from '@app/usage-monitoring';
 import { createTestApp, type TestApp } from './utils/create-test-app';
-import { bearer } from './utils/test-controllers';
+import { bearer, GuardOnlyController } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 
 const NOV_20 = Date.UTC(2026, 10, 20, 8, 0, 0);
@@ -136,6 +136,40 @@ describe('metering', () => {
       { limit_id: 'ai_text:calls:month', threshold: 90, used: 5, max_value: 5 },
       { limit_id: 'ai_text:calls:month', threshold: 100, used: 5, max_value: 5 },
     ]);
+  });
+
+  it('settles a request whose client left before the answer', async () => {
+    const req = request(t.url)
+      .post('/openai/v1/chat/completions')
+      .set('authorization', bearer('leaver'))
+      .send(chat({ delayMs: 300 }));
+    setTimeout(() => {
+      req.abort();
+    }, 50);
+    await expect(req).rejects.toThrow();
+    await new Promise((r) => setTimeout(r, 500));
+    const rows = await queryUserDb(
+      t.dataDir,
+      'leaver',
+      'SELECT status_code, outcome, input_tokens, output_tokens FROM usage_events',
+    );
+    expect(rows).toEqual([{ status_code: 200, outcome: 'ok', input_tokens: 10, output_tokens: 5 }]);
+  });
+
+  it('gives the reservation back when no interceptor settles it', async () => {
+    const t2 = await createTestApp({ controllers: [GuardOnlyController] });
+    try {
+      for (let i = 0; i < 8; i++) {
+        expect(
+          (await request(t2.url).post('/guard-only').set('authorization', bearer('careless')).send({}))
+            .status,
+        ).toBe(200);
+      }
+      const report = await t2.app.get(UsageService).getUsage('careless');
+      expect(report.limits[0]).toMatchObject({ used: 0, reserved: 0 });
+    } finally {
+      await t2.close();
+    }
   });
 
   it('reports a user’s own usage against the plan', async () => {

@@ -140,3 +140,15 @@ export class DetectedController {
 export class StoreProbe {
   constructor(@InjectUsageStore() readonly store: UsageStore) {}
 }
+
+/** Guard only, no interceptor: the reservation must still be given back when the response ends. */
+@Controller('guard-only')
+@UseGuards(UsageLimitGuard)
+@Metered({ provider: 'openai' })
+export class GuardOnlyController {
+  @Post()
+  @HttpCode(200)
+  call() {
+    return { ok: true };
+  }
+}

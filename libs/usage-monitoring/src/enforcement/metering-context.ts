@@ -11,5 +11,7 @@ export interface MeteringContext {
   /** Billing-month key of the reservation (stored on the ledger row). */
   ledgerPeriodKey: string;
   startedAt: number;
+  /** Set by the interceptor when it takes over: from then on it settles, whatever the client does. */
+  intercepted: boolean;
   settled: boolean;
 }

@@ -167,15 +167,18 @@ export class UsageLimitGuard implements CanActivate {
           now,
         );
       }
-      request[RESERVATION_KEY] = {
+      const metering: MeteringContext = {
         reservation: result.reservation,
         provider,
         model,
         estimate,
         ledgerPeriodKey,
         startedAt: now,
+        intercepted: false,
         settled: false,
       };
+      request[RESERVATION_KEY] = metering;
+      this.releaseIfNeverSettled(context, metering);
       return true;
     };
     if (!isThenable<ReserveResult>(outcome)) return admit(outcome);
@@ -215,6 +218,25 @@ export class UsageLimitGuard implements CanActivate {
       };
     });
     return { charges, estimate };
+  }
+
+  /**
+   * Safety net: when the response ends and no interceptor settled the reservation (the interceptor is not
+   * bound, or a later guard refused), give the reservation back so it cannot hold quota forever.
+   */
+  private releaseIfNeverSettled(context: ExecutionContext, metering: MeteringContext): void {
+    const res = context.switchToHttp().getResponse<{ raw?: NodeJS.EventEmitter } & NodeJS.EventEmitter>();
+    const emitter = res.raw ?? res;
+    if (typeof emitter?.once !== 'function') return;
+    emitter.once('close', () => {
+      if (metering.settled || metering.intercepted) return;
+      metering.settled = true;
+      void Promise.resolve(this.store.release(metering.reservation)).catch(() => undefined);
+      this.throttledLog.warn(
+        'unsettled',
+        'a metered request ended without MeteringInterceptor settling it; its reservation was released. Bind MeteringInterceptor wherever UsageLimitGuard runs',
+      );
+    });
   }
 
   private withTimeout(p: PromiseLike<ReserveResult>): Promise<ReserveResult> {

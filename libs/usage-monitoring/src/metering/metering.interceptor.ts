@@ -67,6 +67,7 @@ export class MeteringInterceptor implements NestInterceptor {
     if (!metering) {
       return this.options.recordAllRequests ? this.recordUnmetered(context, request, next) : next.handle();
     }
+    metering.intercepted = true;
     if (Reflect.getMetadata(SSE_METADATA, context.getHandler()))
       return this.meterStream(context, metering, next);
     return next.handle().pipe(
