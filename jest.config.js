@@ -1,5 +1,6 @@
-/** Unit specs live beside the code in libs/; end-to-end specs in test/. */
+/** Unit specs live beside the code in libs/; end-to-end specs in test/, run once per store. */
 const common = {
+  rootDir: __dirname,
   moduleFileExtensions: ['js', 'json', 'ts'],
   transform: { '^.+\\.ts$': 'ts-jest' },
   moduleNameMapper: {
@@ -9,13 +10,15 @@ const common = {
 };
 
 module.exports = {
+  globalSetup: '<rootDir>/test/utils/global-setup.ts',
   projects: [
-    { ...common, displayName: 'unit', rootDir: __dirname, testMatch: ['<rootDir>/libs/**/*.spec.ts'] },
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/libs/**/*.spec.ts'] },
+    { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'] },
     {
       ...common,
-      displayName: 'e2e',
-      rootDir: __dirname,
+      displayName: 'e2e-pg',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
+      setupFiles: ['<rootDir>/test/utils/postgres-mode.ts'],
     },
   ],
 };

@@ -4,9 +4,10 @@ import request from 'supertest';
 import { rmSync } from 'node:fs';
 import { AppModule } from '../src/app.module';
 import { tempDataDir } from './utils/create-test-app';
+import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
-describe('demo app contract', () => {
+describeSqlite('demo app contract', () => {
   let app: INestApplication;
   let url: string;
   const dataDir = tempDataDir();

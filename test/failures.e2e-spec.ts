@@ -4,6 +4,7 @@ import { EMERGENCY_FAIL_OPEN_ENV, ENFORCEMENT_UNAVAILABLE_BODY, UsageService } f
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
+import { describeSqlite } from './utils/test-store';
 
 const chat = { messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 };
 const EXPECTED_503 = {
@@ -23,7 +24,7 @@ function breakDataDir(dataDir: string): () => void {
   };
 }
 
-describe('store unavailable', () => {
+describeSqlite('store unavailable (per-user SQLite)', () => {
   let t: TestApp;
   beforeAll(async () => {
     t = await createTestApp();
@@ -59,11 +60,7 @@ describe('store unavailable', () => {
       .send(chat);
     expect(again.status).toBe(200);
     expect((await request(t.url).get('/health/usage')).status).toBe(200);
-    const rows = await queryUserDb<{ n: number }>(
-      t.dataDir,
-      'newcomer',
-      'SELECT COUNT(*) AS n FROM usage_events',
-    );
+    const rows = await queryUserDb<{ n: number }>(t, 'newcomer', 'SELECT COUNT(*) AS n FROM usage_events');
     expect(rows[0].n).toBe(1);
   });
 
@@ -110,7 +107,7 @@ describe('store unavailable', () => {
   });
 });
 
-describe(`${EMERGENCY_FAIL_OPEN_ENV}`, () => {
+describeSqlite(`${EMERGENCY_FAIL_OPEN_ENV} (per-user SQLite)`, () => {
   const previous = process.env[EMERGENCY_FAIL_OPEN_ENV];
   afterEach(() => {
     if (previous === undefined) delete process.env[EMERGENCY_FAIL_OPEN_ENV];

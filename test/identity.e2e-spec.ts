@@ -1,14 +1,15 @@
 import request from 'supertest';
-import { existsSync, readdirSync, realpathSync } from 'node:fs';
+import { readdirSync, realpathSync } from 'node:fs';
 import { join, sep } from 'node:path';
-import { userFileName } from '@app/usage-monitoring';
+import { sharedUserId, userFileName } from '@app/usage-monitoring';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
-import { queryUserDb, sqliteFiles } from './utils/user-db';
+import { hasUserData, queryUserDb, sqliteFiles } from './utils/user-db';
+import { describeStore } from './utils/test-store';
 
 const chat = { messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 };
 
-describe('identity', () => {
+describeStore('identity', () => {
   let t: TestApp;
   beforeAll(async () => {
     t = await createTestApp();
@@ -25,24 +26,19 @@ describe('identity', () => {
       .send({ ...chat, user_id: 'victim-b' });
     expect(res.status).toBe(200);
     for (const victim of ['victim-q', 'victim-h', 'victim@example.com', 'victim-s', 'victim-b']) {
-      expect(existsSync(join(t.dataDir, userFileName(victim)))).toBe(false);
+      expect(await hasUserData(t, victim)).toBe(false);
     }
-    const rows = await queryUserDb<{ user_id: string }>(
-      t.dataDir,
-      'real-user',
-      'SELECT user_id FROM usage_events',
-    );
+    const rows = await queryUserDb<{ user_id: string }>(t, 'real-user', 'SELECT user_id FROM usage_events');
     expect(rows).toEqual([{ user_id: 'real-user' }]);
   });
 
   it('answers 401 to a metered request without a principal, even with identity headers, and opens nothing', async () => {
-    const before = sqliteFiles(t.dataDir).length;
     const res = await request(t.url)
       .post('/openai/v1/chat/completions?user_id=someone')
       .set('x-user-id', 'someone')
       .send(chat);
     expect(res.status).toBe(401);
-    expect(sqliteFiles(t.dataDir).length).toBe(before);
+    expect(await hasUserData(t, 'someone')).toBe(false);
   });
 
   it('refuses an id longer than 1024 characters rather than truncating it', async () => {
@@ -53,7 +49,7 @@ describe('identity', () => {
     expect(res.status).toBe(401);
   });
 
-  it('maps odd ids to distinct files inside dataDir, one per id', async () => {
+  it('keeps odd ids apart: distinct files inside dataDir (or rows), one per id', async () => {
     const nfc = 'Jos\u00e9';
     const nfd = 'Jose\u0301';
     const ids = [
@@ -87,20 +83,22 @@ describe('identity', () => {
         .send(chat);
       expect(res.status).toBe(200);
     }
-    const root = realpathSync(t.dataDir);
-    for (const f of readdirSync(t.dataDir)) {
-      expect(realpathSync(join(t.dataDir, f)).startsWith(root + sep)).toBe(true);
+    if (t.store === 'sqlite') {
+      const root = realpathSync(t.dataDir);
+      for (const f of readdirSync(t.dataDir)) {
+        expect(realpathSync(join(t.dataDir, f)).startsWith(root + sep)).toBe(true);
+      }
+      expect(new Set(ids.map(userFileName)).size).toBe(ids.length);
+      expect(sqliteFiles(t.dataDir).length).toBeGreaterThanOrEqual(ids.length);
     }
-    const files = new Set(ids.map(userFileName));
-    expect(files.size).toBe(ids.length);
     for (const id of ids) {
-      const rows = await queryUserDb<{ user_id: string }>(t.dataDir, id, 'SELECT user_id FROM usage_events');
-      expect(rows).toEqual([{ user_id: id }]);
+      const rows = await queryUserDb<{ user_id: string }>(t, id, 'SELECT user_id FROM usage_events');
+      expect(rows).toEqual([{ user_id: t.store === 'sqlite' ? id : sharedUserId(id) }]);
     }
   });
 });
 
-describe('identity options', () => {
+describeStore('identity options', () => {
   it('trusts one configured header for requests without a principal; the principal still wins', async () => {
     const t = await createTestApp({ usage: { trustedUserHeader: 'x-user-id' } });
     try {
@@ -117,17 +115,9 @@ describe('identity options', () => {
             .send(chat)
         ).status,
       ).toBe(200);
-      const gw = await queryUserDb<{ n: number }>(
-        t.dataDir,
-        'gw-user',
-        'SELECT COUNT(*) AS n FROM usage_events',
-      );
+      const gw = await queryUserDb<{ n: number }>(t, 'gw-user', 'SELECT COUNT(*) AS n FROM usage_events');
       expect(gw[0].n).toBe(1);
-      const p = await queryUserDb<{ n: number }>(
-        t.dataDir,
-        'principal',
-        'SELECT COUNT(*) AS n FROM usage_events',
-      );
+      const p = await queryUserDb<{ n: number }>(t, 'principal', 'SELECT COUNT(*) AS n FROM usage_events');
       expect(p[0].n).toBe(1);
     } finally {
       await t.close();
@@ -140,7 +130,8 @@ describe('identity options', () => {
       for (let i = 0; i < 5; i++)
         expect((await request(t.url).post('/openai/v1/chat/completions').send(chat)).status).toBe(200);
       expect((await request(t.url).post('/openai/v1/chat/completions').send(chat)).status).toBe(429);
-      expect(sqliteFiles(t.dataDir)).toEqual([userFileName('__anonymous__')]);
+      expect(await hasUserData(t, '__anonymous__')).toBe(true);
+      if (t.store === 'sqlite') expect(sqliteFiles(t.dataDir)).toEqual([userFileName('__anonymous__')]);
     } finally {
       await t.close();
     }

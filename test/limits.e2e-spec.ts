@@ -2,6 +2,7 @@ import request from 'supertest';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
+import { describeStore } from './utils/test-store';
 
 const NOV_15_NOON = Date.UTC(2026, 10, 15, 12, 0, 0);
 const DEC_1 = Date.UTC(2026, 11, 1);
@@ -11,7 +12,7 @@ const chat = (extra: object = {}) => ({
   ...extra,
 });
 
-describe('limits', () => {
+describeStore('limits', () => {
   let t: TestApp;
   let now = NOV_15_NOON;
 
@@ -64,7 +65,7 @@ describe('limits', () => {
     now = DEC_1 + 1000;
     expect((await post(user)).status).toBe(200);
     const counters = await queryUserDb<{ period_key: string; used: number }>(
-      t.dataDir,
+      t,
       user,
       "SELECT period_key, used FROM usage_counters WHERE metric = 'calls' ORDER BY period_key",
     );
@@ -115,22 +116,14 @@ describe('limits', () => {
     expect(codes.filter((c) => c === 200)).toHaveLength(100);
     expect(codes.filter((c) => c === 429)).toHaveLength(200);
     const [counter] = await queryUserDb<{ used: number }>(
-      t.dataDir,
+      t,
       user,
       "SELECT used FROM usage_counters WHERE metric = 'calls'",
     );
     expect(counter.used).toBe(100);
-    const [ledger] = await queryUserDb<{ n: number }>(
-      t.dataDir,
-      user,
-      'SELECT COUNT(*) AS n FROM usage_events',
-    );
+    const [ledger] = await queryUserDb<{ n: number }>(t, user, 'SELECT COUNT(*) AS n FROM usage_events');
     expect(ledger.n).toBe(100);
-    const [requests] = await queryUserDb<{ n: number }>(
-      t.dataDir,
-      user,
-      'SELECT COUNT(*) AS n FROM api_requests',
-    );
+    const [requests] = await queryUserDb<{ n: number }>(t, user, 'SELECT COUNT(*) AS n FROM api_requests');
     expect(requests.n).toBe(100);
   });
 
@@ -143,14 +136,14 @@ describe('limits', () => {
     // Each reserves 3 (prompt estimate) + 200 (max_tokens) and settles 60.
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(10_000 / 203));
     const [counter] = await queryUserDb<{ used: number }>(
-      t.dataDir,
+      t,
       user,
       "SELECT used FROM usage_counters WHERE metric = 'tokens'",
     );
     expect(counter.used).toBe(60 * admitted);
     expect(counter.used).toBeLessThanOrEqual(10_000);
     const [ledger] = await queryUserDb<{ n: number; tokens: number }>(
-      t.dataDir,
+      t,
       user,
       'SELECT COUNT(*) AS n, SUM(input_tokens + output_tokens) AS tokens FROM usage_events',
     );
@@ -193,7 +186,7 @@ describe('limits', () => {
       usage_info: { scope: 'tavily', current: 3, limit: 3 },
     });
     const rows = await queryUserDb<{ searches: number; cost_micros: number }>(
-      t.dataDir,
+      t,
       user,
       'SELECT searches, cost_micros FROM usage_events',
     );

@@ -3,10 +3,11 @@ import { PerUserSqliteStore, UsageService } from '@app/usage-monitoring';
 import { createTestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb, sqliteFiles } from './utils/user-db';
+import { describeSqlite } from './utils/test-store';
 
 const chat = { messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 };
 
-describe('open DataSources (LRU)', () => {
+describeSqlite('open DataSources (LRU)', () => {
   it('never holds more than the cap open, and never closes a user with a request in flight', async () => {
     const t = await createTestApp({ usage: { storage: { maxOpenDataSources: 4 } } });
     const store = t.probe.store as PerUserSqliteStore;
@@ -41,7 +42,7 @@ describe('open DataSources (LRU)', () => {
       expect(maxOpen).toBeGreaterThanOrEqual(2);
       expect(sqliteFiles(t.dataDir)).toHaveLength(21);
       const rows = await queryUserDb<{ n: number }>(
-        t.dataDir,
+        t,
         'long-request',
         'SELECT COUNT(*) AS n FROM usage_events',
       );

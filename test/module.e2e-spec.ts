@@ -11,11 +11,14 @@ import {
   type Platform,
 } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
+import { describeStore, STORE } from './utils/test-store';
+
+const itSqlite = STORE === 'sqlite' ? it : it.skip;
 import { queryUserDb } from './utils/user-db';
 
 const chat = { messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20 };
 
-describe('UsageMonitoringModule wiring', () => {
+describeStore('UsageMonitoringModule wiring', () => {
   const combos: [ModuleStyle, Platform][] = [
     ['forRoot', 'express'],
     ['useFactory', 'express'],
@@ -40,11 +43,7 @@ describe('UsageMonitoringModule wiring', () => {
       const health = await request(t.url).get('/health/usage');
       expect(health.status).toBe(200);
       expect(health.body.usage.recent_requests).toBe(6);
-      const rows = await queryUserDb<{ n: number }>(
-        t.dataDir,
-        user,
-        'SELECT COUNT(*) AS n FROM usage_events',
-      );
+      const rows = await queryUserDb<{ n: number }>(t, user, 'SELECT COUNT(*) AS n FROM usage_events');
       expect(rows[0].n).toBe(5);
     } finally {
       await t.close();
@@ -114,7 +113,7 @@ describe('UsageMonitoringModule wiring', () => {
     await expect(build).rejects.toThrow(message);
   });
 
-  it('refuses a dataDir that is a file', async () => {
+  itSqlite('refuses a dataDir that is a file', async () => {
     const file = join(tempDataDir(), 'not-a-dir');
     writeFileSync(file, 'x');
     const moduleRef = await Test.createTestingModule({
@@ -123,7 +122,7 @@ describe('UsageMonitoringModule wiring', () => {
     await expect(moduleRef.init()).rejects.toThrow(/storage\.dataDir ".*not-a-dir" cannot be used/);
   });
 
-  it('refuses a second live owner of the same dataDir and takes over a dead one’s lock', async () => {
+  itSqlite('refuses a second live owner of the same dataDir and takes over a dead one’s lock', async () => {
     const dataDir = tempDataDir();
     const first = await createTestApp({ usage: { storage: { dataDir } } });
     const moduleRef = await Test.createTestingModule({

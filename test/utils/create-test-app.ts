@@ -10,6 +10,7 @@ import {
   UsageMonitoringModule,
   type Plan,
   type SqliteStorageOptions,
+  type StorageOptions,
   type UsageMonitoringModuleOptions,
 } from '@app/usage-monitoring';
 import {
@@ -20,6 +21,7 @@ import {
   StoreProbe,
   TestAuthGuard,
 } from './test-controllers';
+import { createSchema, dropSchema, pgOptions, STORE } from './test-store';
 
 export type ModuleStyle = 'forRoot' | 'useFactory' | 'useClass';
 export type Platform = 'express' | 'fastify';
@@ -32,12 +34,23 @@ export interface TestAppOptions {
   healthController?: boolean;
   /** Extra controllers. */
   controllers?: Type[];
+  /** Force a store; by default the project's (`STORE`), unless `usage.storage` says otherwise. */
+  store?: 'sqlite' | 'postgres';
+  /** Reuse a PostgreSQL schema (several apps on one shared database). */
+  schema?: string;
+  /** Connect to PostgreSQL through another port (a proxy the test can cut). */
+  pgPort?: number;
 }
 
 export interface TestApp {
   app: INestApplication;
   url: string;
+  /** Which store this app runs on. */
+  store: 'sqlite' | 'postgres';
+  /** Per-user SQLite files (sqlite) — a temporary directory either way. */
   dataDir: string;
+  /** The PostgreSQL schema of this app (postgres). */
+  schema?: string;
   probe: StoreProbe;
   close(): Promise<void>;
 }
@@ -74,14 +87,24 @@ export function tempDataDir(): string {
  */
 export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp> {
   const given = opts.usage?.storage as
-    SqliteStorageOptions | { type: 'custom'; dataDir?: undefined } | undefined;
-  const ownDir = given?.type !== 'custom' && !given?.dataDir;
+    SqliteStorageOptions | { type: 'custom' | 'shared'; dataDir?: undefined } | undefined;
+  const ownDir = !given?.dataDir;
   const dataDir = given?.dataDir ?? tempDataDir();
+  const onPostgres =
+    opts.store === 'postgres' ||
+    (opts.store === undefined && STORE === 'postgres' && !given?.type && !given?.dataDir);
+  const schema = onPostgres ? (opts.schema ?? (await createSchema())) : undefined;
+  const storage: StorageOptions =
+    given?.type === 'custom' || given?.type === 'shared'
+      ? opts.usage!.storage!
+      : schema
+        ? { type: 'shared', dataSource: pgOptions(schema, opts.pgPort) }
+        : { ...(given as SqliteStorageOptions), dataDir };
   const options: UsageMonitoringModuleOptions = {
     plans: TEST_PLANS,
     plan: planFromUserId,
     ...opts.usage,
-    storage: given?.type === 'custom' ? opts.usage!.storage : { ...(given as SqliteStorageOptions), dataDir },
+    storage,
   };
   const extras = { healthController: opts.healthController };
 
@@ -128,11 +151,14 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   return {
     app,
     url: `http://127.0.0.1:${address.port}`,
+    store: schema ? 'postgres' : 'sqlite',
     dataDir,
+    schema,
     probe: app.get(StoreProbe),
     async close() {
       await app.close();
       if (ownDir) rmSync(dataDir, { recursive: true, force: true });
+      if (schema && !opts.schema) await dropSchema(schema);
     },
   };
 }

@@ -1,28 +1,67 @@
-import { join } from 'node:path';
 import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
-import { userFileName } from '@app/usage-monitoring';
+import { sharedUserId, userFileName } from '@app/usage-monitoring';
+import type { TestApp } from './create-test-app';
+import { withClient } from './test-store';
 
-/** Runs a read query on a user's database file, directly (the way an operator would look). */
+const TABLES = ['usage_counters', 'usage_events', 'api_requests', 'usage_alerts', 'usage_reservations'];
+
+/**
+ * Runs a read query over one user's usage, the way an operator would look: on the user's SQLite file,
+ * or on the shared PostgreSQL schema with each table narrowed to that user (temporary views shadow the
+ * tables, so the same SQL serves both). Counts and amounts come back as numbers, booleans as 0/1.
+ */
 export function queryUserDb<T = Record<string, unknown>>(
-  dataDir: string,
+  where: TestApp | string,
   userId: string,
   sql: string,
-  params: unknown[] = [],
 ): Promise<T[]> {
+  if (typeof where !== 'string' && where.store === 'postgres')
+    return queryShared<T>(where.schema!, userId, sql);
+  const dataDir = typeof where === 'string' ? where : where.dataDir;
   const file = join(dataDir, userFileName(userId));
   if (!existsSync(file))
     return Promise.reject(new Error(`no database file for user ${JSON.stringify(userId)}`));
   return new Promise((resolve, reject) => {
     const db = new Database(file, OPEN_READONLY, (err) => {
       if (err) return reject(err);
-      db.all(sql, params, (e, rows) => {
+      db.all(sql, (e, rows) => {
         db.close();
         if (e) reject(e);
         else resolve(rows as T[]);
       });
     });
   });
+}
+
+async function queryShared<T>(schema: string, userId: string, sql: string): Promise<T[]> {
+  return withClient(async (c) => {
+    await c.query('BEGIN');
+    try {
+      const stored = sharedUserId(userId);
+      for (const t of TABLES) {
+        await c.query(
+          `CREATE TEMP VIEW ${t} AS SELECT * FROM ${schema}.${t} WHERE user_id = ${c.escapeLiteral(stored)}`,
+        );
+      }
+      const { rows } = await c.query(sql);
+      return rows as T[];
+    } finally {
+      await c.query('ROLLBACK');
+    }
+  }, schema);
+}
+
+/** Whether anything was stored for a user (a file, or rows in the shared database). */
+export async function hasUserData(t: TestApp, userId: string): Promise<boolean> {
+  if (t.store === 'sqlite') return existsSync(join(t.dataDir, userFileName(userId)));
+  const rows = await queryShared<{ n: number }>(
+    t.schema!,
+    userId,
+    'SELECT (SELECT COUNT(*) FROM usage_counters) + (SELECT COUNT(*) FROM usage_events) + (SELECT COUNT(*) FROM api_requests) AS n',
+  );
+  return rows[0].n > 0;
 }
 
 /** The database files in a data directory (without WAL/SHM companions). */

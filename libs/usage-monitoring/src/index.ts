@@ -1,6 +1,7 @@
 export { UsageMonitoringModule } from './usage-monitoring.module';
 export type {
   CustomStorageOptions,
+  SharedStorageOptions,
   SqliteStorageOptions,
   StorageOptions,
   UsageMonitoringModuleExtras,
@@ -52,6 +53,8 @@ export type { PriceOverride } from './pricing/price.interface';
 export { DEFAULT_PROVIDER_PATTERNS, DEFAULT_IGNORED_PATH_PREFIXES } from './providers/provider-detector';
 
 export { PerUserSqliteStore } from './storage/sqlite/per-user-sqlite.store';
+export { SharedPostgresStore } from './storage/shared/shared-postgres.store';
+export { sharedUserId } from './storage/shared/shared-user-id';
 export { UserDataSourceFactory } from './storage/sqlite/user-data-source.factory';
 export { userFileName } from './storage/sqlite/user-file-name';
 export { UsageStoreError } from './storage/usage-store.error';

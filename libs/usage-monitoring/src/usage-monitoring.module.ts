@@ -15,6 +15,7 @@ import { UsageHealthController } from './health/usage-health.controller';
 import { UsageHealthIndicator } from './health/usage-health.indicator';
 import { MeteringInterceptor } from './metering/metering.interceptor';
 import { PerUserSqliteStore } from './storage/sqlite/per-user-sqlite.store';
+import { SharedPostgresStore } from './storage/shared/shared-postgres.store';
 import type { UsageStore } from './storage/usage-store.interface';
 import { UsageService } from './usage/usage.service';
 import {
@@ -35,8 +36,12 @@ const providers: Provider[] = [
   },
   {
     provide: USAGE_STORE,
-    useFactory: ({ storage, clock }: NormalizedUsageOptions): UsageStore =>
-      storage.type === 'custom' ? storage.store : new PerUserSqliteStore({ ...storage, clock }),
+    useFactory: ({ storage, clock, clockSkew }: NormalizedUsageOptions): UsageStore =>
+      storage.type === 'custom'
+        ? storage.store
+        : storage.type === 'shared'
+          ? new SharedPostgresStore(storage, clock, clockSkew)
+          : new PerUserSqliteStore({ ...storage, clock }),
     inject: [NORMALIZED_OPTIONS],
   },
   EnforcementMetrics,

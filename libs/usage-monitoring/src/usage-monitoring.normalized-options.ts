@@ -13,6 +13,9 @@ import {
 } from './providers/provider-detector';
 import type { UsageAlert } from './alerts/usage-alert.interface';
 import type { UsageStore } from './storage/usage-store.interface';
+import type { ClockSkew } from './storage/shared/shared-postgres.store';
+import type { ResolvedSharedStorage, SharedStorageOptions } from './storage/shared/shared-store.options';
+import { DataSource } from 'typeorm';
 
 export type ResolvedStorage =
   | {
@@ -22,6 +25,7 @@ export type ResolvedStorage =
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
     }
+  | ResolvedSharedStorage
   | { type: 'custom'; store: UsageStore };
 
 /** Options after validation and defaults, computed once at module init. */
@@ -44,6 +48,8 @@ export interface NormalizedUsageOptions {
   storage: ResolvedStorage;
   onAlert: ((alert: UsageAlert) => void) | undefined;
   clock: () => number;
+  /** Set in the shared mode when no clock was given: the store keeps it equal to the database clock's offset. */
+  clockSkew: ClockSkew | undefined;
 }
 
 export const DEFAULT_PROVIDER_GROUPS = { [AI_TEXT_GROUP]: ['gemini', 'openai', 'anthropic', 'mistral'] };
@@ -102,7 +108,11 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
 
   const planFn = fn<NormalizedUsageOptions['resolvePlan']>(options.plan, 'plan');
   const userIdFn = fn<NormalizedUsageOptions['userId']>(options.userId, 'userId') ?? defaultUserId;
-  const clock = fn<() => number>(options.clock, 'clock') ?? Date.now;
+  const storage = resolveStorage(options);
+  const userClock = fn<() => number>(options.clock, 'clock');
+  const clockSkew: ClockSkew | undefined =
+    storage.type === 'shared' && !userClock ? { offsetMs: 0 } : undefined;
+  const clock = userClock ?? (clockSkew ? () => Date.now() + clockSkew.offsetMs : Date.now);
   const onAlert = fn<(a: UsageAlert) => void>(options.onAlert, 'onAlert');
 
   if (
@@ -166,9 +176,10 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
       positiveInt(options.defaultMaxOutputTokens, 'defaultMaxOutputTokens', 1024, 0),
     ),
     priceBook,
-    storage: resolveStorage(options),
+    storage,
     onAlert,
     clock,
+    clockSkew,
   };
 }
 
@@ -182,8 +193,12 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     }
     return { type: 'custom', store: s.store };
   }
-  if (s.type !== undefined && s.type !== 'sqlite')
-    fail(`storage.type must be 'sqlite' or 'custom' (got ${JSON.stringify(s.type)})`);
+  if (s.type === 'shared') return resolveShared(s);
+  if (s.type !== undefined && s.type !== 'sqlite') {
+    fail(
+      `storage.type must be 'sqlite', 'shared' or 'custom' (got ${JSON.stringify((s as { type: unknown }).type)})`,
+    );
+  }
   const dataDir = s.dataDir ?? './data';
   if (typeof dataDir !== 'string' || dataDir.trim() === '') fail('storage.dataDir must be a non-empty path');
   const synchronous = s.synchronous ?? 'normal';
@@ -195,5 +210,31 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     maxOpenDataSources: positiveInt(s.maxOpenDataSources, 'storage.maxOpenDataSources', 64),
     busyTimeoutMs: positiveInt(s.busyTimeoutMs, 'storage.busyTimeoutMs', 2000, 0),
     synchronous,
+  };
+}
+
+function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
+  const ds = s.dataSource as unknown;
+  const isDataSource = ds instanceof DataSource;
+  if (!isDataSource) {
+    if (!ds || typeof ds !== 'object')
+      fail(
+        "storage.dataSource must be TypeORM DataSourceOptions or a DataSource when storage.type is 'shared'",
+      );
+    const type = (ds as { type?: unknown }).type;
+    if (type !== 'postgres') fail(`storage.dataSource.type must be 'postgres' (got ${JSON.stringify(type)})`);
+  } else if (ds.options.type !== 'postgres') {
+    fail(`storage.dataSource must be a PostgreSQL DataSource (got ${JSON.stringify(ds.options.type)})`);
+  }
+  const t = s.timeouts ?? {};
+  return {
+    type: 'shared',
+    dataSource: s.dataSource,
+    migrationsRun: s.migrationsRun ?? !isDataSource,
+    poolSize: positiveInt(s.poolSize, 'storage.poolSize', 10),
+    connectMs: positiveInt(t.connectMs, 'storage.timeouts.connectMs', 1000),
+    statementMs: positiveInt(t.statementMs, 'storage.timeouts.statementMs', 2000),
+    lockMs: positiveInt(t.lockMs, 'storage.timeouts.lockMs', 1000),
+    reservationTtlMs: positiveInt(s.reservationTtlMs, 'storage.reservationTtlMs', 900_000),
   };
 }

@@ -2,6 +2,7 @@ import type { Limit, Plan, PlanAssignment } from './plans/plan.interface';
 import type { PriceOverride } from './pricing/price.interface';
 import type { UsageStore } from './storage/usage-store.interface';
 import type { UsageAlert } from './alerts/usage-alert.interface';
+import type { SharedStorageOptions } from './storage/shared/shared-store.options';
 
 /** Per-user SQLite storage (the default): one database file per user under `dataDir`. */
 export interface SqliteStorageOptions {
@@ -37,7 +38,8 @@ export interface CustomStorageOptions {
   store: UsageStore;
 }
 
-export type StorageOptions = SqliteStorageOptions | CustomStorageOptions;
+export type StorageOptions = SqliteStorageOptions | SharedStorageOptions | CustomStorageOptions;
+export type { SharedStorageOptions };
 
 /** Anything with headers and an optional authenticated principal; Express and Fastify requests both fit. */
 export interface UsageRequest {
@@ -146,7 +148,8 @@ export interface UsageMonitoringModuleOptions {
   onAlert?: (alert: UsageAlert) => void;
   /**
    * Milliseconds since the epoch. Tests inject a clock to roll periods.
-   * @default Date.now
+   * @default Date.now; in the shared mode, the database's clock (sampled every 30 s), so that instances
+   * with skewed clocks agree on periods
    */
   clock?: () => number;
 }

@@ -42,7 +42,9 @@ export class UsageLimitExceededException extends HttpException {
     super(UsageLimitExceededException.body(exceeded, provider), HttpStatus.TOO_MANY_REQUESTS);
   }
 
-  static body({ charge, used }: ExceededLimit, provider: string): UsageLimitExceededBody {
+  static body({ charge, used: settled, reserved }: ExceededLimit, provider: string): UsageLimitExceededBody {
+    // What counts against the limit: settled usage plus what requests in flight hold.
+    const used = settled + reserved;
     const isCost = charge.metric === 'cost';
     const current = isCost ? microsToUsd(used) : used;
     const limit = isCost ? microsToUsd(charge.max) : charge.max;

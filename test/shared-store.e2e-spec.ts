@@ -1,0 +1,248 @@
+import request from 'supertest';
+import { EMERGENCY_FAIL_OPEN_ENV, SharedPostgresStore, UsageService, type Plan } from '@app/usage-monitoring';
+import { createTestApp, TEST_PLANS } from './utils/create-test-app';
+import { spawnServer, type ServerProcess } from './utils/spawn-server';
+import { TcpProxy } from './utils/tcp-proxy';
+import { bearer } from './utils/test-controllers';
+import { createSchema, describePostgres, dropSchema, PG, withClient } from './utils/test-store';
+
+const chat = (extra: object = {}) => ({
+  messages: [{ role: 'user', content: 'hello there' }],
+  max_tokens: 20,
+  ...extra,
+});
+const EXPECTED_503 = {
+  error: 'Usage limit enforcement unavailable',
+  message: 'Unable to validate usage limits right now. Please retry shortly.',
+  code: 'USAGE_LIMIT_ENFORCEMENT_UNAVAILABLE',
+};
+
+async function sql<T = Record<string, unknown>>(
+  schema: string,
+  text: string,
+  values: unknown[] = [],
+): Promise<T[]> {
+  return withClient(async (c) => (await c.query(text, values)).rows as T[], schema);
+}
+
+describePostgres('shared PostgreSQL store', () => {
+  jest.setTimeout(90_000);
+
+  it('two app processes on one database: 300 parallel requests, 100 calls left → exactly 100 admitted', async () => {
+    const schema = await createSchema();
+    let servers: ServerProcess[] = [];
+    try {
+      // A generous enforcement timeout: this test is about exactness under contention, not latency.
+      const env = { USAGE_TEST_SCHEMA: schema, USAGE_TEST_ENFORCEMENT_TIMEOUT_MS: '5000' };
+      servers = await Promise.all([spawnServer(env), spawnServer(env)]);
+      for (const s of servers) {
+        const warm = await request(s.url)
+          .post('/openai/v1/chat/completions')
+          .set('authorization', bearer('plan=unlimited;warm-up'))
+          .send(chat());
+        expect(warm.status).toBe(200);
+      }
+      const user = 'plan=hundred;two-processes';
+      const results = await Promise.all(
+        Array.from({ length: 300 }, (_, i) =>
+          request(servers[i % 2].url)
+            .post('/openai/v1/chat/completions')
+            .set('authorization', bearer(user))
+            .send(chat()),
+        ),
+      );
+      const codes = results.map((r) => r.status);
+      const tally: Record<number, number> = {};
+      for (const c of codes) tally[c] = (tally[c] ?? 0) + 1;
+      expect(tally).toEqual({ 200: 100, 429: 200 });
+      expect(codes.filter((c) => c === 200)).toHaveLength(100);
+      expect(codes.filter((c) => c === 429)).toHaveLength(200);
+      // Both instances admitted some of them.
+      const perServer = [0, 1].map((s) => results.filter((r, i) => i % 2 === s && r.status === 200).length);
+      expect(perServer.every((n) => n > 0)).toBe(true);
+      expect(
+        await sql(
+          schema,
+          "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'",
+          [user],
+        ),
+      ).toEqual([{ used: 100, reserved: 0 }]);
+      expect(await sql(schema, 'SELECT COUNT(*) AS n FROM usage_events WHERE user_id = $1', [user])).toEqual([
+        { n: 100 },
+      ]);
+      expect(await sql(schema, 'SELECT COUNT(*) AS n FROM usage_reservations')).toEqual([{ n: 0 }]);
+    } finally {
+      await Promise.all(servers.map((s) => s.stop()));
+      await dropSchema(schema);
+    }
+  });
+
+  it('8 simultaneous first requests of a new user: one counter row per limit, all decided by the same limits', async () => {
+    const t = await createTestApp({ store: 'postgres' });
+    try {
+      const user = 'brand-new';
+      const results = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat()),
+        ),
+      );
+      expect(results.filter((r) => r.status === 200)).toHaveLength(5);
+      const refused = results.filter((r) => r.status === 429);
+      expect(refused).toHaveLength(3);
+      for (const r of refused)
+        expect(r.body.usage_info).toMatchObject({ scope: 'ai_text', limit: 5, current: 5 });
+      expect(
+        await sql(
+          t.schema!,
+          'SELECT scope, metric, used, reserved FROM usage_counters WHERE user_id = $1 ORDER BY scope',
+          [user],
+        ),
+      ).toEqual([
+        { scope: '*', metric: 'cost', used: expect.any(Number), reserved: 0 },
+        { scope: 'ai_text', metric: 'calls', used: 5, reserved: 0 },
+      ]);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('a cost budget under 300 parallel requests settling below their estimates: used ≤ limit, nothing left reserved', async () => {
+    const plans: Plan[] = [
+      ...TEST_PLANS,
+      { name: 'budget', limits: [{ metric: 'cost', scope: '*', period: 'month', max: 0.01 }] },
+    ];
+    const t = await createTestApp({ store: 'postgres', usage: { plans, enforcementTimeoutMs: 2000 } });
+    try {
+      const user = 'plan=budget;spender';
+      // Estimate: 3 + 1000 tokens of gpt-4o-mini = 601 µ$; actual: 10 in + 100 out = 62 µ$.
+      const body = chat({ max_tokens: 1000, report: { prompt: 10, completion: 100 } });
+      const results = await Promise.all(
+        Array.from({ length: 300 }, () =>
+          request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(body),
+        ),
+      );
+      const admitted = results.filter((r) => r.status === 200).length;
+      expect(results.every((r) => r.status === 200 || r.status === 429)).toBe(true);
+      expect(admitted).toBeGreaterThanOrEqual(Math.floor(10_000 / 601));
+      const [counter] = await sql<{ used: number; reserved: number }>(
+        t.schema!,
+        "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'cost'",
+        [user],
+      );
+      expect(counter).toEqual({ used: 62 * admitted, reserved: 0 });
+      expect(counter.used).toBeLessThanOrEqual(10_000);
+      expect(
+        await sql(
+          t.schema!,
+          'SELECT COUNT(*) AS n, SUM(cost_micros) AS c FROM usage_events WHERE user_id = $1',
+          [user],
+        ),
+      ).toEqual([{ n: admitted, c: 62 * admitted }]);
+      expect(await sql(t.schema!, 'SELECT COUNT(*) AS n FROM usage_reservations')).toEqual([{ n: 0 }]);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('database unreachable mid-run → 503 within the timeout, no 500, no hang; 200 again when it returns', async () => {
+    const proxy = new TcpProxy(PG.port);
+    const port = await proxy.start();
+    const t = await createTestApp({ store: 'postgres', pgPort: port, usage: { enforcementTimeoutMs: 250 } });
+    const post = () =>
+      request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('plan=unlimited;outage'))
+        .send(chat());
+    try {
+      expect((await post()).status).toBe(200);
+      await proxy.cut();
+      const during: { status: number; ms: number }[] = [];
+      for (let i = 0; i < 6; i++) {
+        const started = Date.now();
+        const res = await post();
+        during.push({ status: res.status, ms: Date.now() - started });
+        if (res.status === 503) expect(res.body).toEqual(EXPECTED_503);
+      }
+      expect(during.map((d) => d.status)).toEqual([503, 503, 503, 503, 503, 503]);
+      expect(Math.max(...during.map((d) => d.ms))).toBeLessThan(1000);
+      const health = await request(t.url).get('/health/usage');
+      expect(health.status).toBe(503);
+      expect(health.body.error).toEqual({
+        usage_store: { status: 'down', reason: 'shared usage database unavailable' },
+      });
+      expect(JSON.stringify(health.body)).not.toMatch(/127\.0\.0\.1|postgres|5432/);
+      await proxy.restore();
+      let back = 0;
+      for (let i = 0; i < 50 && back !== 200; i++) {
+        back = (await post()).status;
+        if (back !== 200) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(back).toBe(200);
+      expect((await request(t.url).get('/health/usage')).status).toBe(200);
+      const failures = t.app.get(UsageService).enforcementStats().failures;
+      expect(Object.keys(failures)).toEqual(['database_session_unavailable:openai']);
+    } finally {
+      await proxy.restore().catch(() => undefined);
+      await t.close();
+      await proxy.stop();
+    }
+  });
+
+  it(`${EMERGENCY_FAIL_OPEN_ENV} lets requests through while the database is unreachable`, async () => {
+    const proxy = new TcpProxy(PG.port);
+    const port = await proxy.start();
+    process.env[EMERGENCY_FAIL_OPEN_ENV] = 'on';
+    const t = await createTestApp({ store: 'postgres', pgPort: port });
+    delete process.env[EMERGENCY_FAIL_OPEN_ENV];
+    try {
+      await proxy.cut();
+      const res = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('open-door'))
+        .send(chat());
+      expect(res.status).toBe(200);
+      expect(t.app.get(UsageService).enforcementStats().failOpen).toEqual({ openai: 1 });
+    } finally {
+      await proxy.restore();
+      await t.close();
+      await proxy.stop();
+    }
+  });
+
+  it('releases, once, the reservation of an instance killed mid-request', async () => {
+    const schema = await createSchema();
+    const server = await spawnServer({ USAGE_TEST_SCHEMA: schema });
+    const user = 'plan=hundred;crashed';
+    try {
+      void request(server.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer(user))
+        .send(chat({ delayMs: 10_000 }))
+        .catch(() => undefined);
+      for (let i = 0; i < 50; i++) {
+        const [r] = await sql<{ n: number }>(schema, 'SELECT COUNT(*) AS n FROM usage_reservations');
+        if (r.n === 1) break;
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      await server.stop('SIGKILL');
+      expect(await sql(schema, "SELECT reserved FROM usage_counters WHERE metric = 'calls'")).toEqual([
+        { reserved: 1 },
+      ]);
+      const t = await createTestApp({ store: 'postgres', schema });
+      try {
+        const store = t.probe.store as SharedPostgresStore;
+        expect(await store.sweep(Date.now())).toBe(0); // not expired yet
+        expect(await store.sweep(Date.now() + 16 * 60_000)).toBe(1);
+        expect(await store.sweep(Date.now() + 16 * 60_000)).toBe(0);
+        expect(await sql(schema, "SELECT used, reserved FROM usage_counters WHERE metric = 'calls'")).toEqual(
+          [{ used: 0, reserved: 0 }],
+        );
+      } finally {
+        await t.close();
+      }
+    } finally {
+      await server.stop('SIGKILL');
+      await dropSchema(schema);
+    }
+  });
+});
