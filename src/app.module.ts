@@ -24,7 +24,10 @@ import { UsageController } from './usage.controller';
         return {
           plans: DEMO_PLANS,
           plan: (userId: string) => planOf.get(userId),
-          storage: { dataDir: process.env.USAGE_DATA_DIR ?? './data' },
+          // USAGE_DATABASE_URL switches to the shared PostgreSQL store (several instances, one set of limits).
+          storage: process.env.USAGE_DATABASE_URL
+            ? { type: 'shared', dataSource: { type: 'postgres', url: process.env.USAGE_DATABASE_URL } }
+            : { dataDir: process.env.USAGE_DATA_DIR ?? './data' },
         };
       },
     }),
