@@ -8,13 +8,13 @@ import {
   type NestInterceptor,
 } from '@nestjs/common';
 import { HTTP_CODE_METADATA, SSE_METADATA } from '@nestjs/common/constants';
-import { Observable, from, mergeMap, throwError, catchError, finalize, tap } from 'rxjs';
+import { Observable, tap } from 'rxjs';
 import { UsageAlerts } from '../alerts/usage-alerts.service';
 import { EnforcementMetrics } from '../enforcement/enforcement-metrics';
 import type { MeteringContext } from '../enforcement/metering-context';
 import { ThrottledLogger } from '../enforcement/throttled-logger';
 import { RollingStats } from '../health/rolling-stats';
-import type { UsageStore, UsageEventRecord } from '../storage/usage-store.interface';
+import type { UsageEventRecord, UsageStore } from '../storage/usage-store.interface';
 import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monitoring.internal-constants';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 import type { UsageRequest } from '../usage-monitoring.options';
@@ -31,6 +31,11 @@ type HttpRequest = UsageRequest & {
 };
 
 type Outcome = UsageEventRecord['outcome'];
+
+interface RouteInfo {
+  sse: boolean;
+  httpCode: number | undefined;
+}
 
 const ZERO_USAGE: MeasuredUsage = {
   inputTokens: 0,
@@ -51,6 +56,7 @@ const ZERO_USAGE: MeasuredUsage = {
 export class MeteringInterceptor implements NestInterceptor {
   protected readonly logger = new Logger(MeteringInterceptor.name);
   private readonly throttledLog = new ThrottledLogger(this.logger);
+  private readonly routes = new WeakMap<object, RouteInfo>();
 
   constructor(
     @Inject(NORMALIZED_OPTIONS) protected readonly options: NormalizedUsageOptions,
@@ -68,43 +74,73 @@ export class MeteringInterceptor implements NestInterceptor {
       return this.options.recordAllRequests ? this.recordUnmetered(context, request, next) : next.handle();
     }
     metering.intercepted = true;
-    if (Reflect.getMetadata(SSE_METADATA, context.getHandler()))
-      return this.meterStream(context, metering, next);
-    return next.handle().pipe(
-      mergeMap((value) => from(this.settle(context, metering, 'ok', value)).pipe(mergeMap(() => [value]))),
-      catchError((error: unknown) =>
-        from(this.settle(context, metering, 'error', undefined, error)).pipe(
-          mergeMap(() => throwError(() => error)),
-        ),
-      ),
-      // Completed without a value or unsubscribed (client gone): still settle, as partial.
-      finalize(() => void this.settle(context, metering, 'partial', undefined)),
-    );
+    const route = this.route(context);
+    if (route.sse) return this.meterStream(context, metering, route, next);
+    // A plain Observable rather than an operator chain: Nest handlers emit one value, which is held until
+    // its ledger row has committed, then passed on unchanged.
+    return new Observable<unknown>((subscriber) => {
+      let value: unknown;
+      let emitted = false;
+      const inner = next.handle().subscribe({
+        next: (v) => {
+          value = v;
+          emitted = true;
+        },
+        error: (error: unknown) => {
+          void this.settle(context, metering, route, 'error', undefined, error).then(() =>
+            subscriber.error(error),
+          );
+        },
+        complete: () => {
+          void this.settle(context, metering, route, emitted ? 'ok' : 'partial', value).then(() => {
+            if (emitted) subscriber.next(value);
+            subscriber.complete();
+          });
+        },
+      });
+      return () => {
+        inner.unsubscribe();
+        // Unsubscribed before the end (the client left a stream): still settle, as partial.
+        if (!metering.settled) void this.settle(context, metering, route, 'partial', value);
+      };
+    });
   }
 
   /** Server-sent events: settle when the stream ends; a client that leaves early is charged as partial. */
   private meterStream(
     context: ExecutionContext,
     metering: MeteringContext,
+    route: RouteInfo,
     next: CallHandler,
   ): Observable<unknown> {
     let last: unknown;
-    return next.handle().pipe(
-      tap({
+    return new Observable<unknown>((subscriber) => {
+      const inner = next.handle().subscribe({
         next: (event) => {
           const data = (event as { data?: unknown } | null)?.data;
           if (data !== undefined) last = data;
+          subscriber.next(event);
         },
-        complete: () => void this.settle(context, metering, 'ok', last),
-        error: (error: unknown) => void this.settle(context, metering, 'error', last, error),
-      }),
-      finalize(() => void this.settle(context, metering, 'partial', last)),
-    );
+        error: (error: unknown) => {
+          void this.settle(context, metering, route, 'error', last, error);
+          subscriber.error(error);
+        },
+        complete: () => {
+          void this.settle(context, metering, route, 'ok', last);
+          subscriber.complete();
+        },
+      });
+      return () => {
+        inner.unsubscribe();
+        if (!metering.settled) void this.settle(context, metering, route, 'partial', last);
+      };
+    });
   }
 
   private async settle(
     context: ExecutionContext,
     metering: MeteringContext,
+    route: RouteInfo,
     outcome: Outcome,
     value: unknown,
     error?: unknown,
@@ -114,7 +150,7 @@ export class MeteringInterceptor implements NestInterceptor {
     try {
       const request = context.switchToHttp().getRequest<HttpRequest>();
       const { provider, reservation } = metering;
-      const statusCode = error !== undefined ? statusOf(error) : this.successStatus(context);
+      const statusCode = error !== undefined ? statusOf(error) : this.successStatus(context, route);
       const usage =
         outcome === 'error' && value === undefined
           ? ZERO_USAGE
@@ -122,9 +158,6 @@ export class MeteringInterceptor implements NestInterceptor {
       const model = usage.model ?? this.options.priceBook.defaultModel(provider) ?? null;
       const { costMicros } = this.options.priceBook.price(provider, model ?? undefined, usage);
       const now = this.options.clock();
-      const path = pathOf(request);
-      const method = request.method ?? 'GET';
-      const durationMs = Math.max(0, now - metering.startedAt);
       const ua = request.headers['user-agent'];
       const result = await this.store.settle(reservation, {
         actual: { calls: 1, tokens: usage.inputTokens + usage.outputTokens, costMicros },
@@ -133,13 +166,13 @@ export class MeteringInterceptor implements NestInterceptor {
           userId: reservation.userId,
           provider,
           model,
-          endpoint: path.slice(0, 512),
-          method,
+          endpoint: pathOf(request).slice(0, 512),
+          method: request.method ?? 'GET',
           statusCode,
           inputTokens: usage.inputTokens,
           outputTokens: usage.outputTokens,
           costMicros,
-          responseTimeMs: durationMs,
+          responseTimeMs: Math.max(0, now - metering.startedAt),
           requestBytes: Number(request.headers['content-length']) || 0,
           responseBytes: byteLength(value),
           userAgent: typeof ua === 'string' ? ua.slice(0, 512) : null,
@@ -150,16 +183,6 @@ export class MeteringInterceptor implements NestInterceptor {
           estimated: usage.estimated,
           outcome,
           periodKey: metering.ledgerPeriodKey,
-          occurredAt: now,
-        },
-        request: {
-          requestId: reservation.requestId,
-          userId: reservation.userId,
-          provider,
-          path: path.slice(0, 512),
-          method,
-          statusCode,
-          durationMs,
           occurredAt: now,
         },
       });
@@ -182,6 +205,7 @@ export class MeteringInterceptor implements NestInterceptor {
     const id = this.options.userId(request);
     if (typeof id !== 'string' || id === '') return next.handle();
     const startedAt = this.options.clock();
+    const route = this.route(context);
     const record = (statusCode: number) => {
       const now = this.options.clock();
       this.store
@@ -199,19 +223,31 @@ export class MeteringInterceptor implements NestInterceptor {
     };
     return next.handle().pipe(
       tap({
-        next: () => record(this.successStatus(context)),
+        next: () => record(this.successStatus(context, route)),
         error: (e: unknown) => record(statusOf(e)),
       }),
     );
   }
 
-  private successStatus(context: ExecutionContext): number {
-    const code = Reflect.getMetadata(HTTP_CODE_METADATA, context.getHandler()) as number | undefined;
-    if (code) return code;
-    const res = context.switchToHttp().getResponse<{ statusCode?: number }>();
-    const req = context.switchToHttp().getRequest<HttpRequest>();
+  private route(context: ExecutionContext): RouteInfo {
+    const handler = context.getHandler();
+    let info = this.routes.get(handler);
+    if (!info) {
+      info = {
+        sse: Boolean(Reflect.getMetadata(SSE_METADATA, handler)),
+        httpCode: Reflect.getMetadata(HTTP_CODE_METADATA, handler) as number | undefined,
+      };
+      this.routes.set(handler, info);
+    }
+    return info;
+  }
+
+  private successStatus(context: ExecutionContext, route: RouteInfo): number {
+    if (route.httpCode) return route.httpCode;
+    const http = context.switchToHttp();
+    const res = http.getResponse<{ statusCode?: number }>();
     if (res.statusCode && res.statusCode !== 200) return res.statusCode;
-    return req.method === 'POST' ? 201 : 200;
+    return http.getRequest<HttpRequest>().method === 'POST' ? 201 : 200;
   }
 }
 

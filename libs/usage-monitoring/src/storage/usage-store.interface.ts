@@ -90,10 +90,10 @@ export interface ActualUsage {
   costMicros: number;
 }
 
+/** What the interceptor hands the store. The `api_requests` row is derived from the ledger row. */
 export interface Settlement {
   actual: ActualUsage;
   event: UsageEventRecord;
-  request: ApiRequestRecord;
 }
 
 export interface SettleResult {

@@ -70,4 +70,11 @@ export class UsageEventEntity {
 
   @Column({ name: 'occurred_at', type: 'bigint', transformer: bigintAsNumber })
   occurredAt!: number;
+
+  /**
+   * SQLite store: counter deltas applied by the trigger with this row, summed over its write batch (JSON
+   * `[{ p: periodKey, s: scope, m: metric, a: amount, e: periodEnd }]`); NULL on the other rows of the batch.
+   */
+  @Column({ name: 'counter_deltas', type: 'text', nullable: true })
+  counterDeltas!: string | null;
 }

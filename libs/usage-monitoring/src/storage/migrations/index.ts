@@ -1,7 +1,8 @@
 import { UsageSchema1764201600000 } from './1764201600000-usage-schema';
+import { UsageCounterDeltas1764288000000 } from './1764288000000-usage-counter-deltas';
 
 /** The usage schema's migrations, oldest first. */
-export const USAGE_MIGRATIONS = [UsageSchema1764201600000];
+export const USAGE_MIGRATIONS = [UsageSchema1764201600000, UsageCounterDeltas1764288000000];
 
 /** Name of the table TypeORM records applied usage migrations in. */
 export const USAGE_MIGRATIONS_TABLE = 'usage_migrations';

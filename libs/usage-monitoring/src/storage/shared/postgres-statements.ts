@@ -82,7 +82,7 @@ upd AS (
 ),
 req AS (
   INSERT INTO api_requests (request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at)
-  VALUES ($1, $2, $3, $28, $6, $7, $11, $22)
+  VALUES ($1, $2, $3, $5, $6, $7, $11, $22)
   ON CONFLICT (request_id) DO NOTHING
   RETURNING 1
 )

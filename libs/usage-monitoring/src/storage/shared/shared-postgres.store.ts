@@ -209,7 +209,6 @@ export class SharedPostgresStore implements UsageStore {
         col(charges, 'metric'),
         col(charges, 'amount'),
         actuals,
-        s.request.path,
       ]));
     } catch (err) {
       throw toStoreError(err);

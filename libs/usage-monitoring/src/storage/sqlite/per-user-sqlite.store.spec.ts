@@ -49,16 +49,6 @@ function settlement(r: Reservation, tokens: number): Settlement {
       periodKey: 'month:2026-11-01',
       occurredAt: NOW,
     },
-    request: {
-      requestId: r.requestId,
-      userId: r.userId,
-      provider: 'openai',
-      path: '/x',
-      method: 'POST',
-      statusCode: 200,
-      durationMs: 1,
-      occurredAt: NOW,
-    },
   };
 }
 

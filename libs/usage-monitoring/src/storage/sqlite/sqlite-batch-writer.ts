@@ -1,16 +1,6 @@
 import type { Database, Statement } from 'sqlite3';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
 
-/** A counter increment, summed per counter within one batch. */
-export interface CounterDelta {
-  userId: string;
-  periodKey: string;
-  scope: string;
-  metric: string;
-  periodEnd: number;
-  delta: number;
-}
-
 export interface AlertRow {
   userId: string;
   periodKey: string;
@@ -21,81 +11,138 @@ export interface AlertRow {
   createdAt: number;
 }
 
+/** A counter increment implied by a ledger row. */
+export interface CounterDelta {
+  periodKey: string;
+  scope: string;
+  metric: string;
+  periodEnd: number;
+  amount: number;
+}
+
+/** One settlement: a ledger row with its counter deltas, or a bare request row. */
 export interface PendingWrite {
   event?: UsageEventRecord;
+  deltas?: CounterDelta[];
+  /** Only for requests without a ledger row (`recordAllRequests`); a ledger row writes its own. */
   request?: ApiRequestRecord;
   alerts?: AlertRow[];
-  /** Called once: `true` after the commit holding the write, `false` when a commit failed (it stays queued). */
+  /**
+   * Set when a write failed once. It is retried in a statement of its own, carrying its own deltas, so
+   * that even a statement that committed but reported failure can only be skipped whole, never undercount.
+   */
+  retried?: boolean;
+  /** Called once: `true` after the statement holding the write committed, `false` when it failed (it stays queued). */
   done?: (committed: boolean) => void;
 }
 
-const SQL = {
-  event: `INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code,
-      input_tokens, output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip,
-      searches, images, pages, estimated, outcome, period_key, occurred_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING`,
-  request: `INSERT INTO api_requests (request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING`,
-  counter: `INSERT INTO usage_counters (user_id, period_key, scope, metric, used, reserved, period_end, updated_at)
-    VALUES (?, ?, ?, ?, ?, 0, ?, ?)
-    ON CONFLICT (user_id, period_key, scope, metric) DO UPDATE SET used = used + excluded.used, updated_at = excluded.updated_at`,
-  alert: `INSERT INTO usage_alerts (user_id, period_key, limit_id, threshold, used, max_value, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-} as const;
+const EVENT_COLUMNS = `request_id, user_id, provider, model, endpoint, method, status_code, input_tokens, output_tokens,
+  cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images, pages, estimated,
+  outcome, period_key, occurred_at, counter_deltas`;
+const EVENT_WIDTH = 23;
+const REQUEST_COLUMNS = 'request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at';
+const REQUEST_WIDTH = 8;
+const ALERT_SQL = `INSERT INTO usage_alerts (user_id, period_key, limit_id, threshold, used, max_value, created_at)
+  VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`;
 
-type Statements = Record<keyof typeof SQL, Statement>;
+/** Rows per multi-row INSERT; a batch is split into these sizes (powers of two), largest first. */
+const CHUNKS = [128, 64, 32, 16, 8, 4, 2, 1] as const;
 
 const RETRY_MIN_MS = 50;
 const RETRY_MAX_MS = 2_000;
 
+function valuesSql(width: number, rows: number): string {
+  const row = `(${new Array<string>(width).fill('?').join(', ')})`;
+  return new Array<string>(rows).fill(row).join(', ');
+}
+
+function eventParams(w: PendingWrite, out: unknown[], counterDeltas: string | null): void {
+  const e = w.event!;
+  out.push(
+    e.requestId,
+    e.userId,
+    e.provider,
+    e.model,
+    e.endpoint,
+    e.method,
+    e.statusCode,
+    e.inputTokens,
+    e.outputTokens,
+    e.costMicros,
+    e.responseTimeMs,
+    e.requestBytes,
+    e.responseBytes,
+    e.userAgent,
+    e.ip,
+    e.searches,
+    e.images,
+    e.pages,
+    e.estimated ? 1 : 0,
+    e.outcome,
+    e.periodKey,
+    e.occurredAt,
+    counterDeltas,
+  );
+}
+
+/** The summed deltas of a chunk's rows, as the trigger reads them. */
+function summedDeltas(rows: PendingWrite[]): string | null {
+  const sum = new Map<string, CounterDelta>();
+  for (const w of rows) {
+    for (const d of w.deltas ?? []) {
+      const key = `${d.periodKey}\u0001${d.scope}\u0001${d.metric}`;
+      const prev = sum.get(key);
+      if (prev) prev.amount += d.amount;
+      else sum.set(key, { ...d });
+    }
+  }
+  if (sum.size === 0) return null;
+  return JSON.stringify(
+    [...sum.values()].map((d) => ({ p: d.periodKey, s: d.scope, m: d.metric, a: d.amount, e: d.periodEnd })),
+  );
+}
+
+function requestParams(w: PendingWrite, out: unknown[]): void {
+  const r = w.request!;
+  out.push(r.requestId, r.userId, r.provider, r.path, r.method, r.statusCode, r.durationMs, r.occurredAt);
+}
+
 /**
- * Group commit for one SQLite database: every write queued while a transaction runs goes into the next
- * one. Ledger rows and the counter deltas they imply commit together, so counters always equal the
- * ledger. A failed batch is rolled back whole and retried, so each write commits exactly once.
+ * Group commit for one SQLite database. Every settlement queued while a write is in flight goes into
+ * the next one, as multi-row INSERTs with bound parameters: one statement per chunk, each atomic, in
+ * which the `usage_events_apply` trigger also writes the request rows and adds the chunk's summed
+ * counter deltas (carried by its last row). So ledger rows and their counter deltas commit together or
+ * not at all, and a retried chunk (same request ids) is skipped whole: each write counts exactly once.
  */
 export class SqliteBatchWriter {
   private queue: PendingWrite[] = [];
-  private deltas = new Map<string, CounterDelta>();
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private drainWaiters: (() => void)[] = [];
+  private readonly statements = new Map<string, Statement>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
 
-  private constructor(
+  constructor(
     private readonly db: Database,
-    private readonly statements: Statements,
     private readonly onDrained: () => void,
   ) {}
-
-  static async open(db: Database, onDrained: () => void): Promise<SqliteBatchWriter> {
-    const entries = await Promise.all(
-      Object.entries(SQL).map(
-        ([name, sql]) =>
-          new Promise<[string, Statement]>((resolve, reject) => {
-            const stmt = db.prepare(sql, (err) => (err ? reject(err) : resolve([name, stmt])));
-          }),
-      ),
-    );
-    return new SqliteBatchWriter(db, Object.fromEntries(entries) as Statements, onDrained);
-  }
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
   get pending(): number {
     return this.queue.length + (this.running ? 1 : 0);
   }
 
-  enqueue(write: PendingWrite, deltas: readonly CounterDelta[]): void {
+  enqueue(write: PendingWrite): void {
     this.queue.push(write);
-    for (const d of deltas) this.addDelta(d);
     if (!this.running && !this.retryTimer) {
       this.running = true;
       setImmediate(() => void this.flush());
     }
   }
 
-  /** Resolves once everything queued so far has committed (or `deadline` passes). */
+  /** Resolves once everything queued so far has committed (true), or false when `deadlineMs` passes. */
   async drain(deadlineMs = 5_000): Promise<boolean> {
     const until = Date.now() + deadlineMs;
     while (this.queue.length > 0 || this.running) {
@@ -117,33 +164,65 @@ export class SqliteBatchWriter {
   async finalize(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await Promise.all(
-      Object.values(this.statements).map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
+      [...this.statements.values()].map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
     );
-  }
-
-  private addDelta(d: CounterDelta): void {
-    const key = `${d.periodKey}\u0001${d.scope}\u0001${d.metric}`;
-    const prev = this.deltas.get(key);
-    if (prev) prev.delta += d.delta;
-    else this.deltas.set(key, { ...d });
+    this.statements.clear();
   }
 
   private async flush(): Promise<void> {
     const batch = this.queue;
-    const deltas = this.deltas;
     this.queue = [];
-    this.deltas = new Map();
-    try {
-      await this.commit(batch, deltas);
-    } catch (e) {
-      this.failure = e as Error;
-      // Keep the batch, ahead of anything queued since, and release the responses waiting on it.
-      this.queue = batch.concat(this.queue);
-      for (const d of deltas.values()) this.addDelta(d);
-      for (const w of batch) {
+    const failed: PendingWrite[] = [];
+    let firstError: Error | null = null;
+    const events = batch.filter((w) => w.event);
+    const requests = batch.filter((w) => !w.event && w.request);
+    const alerts = batch.flatMap((w) => w.alerts ?? []);
+    await Promise.all(
+      [
+        ...this.chunked(events, EVENT_WIDTH, eventParams, 'usage_events', EVENT_COLUMNS, 'request_id'),
+        ...this.chunked(
+          requests,
+          REQUEST_WIDTH,
+          requestParams,
+          'api_requests',
+          REQUEST_COLUMNS,
+          'request_id',
+        ),
+      ].map((p) =>
+        p.then(({ rows, error }) => {
+          if (!error) {
+            for (const w of rows) w.done?.(true);
+            return;
+          }
+          firstError ??= error;
+          failed.push(...rows);
+        }),
+      ),
+    );
+    // Alerts are written after their ledger rows; a lost alert row never changes usage.
+    if (alerts.length)
+      await Promise.all(
+        alerts.map((a) =>
+          this.run(ALERT_SQL, [
+            a.userId,
+            a.periodKey,
+            a.limitId,
+            a.threshold,
+            a.used,
+            a.max,
+            a.createdAt,
+          ]).catch(() => undefined),
+        ),
+      );
+    if (firstError) {
+      this.failure = firstError;
+      for (const w of failed) {
+        w.retried = true;
         w.done?.(false);
         w.done = undefined;
+        w.alerts = undefined;
       }
+      this.queue = failed.concat(this.queue);
       this.running = false;
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
@@ -157,7 +236,6 @@ export class SqliteBatchWriter {
     }
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
-    for (const w of batch) w.done?.(true);
     if (this.queue.length > 0) {
       setImmediate(() => void this.flush());
       return;
@@ -167,88 +245,61 @@ export class SqliteBatchWriter {
     this.onDrained();
   }
 
+  /** Splits rows into multi-row INSERTs of power-of-two sizes, all queued at once. */
+  private chunked(
+    rows: PendingWrite[],
+    width: number,
+    params: (w: PendingWrite, out: unknown[], counterDeltas: string | null) => void,
+    table: string,
+    columns: string,
+    key: string,
+  ): Promise<{ rows: PendingWrite[]; error: Error | null }>[] {
+    const out: Promise<{ rows: PendingWrite[]; error: Error | null }>[] = [];
+    let i = 0;
+    while (i < rows.length) {
+      const left = rows.length - i;
+      // Retried writes come first in the queue (failed ones are put back in front), one per statement.
+      const size = rows[i].retried ? 1 : CHUNKS.find((c) => c <= left)!;
+      const part = rows.slice(i, i + size);
+      i += size;
+      const values: unknown[] = [];
+      // The chunk's last row carries the summed counter deltas; one statement applies them all or none.
+      const deltas = summedDeltas(part);
+      for (let j = 0; j < part.length; j++) params(part[j], values, j === part.length - 1 ? deltas : null);
+      const sql = `INSERT INTO ${table} (${columns}) VALUES ${valuesSql(width, size)} ON CONFLICT (${key}) DO NOTHING`;
+      out.push(
+        this.run(sql, values).then(
+          () => ({ rows: part, error: null }),
+          (error: Error) => ({ rows: part, error }),
+        ),
+      );
+    }
+    return out;
+  }
+
+  private run(sql: string, params: unknown[]): Promise<void> {
+    let stmt = this.statements.get(sql);
+    if (!stmt) {
+      stmt = this.db.prepare(sql);
+      // A statement that fails to prepare reports it to every run; keep the emitter from throwing.
+      stmt.on('error', () => undefined);
+      this.statements.set(sql, stmt);
+    }
+    const s = stmt;
+    return new Promise((resolve, reject) =>
+      s.run(params, (err: Error | null) => {
+        if (!err) return resolve();
+        // Prepare again next time: the failure may have been the statement's (e.g. a database replaced).
+        if (this.statements.get(sql) === s) this.statements.delete(sql);
+        s.finalize(() => undefined);
+        reject(err);
+      }),
+    );
+  }
+
   private wakeDrainers(): void {
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();
-  }
-
-  private commit(batch: PendingWrite[], deltas: Map<string, CounterDelta>): Promise<void> {
-    const { db, statements: s } = this;
-    return new Promise((resolve, reject) => {
-      db.run('BEGIN IMMEDIATE', (beginErr: Error | null) => {
-        if (beginErr) return reject(beginErr);
-        let outstanding = 1; // released after the last statement is queued
-        let firstError: Error | null = null;
-        const finish = () => {
-          db.run(firstError ? 'ROLLBACK' : 'COMMIT', (endErr: Error | null) => {
-            if (firstError) return reject(firstError);
-            if (endErr) return db.run('ROLLBACK', () => reject(endErr));
-            resolve();
-          });
-        };
-        const done = (err: Error | null) => {
-          if (err && !firstError) firstError = err;
-          if (--outstanding === 0) finish();
-        };
-        const run = (stmt: Statement, params: unknown[]) => {
-          outstanding++;
-          stmt.run(params, done);
-        };
-        for (const w of batch) {
-          const e = w.event;
-          if (e) {
-            run(s.event, [
-              e.requestId,
-              e.userId,
-              e.provider,
-              e.model,
-              e.endpoint,
-              e.method,
-              e.statusCode,
-              e.inputTokens,
-              e.outputTokens,
-              e.costMicros,
-              e.responseTimeMs,
-              e.requestBytes,
-              e.responseBytes,
-              e.userAgent,
-              e.ip,
-              e.searches,
-              e.images,
-              e.pages,
-              e.estimated ? 1 : 0,
-              e.outcome,
-              e.periodKey,
-              e.occurredAt,
-            ]);
-          }
-          const r = w.request;
-          if (r) {
-            run(s.request, [
-              r.requestId,
-              r.userId,
-              r.provider,
-              r.path,
-              r.method,
-              r.statusCode,
-              r.durationMs,
-              r.occurredAt,
-            ]);
-          }
-          if (w.alerts) {
-            for (const a of w.alerts) {
-              run(s.alert, [a.userId, a.periodKey, a.limitId, a.threshold, a.used, a.max, a.createdAt]);
-            }
-          }
-        }
-        const now = Date.now();
-        for (const d of deltas.values()) {
-          if (d.delta !== 0)
-            run(s.counter, [d.userId, d.periodKey, d.scope, d.metric, d.delta, d.periodEnd, now]);
-        }
-        done(null);
-      });
-    });
   }
 }

@@ -1,8 +1,18 @@
 import { join } from 'node:path';
+import * as sqlite3 from 'sqlite3';
 import { DataSource } from 'typeorm';
 import { USAGE_ENTITIES } from '../entities';
 import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '../migrations';
 import { userFileName } from './user-file-name';
+
+/**
+ * TypeORM switches `sqlite3` to verbose mode, which wraps every call to capture a stack trace and
+ * `util.inspect` its arguments: tens of microseconds per statement. The driver we hand it answers
+ * `verbose()` with itself, so statements run unwrapped.
+ */
+const QUIET_SQLITE3 = Object.defineProperty(Object.create(sqlite3) as typeof sqlite3, 'verbose', {
+  value: () => QUIET_SQLITE3,
+});
 
 export interface UserDataSourceOptions {
   dataDir: string;
@@ -33,6 +43,7 @@ export class UserDataSourceFactory {
       migrationsTransactionMode: 'all',
       enableWAL: true,
       busyTimeout: this.options.busyTimeoutMs,
+      driver: QUIET_SQLITE3,
       logging: false,
     });
     try {

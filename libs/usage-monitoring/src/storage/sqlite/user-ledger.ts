@@ -53,7 +53,7 @@ export class UserLedger {
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
-    ledger.writer = await SqliteBatchWriter.open(db, () => ledger.notifyIfIdle());
+    ledger.writer = new SqliteBatchWriter(db, () => ledger.notifyIfIdle());
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
       await dataSource.query(
         'SELECT period_key, scope, metric, used, period_end FROM usage_counters WHERE user_id = ? AND period_end > ?',
@@ -128,12 +128,11 @@ export class UserLedger {
       const before = ctr.used;
       ctr.used += actual;
       deltas.push({
-        userId: this.userId,
         periodKey: c.periodKey,
         scope: c.scope,
         metric: c.metric,
         periodEnd: c.periodEnd,
-        delta: actual,
+        amount: actual,
       });
       if (c.max > 0) {
         for (const t of ALERT_THRESHOLDS) {
@@ -166,36 +165,30 @@ export class UserLedger {
         }))
       : undefined;
     return new Promise((resolve) => {
-      this.writer.enqueue(
-        {
-          event: s.event,
-          request: s.request,
-          alerts: alertRows,
-          done: () => {
-            this.inFlight--;
-            resolve({ alerts });
-            this.notifyIfIdle();
-          },
-        },
+      this.writer.enqueue({
+        event: s.event,
         deltas,
-      );
+        alerts: alertRows,
+        done: () => {
+          this.inFlight--;
+          resolve({ alerts });
+          this.notifyIfIdle();
+        },
+      });
     });
   }
 
   recordRequest(row: ApiRequestRecord): Promise<void> {
     this.inFlight++;
     return new Promise((resolve) =>
-      this.writer.enqueue(
-        {
-          request: row,
-          done: () => {
-            this.inFlight--;
-            resolve();
-            this.notifyIfIdle();
-          },
+      this.writer.enqueue({
+        request: row,
+        done: () => {
+          this.inFlight--;
+          resolve();
+          this.notifyIfIdle();
         },
-        [],
-      ),
+      }),
     );
   }
 

@@ -1,0 +1,211 @@
+/**
+ * One benchmark server, configured by environment, in its own process:
+ * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered
+ * BENCH_STORE  sqlite | postgres (metered modes)
+ * BENCH_PLATFORM express | fastify
+ * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN
+ * Prints `LISTENING <port>` when ready.
+ */
+import 'reflect-metadata';
+import {
+  Body,
+  Controller,
+  Get,
+  HttpCode,
+  Injectable,
+  Module,
+  Post,
+  UseGuards,
+  UseInterceptors,
+  type CallHandler,
+  type CanActivate,
+  type ExecutionContext,
+  type NestInterceptor,
+  type Type,
+} from '@nestjs/common';
+import { APP_GUARD, APP_INTERCEPTOR, NestFactory } from '@nestjs/core';
+import { FastifyAdapter } from '@nestjs/platform-fastify';
+import { ThrottlerGuard, ThrottlerModule } from '@nestjs/throttler';
+import type { Observable } from 'rxjs';
+import {
+  AI_TEXT_GROUP,
+  Metered,
+  MeteringInterceptor,
+  UsageLimitGuard,
+  UsageMonitoringModule,
+  type StorageOptions,
+} from '@app/usage-monitoring';
+
+const mode = process.env.BENCH_MODE ?? 'bare';
+const platform = process.env.BENCH_PLATFORM ?? 'express';
+
+const ANSWER = {
+  id: 'chatcmpl-bench',
+  object: 'chat.completion',
+  model: 'gpt-4o-mini',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }],
+  usage: { prompt_tokens: 12, completion_tokens: 3, total_tokens: 15 },
+};
+
+@Injectable()
+class NoopGuard implements CanActivate {
+  canActivate(): boolean {
+    return true;
+  }
+}
+
+@Injectable()
+class NoopInterceptor implements NestInterceptor {
+  intercept(_context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    return next.handle();
+  }
+}
+
+function chatController(decorate: (target: Type) => void): Type {
+  @Controller('openai/v1')
+  class ChatController {
+    @Post('chat/completions')
+    @HttpCode(200)
+    chat(@Body() _body: unknown) {
+      return ANSWER;
+    }
+  }
+  decorate(ChatController);
+  return ChatController;
+}
+
+@Controller('hello')
+class HelloController {
+  @Get()
+  hello() {
+    return { message: 'hello' };
+  }
+}
+
+/** The host's authentication, the same in every mode: the bearer token is the user id. */
+function auth(
+  req: { headers: Record<string, string | undefined>; user?: unknown },
+  _res: unknown,
+  next: () => void,
+) {
+  const h = req.headers.authorization;
+  if (h && h.startsWith('Bearer ')) req.user = { id: h.slice(7) };
+  next();
+}
+
+const metered = (t: Type) => {
+  UseGuards(UsageLimitGuard)(t);
+  UseInterceptors(MeteringInterceptor)(t);
+  Metered({ provider: 'openai' })(t);
+};
+
+function storage(): StorageOptions {
+  if (process.env.BENCH_STORE === 'postgres') {
+    return {
+      type: 'shared',
+      dataSource: {
+        type: 'postgres',
+        host: '127.0.0.1',
+        port: 5432,
+        username: 'postgres',
+        database: 'test',
+        extra: { options: `-c search_path=${process.env.BENCH_SCHEMA}` },
+      },
+      poolSize: 16,
+    };
+  }
+  return {
+    dataDir: process.env.BENCH_DATA_DIR ?? './bench-data',
+    maxOpenDataSources: Number(process.env.BENCH_MAX_OPEN) || 256,
+  };
+}
+
+const usageModule = () =>
+  UsageMonitoringModule.forRoot({
+    plans: [
+      {
+        name: 'bench',
+        limits: [
+          { metric: 'calls', scope: AI_TEXT_GROUP, period: 'month', max: 1e12 },
+          { metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 1e15 },
+          { metric: 'cost', scope: '*', period: 'month', max: 1e6 },
+        ],
+      },
+    ],
+    enforcementTimeoutMs: 5000,
+    storage: storage(),
+  });
+
+function moduleFor(): Type {
+  const imports: unknown[] = [];
+  const providers: unknown[] = [];
+  let controllers: Type[];
+  switch (mode) {
+    case 'bare':
+      controllers = [chatController(() => undefined), HelloController];
+      break;
+    case 'noop':
+      controllers = [
+        chatController((t) => {
+          UseGuards(NoopGuard)(t);
+          UseInterceptors(NoopInterceptor)(t);
+        }),
+        HelloController,
+      ];
+      break;
+    case 'noop-global':
+      providers.push(
+        { provide: APP_GUARD, useClass: NoopGuard },
+        { provide: APP_INTERCEPTOR, useClass: NoopInterceptor },
+      );
+      controllers = [chatController(() => undefined), HelloController];
+      break;
+    case 'throttler':
+      imports.push(ThrottlerModule.forRoot([{ ttl: 1000, limit: 1e9 }]));
+      controllers = [chatController((t) => UseGuards(ThrottlerGuard)(t)), HelloController];
+      break;
+    case 'unmetered-global':
+      imports.push(usageModule());
+      providers.push(
+        { provide: APP_GUARD, useClass: UsageLimitGuard },
+        { provide: APP_INTERCEPTOR, useClass: MeteringInterceptor },
+      );
+      controllers = [chatController(() => undefined), HelloController];
+      break;
+    case 'unmetered-controller':
+    case 'metered':
+      imports.push(usageModule());
+      controllers = [chatController(metered), HelloController];
+      break;
+    default:
+      throw new Error(`unknown BENCH_MODE ${mode}`);
+  }
+
+  @Module({ imports: imports as never[], controllers, providers: providers as never[] })
+  class BenchModule {}
+  return BenchModule;
+}
+
+async function main(): Promise<void> {
+  const app =
+    platform === 'fastify'
+      ? await NestFactory.create(moduleFor(), new FastifyAdapter(), { logger: ['error'] })
+      : await NestFactory.create(moduleFor(), { logger: ['error'] });
+  app.enableShutdownHooks();
+  // The host's authentication, as cheap as it gets on each platform.
+  if (platform === 'fastify') {
+    const fastify = (
+      app.getHttpAdapter() as unknown as { getInstance(): { addHook: (...a: unknown[]) => void } }
+    ).getInstance();
+    fastify.addHook('onRequest', (req: never, _reply: unknown, done: () => void) =>
+      auth(req, undefined, done),
+    );
+  } else {
+    (app as unknown as { use(fn: typeof auth): void }).use(auth);
+  }
+  await app.listen(0, '127.0.0.1');
+  const port = (app.getHttpServer().address() as { port: number }).port;
+  process.stdout.write(`LISTENING ${port}\n`);
+}
+
+void main();

@@ -1,0 +1,46 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Database } from 'sqlite3';
+import { DataSource } from 'typeorm';
+import {
+  USAGE_ENTITIES,
+  USAGE_MIGRATIONS,
+  USAGE_MIGRATIONS_TABLE,
+  userFileName,
+} from '@app/usage-monitoring';
+
+/** Creates a user's database with `rows` ledger rows (500 per transaction), before its server starts. */
+export async function prefillLedger(dataDir: string, userId: string, rows: number): Promise<void> {
+  mkdirSync(dataDir, { recursive: true });
+  const file = join(dataDir, userFileName(userId));
+  const ds = new DataSource({
+    type: 'sqlite',
+    database: file,
+    entities: USAGE_ENTITIES,
+    migrations: USAGE_MIGRATIONS,
+    migrationsTableName: USAGE_MIGRATIONS_TABLE,
+    migrationsRun: true,
+    enableWAL: true,
+  });
+  await ds.initialize();
+  await ds.destroy();
+  const db = new Database(file);
+  const run = (sql: string, params: unknown[] = []) =>
+    new Promise<void>((resolve, reject) => db.run(sql, params, (e) => (e ? reject(e) : resolve())));
+  const start = Date.UTC(2026, 0, 1);
+  for (let i = 0; i < rows; i += 500) {
+    await run('BEGIN');
+    const stmt = db.prepare(
+      `INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code, input_tokens,
+        output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images,
+        pages, estimated, outcome, period_key, occurred_at)
+       VALUES (?, ?, 'openai', 'gpt-4o-mini', '/openai/v1/chat/completions', 'POST', 200, 12, 3, 4, 1, 100, 200, NULL, NULL, 0, 0, 0, 0, 'ok', 'month:2026-01-01', ?)`,
+    );
+    for (let j = i; j < Math.min(rows, i + 500); j++) {
+      stmt.run([`prefill-${String(j).padStart(8, '0')}`, userId, start + j]);
+    }
+    await new Promise<void>((resolve) => stmt.finalize(() => resolve()));
+    await run('COMMIT');
+  }
+  await new Promise<void>((resolve) => db.close(() => resolve()));
+}
