@@ -38,7 +38,7 @@ describePostgres('a DataSource the host created with TypeOrmModule', () => {
           migrations: USAGE_MIGRATIONS,
           migrationsTableName: USAGE_MIGRATIONS_TABLE,
           migrationsRun: true,
-        } as never),
+        }),
         UsageMonitoringModule.forRootAsync({
           inject: [DataSource],
           useFactory: (dataSource: DataSource) => ({

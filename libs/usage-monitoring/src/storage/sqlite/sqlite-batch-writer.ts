@@ -36,34 +36,80 @@ export interface PendingWrite {
   done?: (committed: boolean) => void;
 }
 
-const EVENT_COLUMNS = `request_id, user_id, provider, model, endpoint, method, status_code, input_tokens, output_tokens,
-  cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images, pages, estimated,
-  outcome, period_key, occurred_at, counter_deltas`;
-const EVENT_WIDTH = 23;
-const REQUEST_COLUMNS = 'request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at';
-const REQUEST_WIDTH = 8;
+interface ChunkResult {
+  rows: PendingWrite[];
+  error: Error | null;
+}
+
+const EVENT_COLUMNS = [
+  'request_id',
+  'user_id',
+  'provider',
+  'model',
+  'endpoint',
+  'method',
+  'status_code',
+  'input_tokens',
+  'output_tokens',
+  'cost_micros',
+  'response_time_ms',
+  'request_bytes',
+  'response_bytes',
+  'user_agent',
+  'ip',
+  'searches',
+  'images',
+  'pages',
+  'estimated',
+  'outcome',
+  'period_key',
+  'occurred_at',
+  'counter_deltas',
+];
+const REQUEST_COLUMNS = [
+  'request_id',
+  'user_id',
+  'provider',
+  'path',
+  'method',
+  'status_code',
+  'duration_ms',
+  'occurred_at',
+];
 const ALERT_SQL = `INSERT INTO usage_alerts (user_id, period_key, limit_id, threshold, used, max_value, created_at)
   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`;
 
-/** Rows per multi-row INSERT; a batch is split into these sizes (powers of two), largest first. */
-const CHUNKS = [128, 64, 32, 16, 8, 4, 2, 1] as const;
-
+/** Rows per INSERT statement at most (a statement holds SQLite's write lock while it runs). */
+const MAX_ROWS_PER_STATEMENT = 512;
 const RETRY_MIN_MS = 50;
 const RETRY_MAX_MS = 2_000;
 
-function valuesSql(width: number, rows: number): string {
-  const row = `(${new Array<string>(width).fill('?').join(', ')})`;
-  return new Array<string>(rows).fill(row).join(', ');
+/**
+ * `INSERT … SELECT` over `json_each(?2)`: a chunk's rows travel as one JSON array bound to one parameter.
+ * Binding 23 parameters per row cost ~9.6 µs of main-thread time per row; `JSON.stringify` of the rows
+ * ~2.3 µs, for the same total CPU (the parsing moves to SQLite's thread). The user id, the same on every
+ * row of a user's database, is bound as `?1` (JSON text cannot carry a NUL through SQLite intact).
+ */
+function insertSql(table: string, columns: string[]): string {
+  const picks = columns.map((c, i) => (c === 'user_id' ? '?1' : `value ->> ${i}`)).join(', ');
+  return `INSERT INTO ${table} (${columns.join(', ')}) SELECT ${picks} FROM json_each(?2) WHERE true
+    ON CONFLICT (request_id) DO NOTHING`;
 }
 
-function eventParams(w: PendingWrite, out: unknown[], counterDeltas: string | null): void {
+/** SQLite's JSON functions end text at a NUL; such characters (from provider bodies) become U+FFFD. */
+const clean = (v: string | null) => (v !== null && v.includes('\u0000') ? v.replace(/\u0000/g, '\ufffd') : v);
+
+const EVENT_SQL = insertSql('usage_events', EVENT_COLUMNS);
+const REQUEST_SQL = insertSql('api_requests', REQUEST_COLUMNS);
+
+function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
   const e = w.event!;
-  out.push(
+  return [
     e.requestId,
-    e.userId,
+    null,
     e.provider,
-    e.model,
-    e.endpoint,
+    clean(e.model),
+    clean(e.endpoint),
     e.method,
     e.statusCode,
     e.inputTokens,
@@ -72,7 +118,7 @@ function eventParams(w: PendingWrite, out: unknown[], counterDeltas: string | nu
     e.responseTimeMs,
     e.requestBytes,
     e.responseBytes,
-    e.userAgent,
+    clean(e.userAgent),
     e.ip,
     e.searches,
     e.images,
@@ -82,7 +128,12 @@ function eventParams(w: PendingWrite, out: unknown[], counterDeltas: string | nu
     e.periodKey,
     e.occurredAt,
     counterDeltas,
-  );
+  ];
+}
+
+function requestRow(w: PendingWrite): unknown[] {
+  const r = w.request!;
+  return [r.requestId, null, r.provider, clean(r.path), r.method, r.statusCode, r.durationMs, r.occurredAt];
 }
 
 /** The summed deltas of a chunk's rows, as the trigger reads them. */
@@ -102,17 +153,12 @@ function summedDeltas(rows: PendingWrite[]): string | null {
   );
 }
 
-function requestParams(w: PendingWrite, out: unknown[]): void {
-  const r = w.request!;
-  out.push(r.requestId, r.userId, r.provider, r.path, r.method, r.statusCode, r.durationMs, r.occurredAt);
-}
-
 /**
  * Group commit for one SQLite database. Every settlement queued while a write is in flight goes into
- * the next one, as multi-row INSERTs with bound parameters: one statement per chunk, each atomic, in
- * which the `usage_events_apply` trigger also writes the request rows and adds the chunk's summed
- * counter deltas (carried by its last row). So ledger rows and their counter deltas commit together or
- * not at all, and a retried chunk (same request ids) is skipped whole: each write counts exactly once.
+ * the next one: one INSERT per chunk of up to 512 ledger rows, each statement atomic, in which the
+ * `usage_events_apply` trigger also writes the request rows and adds the chunk's summed counter deltas
+ * (carried by its last row). Ledger rows and their counter deltas commit together or not at all; a
+ * retried row (same request id) is skipped whole, so each write counts exactly once.
  */
 export class SqliteBatchWriter {
   private queue: PendingWrite[] = [];
@@ -126,6 +172,8 @@ export class SqliteBatchWriter {
 
   constructor(
     private readonly db: Database,
+    /** The user whose database this is: every row carries it. */
+    private readonly userId: string,
     private readonly onDrained: () => void,
   ) {}
 
@@ -172,35 +220,30 @@ export class SqliteBatchWriter {
   private async flush(): Promise<void> {
     const batch = this.queue;
     this.queue = [];
+    const events: PendingWrite[] = [];
+    const requests: PendingWrite[] = [];
+    const alerts: AlertRow[] = [];
+    for (const w of batch) {
+      if (w.event) events.push(w);
+      else if (w.request) requests.push(w);
+      if (w.alerts) alerts.push(...w.alerts);
+    }
+    const results = await Promise.all([
+      ...this.chunked(events, EVENT_SQL, eventRow),
+      ...this.chunked(requests, REQUEST_SQL, requestRow),
+    ]);
     const failed: PendingWrite[] = [];
     let firstError: Error | null = null;
-    const events = batch.filter((w) => w.event);
-    const requests = batch.filter((w) => !w.event && w.request);
-    const alerts = batch.flatMap((w) => w.alerts ?? []);
-    await Promise.all(
-      [
-        ...this.chunked(events, EVENT_WIDTH, eventParams, 'usage_events', EVENT_COLUMNS, 'request_id'),
-        ...this.chunked(
-          requests,
-          REQUEST_WIDTH,
-          requestParams,
-          'api_requests',
-          REQUEST_COLUMNS,
-          'request_id',
-        ),
-      ].map((p) =>
-        p.then(({ rows, error }) => {
-          if (!error) {
-            for (const w of rows) w.done?.(true);
-            return;
-          }
-          firstError ??= error;
-          failed.push(...rows);
-        }),
-      ),
-    );
+    for (const r of results) {
+      if (r.error) {
+        firstError ??= r.error;
+        failed.push(...r.rows);
+      } else {
+        for (const w of r.rows) w.done?.(true);
+      }
+    }
     // Alerts are written after their ledger rows; a lost alert row never changes usage.
-    if (alerts.length)
+    if (alerts.length) {
       await Promise.all(
         alerts.map((a) =>
           this.run(ALERT_SQL, [
@@ -214,24 +257,9 @@ export class SqliteBatchWriter {
           ]).catch(() => undefined),
         ),
       );
+    }
     if (firstError) {
-      this.failure = firstError;
-      for (const w of failed) {
-        w.retried = true;
-        w.done?.(false);
-        w.done = undefined;
-        w.alerts = undefined;
-      }
-      this.queue = failed.concat(this.queue);
-      this.running = false;
-      this.retryTimer = setTimeout(() => {
-        this.retryTimer = undefined;
-        this.running = true;
-        void this.flush();
-      }, this.retryDelay);
-      this.retryTimer.unref();
-      this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
-      this.wakeDrainers();
+      this.retryLater(firstError, failed);
       return;
     }
     this.failure = null;
@@ -245,30 +273,45 @@ export class SqliteBatchWriter {
     this.onDrained();
   }
 
-  /** Splits rows into multi-row INSERTs of power-of-two sizes, all queued at once. */
+  /** Puts failed writes back in front, releases the responses waiting on them, and retries with backoff. */
+  private retryLater(error: Error, failed: PendingWrite[]): void {
+    this.failure = error;
+    for (const w of failed) {
+      w.retried = true;
+      w.alerts = undefined;
+      w.done?.(false);
+      w.done = undefined;
+    }
+    this.queue = failed.concat(this.queue);
+    this.running = false;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.running = true;
+      void this.flush();
+    }, this.retryDelay);
+    this.retryTimer.unref();
+    this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+    this.wakeDrainers();
+  }
+
+  /** One statement per chunk of rows (a retried row alone), all queued at once. */
   private chunked(
     rows: PendingWrite[],
-    width: number,
-    params: (w: PendingWrite, out: unknown[], counterDeltas: string | null) => void,
-    table: string,
-    columns: string,
-    key: string,
-  ): Promise<{ rows: PendingWrite[]; error: Error | null }>[] {
-    const out: Promise<{ rows: PendingWrite[]; error: Error | null }>[] = [];
+    sql: string,
+    row: (w: PendingWrite, counterDeltas: string | null) => unknown[],
+  ): Promise<ChunkResult>[] {
+    const out: Promise<ChunkResult>[] = [];
     let i = 0;
     while (i < rows.length) {
-      const left = rows.length - i;
       // Retried writes come first in the queue (failed ones are put back in front), one per statement.
-      const size = rows[i].retried ? 1 : CHUNKS.find((c) => c <= left)!;
+      const size = rows[i].retried ? 1 : Math.min(MAX_ROWS_PER_STATEMENT, rows.length - i);
       const part = rows.slice(i, i + size);
       i += size;
-      const values: unknown[] = [];
       // The chunk's last row carries the summed counter deltas; one statement applies them all or none.
       const deltas = summedDeltas(part);
-      for (let j = 0; j < part.length; j++) params(part[j], values, j === part.length - 1 ? deltas : null);
-      const sql = `INSERT INTO ${table} (${columns}) VALUES ${valuesSql(width, size)} ON CONFLICT (${key}) DO NOTHING`;
+      const values = part.map((w, j) => row(w, j === part.length - 1 ? deltas : null));
       out.push(
-        this.run(sql, values).then(
+        this.run(sql, [this.userId, JSON.stringify(values)]).then(
           () => ({ rows: part, error: null }),
           (error: Error) => ({ rows: part, error }),
         ),

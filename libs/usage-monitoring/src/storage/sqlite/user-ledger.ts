@@ -53,7 +53,7 @@ export class UserLedger {
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
-    ledger.writer = new SqliteBatchWriter(db, () => ledger.notifyIfIdle());
+    ledger.writer = new SqliteBatchWriter(db, userId, () => ledger.notifyIfIdle());
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
       await dataSource.query(
         'SELECT period_key, scope, metric, used, period_end FROM usage_counters WHERE user_id = ? AND period_end > ?',
