@@ -97,7 +97,8 @@ function insertSql(table: string, columns: string[]): string {
 }
 
 /** SQLite's JSON functions end text at a NUL; such characters (from provider bodies) become U+FFFD. */
-const clean = (v: string | null) => (v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v);
+const clean = (v: string | null) =>
+  v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
 
 const EVENT_SQL = insertSql('usage_events', EVENT_COLUMNS);
 const REQUEST_SQL = insertSql('api_requests', REQUEST_COLUMNS);
