@@ -99,7 +99,28 @@ const metered = (t: Type) => {
   Metered({ provider: 'openai' })(t);
 };
 
+/** A store that keeps nothing: isolates the library's own per-request cost from the database's (experiments). */
+const nullStore = {
+  reserve: (r: { requestId: string; userId: string; provider: string; charges: unknown[]; now: number }) => ({
+    admitted: true as const,
+    reservation: {
+      requestId: r.requestId,
+      userId: r.userId,
+      provider: r.provider,
+      charges: r.charges,
+      createdAt: r.now,
+    },
+  }),
+  settle: () => Promise.resolve({ alerts: [] }),
+  release: () => undefined,
+  recordRequest: () => Promise.resolve(),
+  readCounters: () => Promise.resolve([]),
+  health: () => Promise.resolve({ up: true }),
+  close: () => Promise.resolve(),
+};
+
 function storage(): StorageOptions {
+  if (process.env.BENCH_STORE === 'null') return { type: 'custom', store: nullStore as never };
   if (process.env.BENCH_STORE === 'postgres') {
     return {
       type: 'shared',

@@ -253,6 +253,15 @@ async function main(): Promise<void> {
     if (want('metered')) {
       await start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
       cases.push({ ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] });
+      if (ONLY?.includes('null')) {
+        await start('null', { BENCH_MODE: 'metered', BENCH_STORE: 'null' });
+        cases.push({
+          ...e,
+          mode: 'metered (store that keeps nothing)',
+          adapter: 'express, null store',
+          servers: ['null'],
+        });
+      }
     }
     if (want('postgres') && schema) {
       await start('pg-a', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });

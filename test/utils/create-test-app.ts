@@ -18,6 +18,7 @@ import {
   FakeAnthropicController,
   FakeOpenAiController,
   FakeTavilyController,
+  MarkedController,
   StoreProbe,
   TestAuthGuard,
 } from './test-controllers';
@@ -69,6 +70,7 @@ export const TEST_PLANS: Plan[] = [
   { name: 'tokens', limits: [{ metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 10_000 }] },
   { name: 'zero', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 0 }] },
   { name: 'unlimited', limits: [] },
+  { name: 'big', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 1_000_000_000 }] },
 ];
 
 /** Test users pick their plan with a prefix: `plan=hundred;alice` is on `hundred`; others are on `free`. */
@@ -129,6 +131,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
       FakeAnthropicController,
       FakeTavilyController,
       DetectedController,
+      MarkedController,
       ...(opts.controllers ?? []),
     ],
     providers: [{ provide: APP_GUARD, useClass: TestAuthGuard }, StoreProbe],

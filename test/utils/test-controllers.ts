@@ -152,3 +152,16 @@ export class GuardOnlyController {
     return { ok: true };
   }
 }
+
+/** A metered route whose path carries a client-chosen id, so a test can find each request's ledger row. */
+@Controller('marked')
+@UseGuards(UsageLimitGuard)
+@UseInterceptors(MeteringInterceptor)
+@Metered({ provider: 'openai', model: 'gpt-4o-mini' })
+export class MarkedController {
+  @Post(':id')
+  @HttpCode(200)
+  call(@Body() body: FakeChatBody) {
+    return chatAnswer(body);
+  }
+}
