@@ -5,7 +5,7 @@
  */
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
@@ -107,12 +107,21 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 }
 
+/** Open file descriptors of a process that point at SQLite files (database, WAL, shared memory). */
 function fdCount(pid: number): number {
+  let n = 0;
   try {
-    return readdirSync(`/proc/${pid}/fd`).length;
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        if (/\.sqlite(-wal|-shm)?$/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) n++;
+      } catch {
+        /* closed meanwhile */
+      }
+    }
   } catch {
     return 0;
   }
+  return n;
 }
 
 async function load(servers: Server[], path: string, users: number, duration: number): Promise<Measure> {
@@ -269,6 +278,8 @@ async function main(): Promise<void> {
       cases.push(
         { ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] },
         { ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] },
+        { ...e, mode: 'metered, 1,000 users round-robin', adapter: 'express, postgres ×1', users: 1000, servers: ['pg-a'] },
+        { ...e, mode: 'metered, 1,000 users round-robin', adapter: 'express, postgres ×2 (sum)', users: 1000, servers: ['pg-a', 'pg-b'] },
       );
     }
     if (want('fastify')) {

@@ -3,11 +3,12 @@
  * then writes from the application.
  */
 
-/** Creates the counter rows a reservation needs (first use of a period, scope and metric). */
+/** Creates the counter rows a reservation needs (first use of a period, scope and metric), in key order. */
 export const ENSURE_COUNTERS = `
 INSERT INTO usage_counters (user_id, period_key, scope, metric, used, reserved, period_end, updated_at)
 SELECT $1, r.period_key, r.scope, r.metric, 0, 0, r.period_end, $5
 FROM unnest($2::text[], $3::text[], $4::text[], $6::int8[]) AS r(period_key, scope, metric, period_end)
+ORDER BY r.period_key, r.scope, r.metric
 ON CONFLICT (user_id, period_key, scope, metric) DO NOTHING`;
 
 /**
@@ -71,13 +72,22 @@ x AS (
   SELECT * FROM unnest($23::text[], $24::text[], $25::text[], $26::int8[], $27::int8[])
     AS x(period_key, scope, metric, amount, actual)
 ),
+lk AS (
+  -- Row locks in the same order as admission takes them: no deadlock between the two.
+  SELECT c.period_key, c.scope, c.metric, x.amount, x.actual
+  FROM usage_counters c
+  JOIN x ON c.period_key = x.period_key AND c.scope = x.scope AND c.metric = x.metric
+  WHERE c.user_id = $2
+  ORDER BY c.period_key, c.scope, c.metric
+  FOR UPDATE OF c
+),
 upd AS (
   UPDATE usage_counters c
-  SET used = c.used + CASE WHEN EXISTS (SELECT 1 FROM ev) THEN x.actual ELSE 0 END,
-      reserved = greatest(0, c.reserved - CASE WHEN EXISTS (SELECT 1 FROM del) THEN x.amount ELSE 0 END),
+  SET used = c.used + CASE WHEN EXISTS (SELECT 1 FROM ev) THEN l.actual ELSE 0 END,
+      reserved = greatest(0, c.reserved - CASE WHEN EXISTS (SELECT 1 FROM del) THEN l.amount ELSE 0 END),
       updated_at = $22
-  FROM x
-  WHERE c.user_id = $2 AND c.period_key = x.period_key AND c.scope = x.scope AND c.metric = x.metric
+  FROM lk l
+  WHERE c.user_id = $2 AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric
   RETURNING c.period_key, c.scope, c.metric, c.used
 ),
 req AS (
@@ -97,12 +107,19 @@ WITH del AS (
 ),
 x AS (
   SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[]) AS x(period_key, scope, metric, amount)
+),
+lk AS (
+  SELECT c.period_key, c.scope, c.metric, x.amount
+  FROM usage_counters c
+  JOIN x ON c.period_key = x.period_key AND c.scope = x.scope AND c.metric = x.metric
+  WHERE c.user_id = $2 AND EXISTS (SELECT 1 FROM del)
+  ORDER BY c.period_key, c.scope, c.metric
+  FOR UPDATE OF c
 )
 UPDATE usage_counters c
-SET reserved = greatest(0, c.reserved - x.amount)
-FROM x
-WHERE EXISTS (SELECT 1 FROM del)
-  AND c.user_id = $2 AND c.period_key = x.period_key AND c.scope = x.scope AND c.metric = x.metric`;
+SET reserved = greatest(0, c.reserved - l.amount)
+FROM lk l
+WHERE c.user_id = $2 AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric`;
 
 /** Releases reservations whose instance never settled them (it died mid-request), once each. */
 export const SWEEP_EXPIRED = `
@@ -115,11 +132,18 @@ parts AS (
   CROSS JOIN LATERAL jsonb_to_recordset(e.charges::jsonb) AS x(period_key text, scope text, metric text, amount int8)
   GROUP BY e.user_id, x.period_key, x.scope, x.metric
 ),
+lk AS (
+  SELECT c.user_id, c.period_key, c.scope, c.metric, p.amount
+  FROM usage_counters c
+  JOIN parts p ON c.user_id = p.user_id AND c.period_key = p.period_key AND c.scope = p.scope AND c.metric = p.metric
+  ORDER BY c.user_id, c.period_key, c.scope, c.metric
+  FOR UPDATE OF c
+),
 upd AS (
   UPDATE usage_counters c
-  SET reserved = greatest(0, c.reserved - p.amount)
-  FROM parts p
-  WHERE c.user_id = p.user_id AND c.period_key = p.period_key AND c.scope = p.scope AND c.metric = p.metric
+  SET reserved = greatest(0, c.reserved - l.amount)
+  FROM lk l
+  WHERE c.user_id = l.user_id AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM expired) AS released`;
