@@ -278,8 +278,20 @@ async function main(): Promise<void> {
       cases.push(
         { ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] },
         { ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] },
-        { ...e, mode: 'metered, 1,000 users round-robin', adapter: 'express, postgres ×1', users: 1000, servers: ['pg-a'] },
-        { ...e, mode: 'metered, 1,000 users round-robin', adapter: 'express, postgres ×2 (sum)', users: 1000, servers: ['pg-a', 'pg-b'] },
+        {
+          ...e,
+          mode: 'metered, 1,000 users round-robin',
+          adapter: 'express, postgres ×1',
+          users: 1000,
+          servers: ['pg-a'],
+        },
+        {
+          ...e,
+          mode: 'metered, 1,000 users round-robin',
+          adapter: 'express, postgres ×2 (sum)',
+          users: 1000,
+          servers: ['pg-a', 'pg-b'],
+        },
       );
     }
     if (want('fastify')) {

@@ -66,7 +66,14 @@ export const TEST_PLANS: Plan[] = [
       { metric: 'cost', scope: '*', period: 'month', max: 2 },
     ],
   },
-  { name: 'hundred', limits: [{ metric: 'calls', scope: 'openai', period: 'month', max: 100 }] },
+  {
+    name: 'hundred',
+    limits: [
+      { metric: 'calls', scope: 'openai', period: 'month', max: 100 },
+      { metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 1_000_000 },
+      { metric: 'cost', scope: '*', period: 'day', max: 1000 },
+    ],
+  },
   { name: 'tokens', limits: [{ metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 10_000 }] },
   { name: 'zero', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 0 }] },
   { name: 'unlimited', limits: [] },

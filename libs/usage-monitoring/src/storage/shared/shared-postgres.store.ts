@@ -1,5 +1,4 @@
 import { Logger } from '@nestjs/common';
-import { LRUCache } from 'lru-cache';
 import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
@@ -19,6 +18,7 @@ import type {
   UsageStore,
 } from '../usage-store.interface';
 import * as SQL from './postgres-statements';
+import { PgBatcher } from './pg-batcher';
 import { createSharedDataSource, migrate, poolOf, type PgPool } from './shared-data-source';
 import type { ResolvedSharedStorage } from './shared-store.options';
 import { sharedUserId } from './shared-user-id';
@@ -29,14 +29,104 @@ export interface ClockSkew {
 }
 
 interface LockedCounter {
-  period_key: string;
-  scope: string;
-  metric: string;
+  p: string;
+  sc: string;
+  m: string;
   used: number | string;
   reserved: number | string;
 }
 
 const CLOCK_SAMPLE_MS = 30_000;
+const RETRY_MIN_MS = 50;
+const RETRY_MAX_MS = 2_000;
+
+interface ReserveItem {
+  id: string;
+  u: string;
+  provider: string;
+  pk: string;
+  expires: number;
+  now: number;
+  charges: { p: string; sc: string; m: string; a: number; x: number; e: number }[];
+}
+
+interface ReserveRow {
+  o_id: string;
+  o_pass: boolean;
+  o_state: { p: string; sc: string; m: string; used: number | string; reserved: number | string }[] | null;
+}
+
+/** A settlement as sent to the batch statement (`limits` and `alerts` stay here). */
+interface SettleItem {
+  id: string;
+  u: string;
+  provider: string;
+  model: string | null;
+  endpoint: string;
+  method: string;
+  status: number;
+  it: number;
+  ot: number;
+  cost: number;
+  rt: number;
+  rqb: number;
+  rsb: number;
+  ua: string | null;
+  ip: string | null;
+  se: number;
+  im: number;
+  pa: number;
+  est: boolean;
+  outcome: string;
+  pk: string;
+  at: number;
+  charges: { p: string; sc: string; m: string; a: number; act: number }[];
+  limits: LimitCharge[];
+  /** Thresholds this settlement crossed, found after its batch committed. */
+  alerts: { index: number; threshold: number; used: number }[];
+}
+
+/** PostgreSQL text and jsonb cannot hold NUL; such characters (from provider bodies) become U+FFFD. */
+const clean = (v: string | null) =>
+  v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
+
+/**
+ * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
+ * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
+ * gives every request's before and after.
+ */
+function markAlerts(
+  items: SettleItem[],
+  inserted: Set<string>,
+  counters: { u: string; p: string; sc: string; m: string; used: number | string }[],
+): void {
+  const key = (u: string, p: string, sc: string, m: string) => `${u}\u0001${p}\u0001${sc}\u0001${m}`;
+  const running = new Map<string, number>();
+  for (const c of counters) running.set(key(c.u, c.p, c.sc, c.m), Number(c.used));
+  for (const item of items) {
+    if (!inserted.has(item.id)) continue;
+    for (const ch of item.charges) {
+      const k = key(item.u, ch.p, ch.sc, ch.m);
+      if (running.has(k)) running.set(k, running.get(k)! - ch.act);
+    }
+  }
+  for (const item of items) {
+    if (!inserted.has(item.id)) continue;
+    item.charges.forEach((ch, index) => {
+      const k = key(item.u, ch.p, ch.sc, ch.m);
+      const before = running.get(k);
+      if (before === undefined) return;
+      const after = before + ch.act;
+      running.set(k, after);
+      const max = item.limits[index].max;
+      if (max <= 0 || ch.act <= 0) return;
+      for (const t of ALERT_THRESHOLDS) {
+        if (before * 100 < t * max && after * 100 >= t * max)
+          item.alerts.push({ index, threshold: t, used: after });
+      }
+    });
+  }
+}
 
 const actualOf = (s: Settlement, metric: LimitCharge['metric']) =>
   metric === 'calls' ? s.actual.calls : metric === 'tokens' ? s.actual.tokens : s.actual.costMicros;
@@ -53,8 +143,14 @@ export class SharedPostgresStore implements UsageStore {
   private dataSource: DataSource | undefined;
   private pool!: PgPool;
   private readonly owned: boolean;
-  /** Counter rows known to exist, so steady-state admission is a single statement. */
-  private readonly knownCounters = new LRUCache<string, true>({ max: 100_000 });
+  private readonly reserveBatcher = new PgBatcher<ReserveItem, ReserveRow>((items) =>
+    this.reserveBatch(items),
+  );
+  private readonly settleBatcher = new PgBatcher<SettleItem, boolean>((items) => this.settleBatch(items));
+  /** Settlements whose batch failed: their responses were delivered; they are retried until committed. */
+  private retryQueue: SettleItem[] = [];
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = RETRY_MIN_MS;
   private timers: NodeJS.Timeout[] = [];
 
   constructor(
@@ -100,60 +196,48 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
-    const userId = sharedUserId(req.userId);
     const { charges } = req;
+    const row = await this.reserveBatcher.submit({
+      id: req.requestId,
+      u: sharedUserId(req.userId),
+      provider: req.provider,
+      pk: charges[0]?.periodKey ?? '',
+      expires: req.now + this.options.reservationTtlMs,
+      now: req.now,
+      charges: charges.map((c) => ({
+        p: c.periodKey,
+        sc: c.scope,
+        m: c.metric,
+        a: c.amount,
+        x: c.max,
+        e: c.periodEnd,
+      })),
+    });
+    if (row.o_pass) {
+      return {
+        admitted: true,
+        reservation: {
+          requestId: req.requestId,
+          userId: req.userId,
+          provider: req.provider,
+          charges,
+          createdAt: req.now,
+        },
+      };
+    }
+    return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
+  }
+
+  /** One statement admits every queued request, in order (see `usage_reserve_batch`). */
+  private async reserveBatch(items: ReserveItem[]): Promise<ReserveRow[]> {
     try {
-      const missing = charges.filter((c) => !this.knownCounters.has(counterCacheKey(userId, c)));
-      if (missing.length) {
-        await this.pool.query({ name: 'usage_ensure_counters', text: SQL.ENSURE_COUNTERS }, [
-          userId,
-          col(missing, 'periodKey'),
-          col(missing, 'scope'),
-          col(missing, 'metric'),
-          req.now,
-          col(missing, 'periodEnd'),
-        ]);
-        for (const c of missing) this.knownCounters.set(counterCacheKey(userId, c), true);
-      }
-      const ledgerPeriod = charges[0]?.periodKey ?? '';
-      const { rows } = await this.pool.query<{ pass: boolean; state: LockedCounter[] | null }>(
-        { name: 'usage_reserve', text: SQL.RESERVE },
-        [
-          userId,
-          col(charges, 'periodKey'),
-          col(charges, 'scope'),
-          col(charges, 'metric'),
-          col(charges, 'amount'),
-          col(charges, 'max'),
-          req.now,
-          req.requestId,
-          req.provider,
-          ledgerPeriod,
-          JSON.stringify(
-            charges.map((c) => ({
-              period_key: c.periodKey,
-              scope: c.scope,
-              metric: c.metric,
-              amount: c.amount,
-            })),
-          ),
-          req.now + this.options.reservationTtlMs,
-        ],
+      const now = Math.max(...items.map((i) => i.now));
+      const { rows } = await this.pool.query<ReserveRow>(
+        { name: 'usage_reserve_batch', text: SQL.RESERVE_BATCH },
+        [now, JSON.stringify(items)],
       );
-      const { pass, state } = rows[0];
-      if (pass) {
-        return {
-          admitted: true,
-          reservation: {
-            requestId: req.requestId,
-            userId: req.userId,
-            provider: req.provider,
-            charges,
-            createdAt: req.now,
-          },
-        };
-      }
-      return { admitted: false, exceeded: firstExceeded(charges, state ?? []) };
+      const byId = new Map(rows.map((r) => [r.o_id, r]));
+      return items.map((i) => byId.get(i.id) ?? { o_id: i.id, o_pass: false, o_state: null });
     } catch (e) {
       throw toStoreError(e);
     }
@@ -173,48 +257,130 @@ export class SharedPostgresStore implements UsageStore {
 
   async settle(reservation: Reservation, s: Settlement): Promise<SettleResult> {
     const e = s.event;
-    const userId = sharedUserId(reservation.userId);
     const { charges } = reservation;
-    const actuals = charges.map((c) => actualOf(s, c.metric));
-    let rows: {
-      inserted: number | string;
-      counters: { period_key: string; scope: string; metric: string; used: number | string }[] | null;
-    }[];
+    const item: SettleItem = {
+      id: e.requestId,
+      u: sharedUserId(reservation.userId),
+      provider: e.provider,
+      model: clean(e.model),
+      endpoint: clean(e.endpoint) ?? '',
+      method: e.method,
+      status: e.statusCode,
+      it: e.inputTokens,
+      ot: e.outputTokens,
+      cost: e.costMicros,
+      rt: e.responseTimeMs,
+      rqb: e.requestBytes,
+      rsb: e.responseBytes,
+      ua: clean(e.userAgent),
+      ip: clean(e.ip),
+      se: e.searches,
+      im: e.images,
+      pa: e.pages,
+      est: e.estimated,
+      outcome: e.outcome,
+      pk: e.periodKey,
+      at: e.occurredAt,
+      charges: charges.map((c) => ({
+        p: c.periodKey,
+        sc: c.scope,
+        m: c.metric,
+        a: c.amount,
+        act: actualOf(s, c.metric),
+      })),
+      limits: charges,
+      alerts: [],
+    };
+    const committed = await this.settleBatcher.submit(item);
+    if (!committed) return { alerts: [] };
+    return { alerts: await this.storeAlerts(reservation.userId, item) };
+  }
+
+  /**
+   * One statement settles every queued request. Resolves per item with whether it was committed now;
+   * a failed batch is kept for retry (the responses go out; the usage follows when the database is back).
+   */
+  private async settleBatch(items: SettleItem[]): Promise<boolean[]> {
     try {
-      ({ rows } = await this.pool.query({ name: 'usage_settle', text: SQL.SETTLE }, [
-        e.requestId,
-        userId,
-        e.provider,
-        e.model,
-        e.endpoint,
-        e.method,
-        e.statusCode,
-        e.inputTokens,
-        e.outputTokens,
-        e.costMicros,
-        e.responseTimeMs,
-        e.requestBytes,
-        e.responseBytes,
-        e.userAgent,
-        e.ip,
-        e.searches,
-        e.images,
-        e.pages,
-        e.estimated,
-        e.outcome,
-        e.periodKey,
-        e.occurredAt,
-        col(charges, 'periodKey'),
-        col(charges, 'scope'),
-        col(charges, 'metric'),
-        col(charges, 'amount'),
-        actuals,
-      ]));
-    } catch (err) {
-      throw toStoreError(err);
+      await this.runSettle(items);
+      return items.map(() => true);
+    } catch (e) {
+      this.log.error('settle', `usage settlement failed, queued for retry: ${(e as Error).message}`);
+      this.retryQueue.push(...items);
+      this.scheduleRetry();
+      return items.map(() => false);
     }
-    if (Number(rows[0].inserted) === 0) return { alerts: [] };
-    return { alerts: await this.alerts(reservation, charges, actuals, rows[0].counters ?? [], e.occurredAt) };
+  }
+
+  private async runSettle(items: SettleItem[]): Promise<void> {
+    const payload = JSON.stringify(items, (k, v: unknown) =>
+      k === 'limits' || k === 'alerts' ? undefined : v,
+    );
+    const { rows } = await this.pool.query<{
+      inserted: string[];
+      counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
+    }>({ name: 'usage_settle_batch', text: SQL.SETTLE_BATCH }, [
+      payload,
+      Math.max(...items.map((i) => i.at)),
+    ]);
+    markAlerts(items, new Set(rows[0].inserted), rows[0].counters);
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      const batch = this.retryQueue.splice(0, 256);
+      void this.runSettle(batch).then(
+        () => {
+          this.retryDelay = RETRY_MIN_MS;
+          if (this.retryQueue.length) this.scheduleRetry();
+        },
+        () => {
+          this.retryQueue.unshift(...batch);
+          this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+          this.scheduleRetry();
+        },
+      );
+    }, this.retryDelay);
+    this.retryTimer.unref();
+  }
+
+  /** Settlements not yet committed (their batch failed and awaits retry). */
+  pendingWrites(): number {
+    return this.retryQueue.length;
+  }
+
+  /** Stores the alert rows this settlement crossed; only rows actually inserted are published (once). */
+  private async storeAlerts(userId: string, item: SettleItem): Promise<UsageAlert[]> {
+    const out: UsageAlert[] = [];
+    for (const a of item.alerts) {
+      const c = item.limits[a.index];
+      const { rows } = await this.pool.query({ name: 'usage_insert_alert', text: SQL.INSERT_ALERT }, [
+        item.u,
+        c.periodKey,
+        c.limitId,
+        a.threshold,
+        a.used,
+        c.max,
+        item.at,
+      ]);
+      if (rows.length) {
+        out.push({
+          userId,
+          limitId: c.limitId,
+          scope: c.scope,
+          metric: c.metric,
+          period: c.period,
+          periodKey: c.periodKey,
+          threshold: a.threshold,
+          used: a.used,
+          max: c.max,
+          at: item.at,
+        });
+      }
+    }
+    return out;
   }
 
   async recordRequest(r: ApiRequestRecord): Promise<void> {
@@ -254,6 +420,12 @@ export class SharedPostgresStore implements UsageStore {
 
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.retryQueue.length) {
+      await this.runSettle(this.retryQueue.splice(0)).catch((e: Error) =>
+        this.logger.error(`closing with usage settlements that could not be committed: ${e.message}`),
+      );
+    }
     if (this.owned && this.dataSource?.isInitialized) await this.dataSource.destroy();
   }
 
@@ -284,65 +456,15 @@ export class SharedPostgresStore implements UsageStore {
       /* keep the last offset */
     }
   }
-
-  private async alerts(
-    reservation: Reservation,
-    charges: LimitCharge[],
-    actuals: number[],
-    counters: { period_key: string; scope: string; metric: string; used: number | string }[],
-    at: number,
-  ): Promise<UsageAlert[]> {
-    const out: UsageAlert[] = [];
-    for (const [i, c] of charges.entries()) {
-      if (c.max <= 0 || actuals[i] <= 0) continue;
-      const row = counters.find(
-        (r) => r.period_key === c.periodKey && r.scope === c.scope && r.metric === c.metric,
-      );
-      if (!row) continue;
-      const after = Number(row.used);
-      const before = after - actuals[i];
-      for (const t of ALERT_THRESHOLDS) {
-        if (!(before * 100 < t * c.max && after * 100 >= t * c.max)) continue;
-        const { rows } = await this.pool.query({ name: 'usage_insert_alert', text: SQL.INSERT_ALERT }, [
-          sharedUserId(reservation.userId),
-          c.periodKey,
-          c.limitId,
-          t,
-          after,
-          c.max,
-          at,
-        ]);
-        if (rows.length) {
-          out.push({
-            userId: reservation.userId,
-            limitId: c.limitId,
-            scope: c.scope,
-            metric: c.metric,
-            period: c.period,
-            periodKey: c.periodKey,
-            threshold: t,
-            used: after,
-            max: c.max,
-            at,
-          });
-        }
-      }
-    }
-    return out;
-  }
 }
 
 function col<K extends keyof LimitCharge>(charges: LimitCharge[], key: K): LimitCharge[K][] {
   return charges.map((c) => c[key]);
 }
 
-function counterCacheKey(userId: string, c: LimitCharge): string {
-  return `${userId}\u0001${c.periodKey}\u0001${c.scope}\u0001${c.metric}`;
-}
-
 function firstExceeded(charges: LimitCharge[], state: LockedCounter[]) {
   for (const c of charges) {
-    const s = state.find((r) => r.period_key === c.periodKey && r.scope === c.scope && r.metric === c.metric);
+    const s = state.find((r) => r.p === c.periodKey && r.sc === c.scope && r.m === c.metric);
     const used = Number(s?.used ?? 0);
     const reserved = Number(s?.reserved ?? 0);
     if (used + reserved + Math.max(c.amount, 1) > c.max) return { charge: c, used, reserved };
