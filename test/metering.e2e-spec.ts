@@ -185,6 +185,34 @@ describeStore('metering', () => {
   });
 });
 
+describeStore('unknown models', () => {
+  it("unknownModels: 'deny' refuses a request naming an unpriced model with 400, before any usage", async () => {
+    const t = await createTestApp({ usage: { unknownModels: 'deny' } });
+    try {
+      const res = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('picky'))
+        .send({ ...chat(), model: 'gpt-9-ultra' });
+      expect(res.status).toBe(400);
+      expect(res.body).toEqual({
+        error: 'Unknown model',
+        message:
+          'Model "gpt-9-ultra" has no price, so usage on it cannot be limited; requests naming it are refused.',
+        code: 'USAGE_UNKNOWN_MODEL',
+        provider: 'openai',
+      });
+      expect(await hasUserData(t, 'picky')).toBe(false);
+      const dated = await request(t.url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', bearer('picky'))
+        .send({ ...chat(), model: 'gpt-4o-mini-2024-07-18' });
+      expect(dated.status).toBe(200);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describeStore('recordAllRequests', () => {
   it('writes api_requests rows for identified unmetered requests when on', async () => {
     const t = await createTestApp({ usage: { recordAllRequests: true } });

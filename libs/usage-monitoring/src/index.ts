@@ -35,6 +35,7 @@ export {
   EnforcementUnavailableException,
 } from './enforcement/enforcement-unavailable.exception';
 export { EnforcementMetrics } from './enforcement/enforcement-metrics';
+export { UNKNOWN_MODEL_CODE, UnknownModelException } from './enforcement/unknown-model.exception';
 export type { EnforcementStats } from './enforcement/enforcement-metrics';
 
 export { MeteringInterceptor } from './metering/metering.interceptor';
@@ -46,6 +47,7 @@ export { periodWindow } from './plans/billing-period';
 export type { PeriodWindow } from './plans/billing-period';
 
 export { PriceBook } from './pricing/price-book';
+export type { PricedUsage, UnknownModelPolicy } from './pricing/price-book';
 export { DEFAULT_MODELS, DEFAULT_PRICES } from './pricing/default-prices';
 export { formatUsd, microsToUsd, usdToMicros, MICROS_PER_USD } from './pricing/money';
 export type { PriceOverride } from './pricing/price.interface';

@@ -150,10 +150,18 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
 
   let priceBook: PriceBook;
   try {
-    priceBook = new PriceBook(DEFAULT_PRICES, options.prices ?? {}, {
-      ...DEFAULT_MODELS,
-      ...(options.defaultModels ?? {}),
-    });
+    const policy = options.unknownModels ?? 'default-price';
+    if (!['deny', 'allow-unpriced', 'default-price'].includes(policy)) {
+      throw new Error(
+        `unknownModels must be 'deny', 'allow-unpriced' or 'default-price' (got ${JSON.stringify(policy)})`,
+      );
+    }
+    priceBook = new PriceBook(
+      DEFAULT_PRICES,
+      options.prices ?? {},
+      { ...DEFAULT_MODELS, ...(options.defaultModels ?? {}) },
+      policy,
+    );
   } catch (e) {
     fail((e as Error).message);
   }

@@ -137,6 +137,13 @@ export interface UsageMonitoringModuleOptions {
    */
   prices?: Record<string, PriceOverride>;
   /**
+   * A model the price book does not know: `'default-price'` prices it as the provider's default model,
+   * `'allow-unpriced'` records its tokens at no token cost (both warn once per model), `'deny'` refuses
+   * requests naming it with 400 `USAGE_UNKNOWN_MODEL` before they reach the provider.
+   * @default 'default-price'
+   */
+  unknownModels?: 'deny' | 'allow-unpriced' | 'default-price';
+  /**
    * Model assumed when a request names none, by provider.
    * @default { gemini: 'gemini-2.5-flash', openai: 'gpt-4o-mini', anthropic: 'claude-3.5-sonnet', mistral: 'mistral-small' }
    */

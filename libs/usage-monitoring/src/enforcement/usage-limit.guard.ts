@@ -1,4 +1,5 @@
 import {
+  HttpException,
   Inject,
   Injectable,
   Logger,
@@ -29,6 +30,7 @@ import { EnforcementMetrics } from './enforcement-metrics';
 import type { MeteringContext } from './metering-context';
 import { rateLimitHeaders, setHeaders } from './rate-limit-headers';
 import { ThrottledLogger } from './throttled-logger';
+import { UnknownModelException } from './unknown-model.exception';
 import { UsageLimitExceededException } from './usage-limit-exceeded.exception';
 
 interface RouteMetering {
@@ -194,6 +196,15 @@ export class UsageLimitGuard implements CanActivate {
   ) {
     const limits = this.options.catalog.limitsFor(plan.name, provider);
     const estimate = this.options.extractor.estimate(provider, body, model);
+    const book = this.options.priceBook;
+    if (
+      book.unknownModels === 'deny' &&
+      typeof estimate.model === 'string' &&
+      book.defaultModel(provider) !== undefined &&
+      !book.isKnown(estimate.model)
+    ) {
+      throw new UnknownModelException(provider, estimate.model);
+    }
     const needsCost = limits.some((l) => l.metric === 'cost');
     const cost = needsCost
       ? this.options.priceBook.price(
@@ -267,7 +278,7 @@ export class UsageLimitGuard implements CanActivate {
   }
 
   private onFailure(context: ExecutionContext, error: unknown, provider: string): boolean {
-    if (error instanceof UsageLimitExceededException) throw error;
+    if (error instanceof HttpException) throw error;
     const reason: EnforcementFailureReason =
       error instanceof UsageStoreError
         ? error.reason

@@ -68,6 +68,15 @@ export class UsageExtractor {
       outputTokens = estimateTokens(u.outputText ?? '');
       estimated = true;
     }
-    return { ...quantities, inputTokens, outputTokens, model: u.model ?? model, estimated };
+    return {
+      ...quantities,
+      inputTokens,
+      outputTokens,
+      cachedInputTokens: u.cachedInputTokens,
+      cacheWriteTokens: u.cacheWriteTokens,
+      reasoningTokens: u.reasoningTokens,
+      model: u.model ?? model,
+      estimated,
+    };
   }
 }

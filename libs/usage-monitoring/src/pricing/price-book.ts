@@ -1,14 +1,28 @@
+import { Logger } from '@nestjs/common';
+import { escapeForLog } from '../enforcement/throttled-logger';
 import type { Price, PriceOverride, UsageQuantities } from './price.interface';
 import { usdToMicros } from './money';
 
 const FIELDS = [
   'inputPerMTok',
   'outputPerMTok',
+  'cachedInputPerMTok',
+  'cacheWritePerMTok',
+  'reasoningPerMTok',
   'perRequest',
   'perSearch',
   'perImage',
   'perPage',
 ] as const satisfies readonly (keyof Price)[];
+
+/**
+ * What to do with a model the price book does not know:
+ * - `default-price`: price it as the provider's default model (a warning once per model);
+ * - `allow-unpriced`: record its tokens at no token cost (a warning once per model);
+ * - `deny`: refuse requests that name it (400 `USAGE_UNKNOWN_MODEL`) before they reach the provider;
+ *   a response that names one is priced as `default-price`.
+ */
+export type UnknownModelPolicy = 'deny' | 'allow-unpriced' | 'default-price';
 
 /** What the price book answers for one request. */
 export interface PricedUsage {
@@ -22,18 +36,20 @@ export interface PricedUsage {
  * overrides; a bad override throws at start-up naming the entry.
  */
 export class PriceBook {
+  private readonly logger = new Logger('UsageMonitoring');
   private readonly prices = new Map<string, Price>();
+  private readonly warned = new Set<string>();
 
   constructor(
     defaults: Readonly<Record<string, PriceOverride>>,
     overrides: Readonly<Record<string, PriceOverride>> = {},
     private readonly defaultModels: Readonly<Record<string, string>> = {},
+    readonly unknownModels: UnknownModelPolicy = 'default-price',
   ) {
-    for (const [name, p] of Object.entries(defaults)) this.prices.set(name, compile(p, `prices.${name}`));
+    const raw = new Map<string, PriceOverride>(Object.entries(defaults));
     for (const [name, p] of Object.entries(overrides)) {
-      if (p === null || typeof p !== 'object') {
+      if (p === null || typeof p !== 'object')
         throw new Error(`prices.${name} must be an object of USD prices`);
-      }
       for (const key of Object.keys(p)) {
         if (!(FIELDS as readonly string[]).includes(key)) {
           throw new Error(
@@ -41,7 +57,12 @@ export class PriceBook {
           );
         }
       }
-      this.prices.set(name, compile({ ...this.prices.get(name), ...p }, `prices.${name}`));
+      raw.set(name, { ...raw.get(name), ...p });
+    }
+    for (const [name, p] of raw) this.prices.set(name, compile(p, `prices.${name}`));
+    for (const [provider, model] of Object.entries(defaultModels)) {
+      if (!this.prices.has(model))
+        throw new Error(`defaultModels.${provider} names "${model}", which has no price`);
     }
   }
 
@@ -51,18 +72,54 @@ export class PriceBook {
   }
 
   /**
-   * Cost of the quantities: token prices by model (else the provider's default model), per-unit prices
-   * by model, then by provider. Token cost is rounded up to the micro-dollar.
+   * The price-book entry of a model name: exact, else without a `models/` prefix, a `-latest` suffix
+   * or a date suffix (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`, `claude-3-5-sonnet-20241022` →
+   * `claude-3-5-sonnet`).
+   */
+  resolve(model: string): string | undefined {
+    if (this.prices.has(model)) return model;
+    const base = model
+      .replace(/^models\//, '')
+      .replace(/-latest$/, '')
+      .replace(/-(\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$/, '');
+    return this.prices.has(base) ? base : undefined;
+  }
+
+  /** Whether a request naming this model can be priced by its own entry (no model named: yes). */
+  isKnown(model: string | undefined): boolean {
+    return model === undefined || this.resolve(model) !== undefined;
+  }
+
+  /**
+   * Cost of the quantities: token prices by model (else by the unknown-model policy), per-unit prices
+   * by model, then by provider. Cache reads, cache writes and reasoning tokens are priced at their own
+   * rates where the price book has them. Token cost is rounded up to the micro-dollar.
    */
   price(provider: string, model: string | undefined, q: UsageQuantities): PricedUsage {
-    const byModel = model !== undefined ? this.prices.get(model) : undefined;
+    const key = model !== undefined ? this.resolve(model) : undefined;
+    const byModel = key !== undefined ? this.prices.get(key) : undefined;
     const fallbackModel = this.defaultModels[provider];
-    const tokenPrice = byModel ?? (fallbackModel ? this.prices.get(fallbackModel) : undefined);
+    let tokenPrice = byModel;
+    let tokenKey = key;
+    if (!tokenPrice && (model === undefined || this.unknownModels !== 'allow-unpriced')) {
+      tokenPrice = fallbackModel ? this.prices.get(fallbackModel) : undefined;
+      tokenKey = fallbackModel;
+    }
+    if (model !== undefined && !byModel && (q.inputTokens > 0 || q.outputTokens > 0))
+      this.warnOnce(provider, model);
     const unitPrice = byModel ?? this.prices.get(provider) ?? tokenPrice;
     if (!tokenPrice && !unitPrice) return { costMicros: 0 };
     let cost = 0;
     if (tokenPrice) {
-      const perMillion = q.inputTokens * tokenPrice.inputPerMTok + q.outputTokens * tokenPrice.outputPerMTok;
+      const cached = Math.min(q.cachedInputTokens ?? 0, q.inputTokens);
+      const written = Math.min(q.cacheWriteTokens ?? 0, q.inputTokens - cached);
+      const reasoning = Math.min(q.reasoningTokens ?? 0, q.outputTokens);
+      const perMillion =
+        (q.inputTokens - cached - written) * tokenPrice.inputPerMTok +
+        cached * tokenPrice.cachedInputPerMTok +
+        written * tokenPrice.cacheWritePerMTok +
+        (q.outputTokens - reasoning) * tokenPrice.outputPerMTok +
+        reasoning * tokenPrice.reasoningPerMTok;
       cost += Math.ceil(perMillion / 1_000_000);
     }
     if (unitPrice) {
@@ -72,13 +129,37 @@ export class PriceBook {
         q.images * unitPrice.perImage +
         q.pages * unitPrice.perPage;
     }
-    const pricedAs = byModel ? model : tokenPrice ? fallbackModel : provider;
-    return { costMicros: cost, pricedAs };
+    return { costMicros: cost, pricedAs: tokenPrice ? tokenKey : byModel ? key : provider };
+  }
+
+  private warnOnce(provider: string, model: string): void {
+    const k = `${provider}\u0001${model}`;
+    if (this.warned.has(k) || this.warned.size > 1000) return;
+    this.warned.add(k);
+    const how =
+      this.unknownModels === 'allow-unpriced'
+        ? 'its tokens are recorded at no token cost'
+        : `it is priced as ${this.defaultModels[provider] ?? 'nothing (no default model)'}`;
+    this.logger.warn(
+      `model "${escapeForLog(model, 80)}" of ${provider} has no price; ${how}. Add it to the prices option.`,
+    );
   }
 }
 
 function compile(p: PriceOverride, what: string): Price {
-  const out = {} as Price;
-  for (const f of FIELDS) out[f] = p[f] === undefined ? 0 : usdToMicros(p[f], `${what}.${f}`);
-  return out;
+  const micros = (v: number | undefined, f: string) =>
+    v === undefined ? undefined : usdToMicros(v, `${what}.${f}`);
+  const input = micros(p.inputPerMTok, 'inputPerMTok') ?? 0;
+  const output = micros(p.outputPerMTok, 'outputPerMTok') ?? 0;
+  return {
+    inputPerMTok: input,
+    outputPerMTok: output,
+    cachedInputPerMTok: micros(p.cachedInputPerMTok, 'cachedInputPerMTok') ?? input,
+    cacheWritePerMTok: micros(p.cacheWritePerMTok, 'cacheWritePerMTok') ?? input,
+    reasoningPerMTok: micros(p.reasoningPerMTok, 'reasoningPerMTok') ?? output,
+    perRequest: micros(p.perRequest, 'perRequest') ?? 0,
+    perSearch: micros(p.perSearch, 'perSearch') ?? 0,
+    perImage: micros(p.perImage, 'perImage') ?? 0,
+    perPage: micros(p.perPage, 'perPage') ?? 0,
+  };
 }

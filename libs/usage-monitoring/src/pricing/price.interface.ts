@@ -4,6 +4,12 @@ export interface PriceOverride {
   inputPerMTok?: number;
   /** USD per 1M output tokens. */
   outputPerMTok?: number;
+  /** USD per 1M input tokens read from a prompt cache. @default inputPerMTok */
+  cachedInputPerMTok?: number;
+  /** USD per 1M input tokens written to a prompt cache. @default inputPerMTok */
+  cacheWritePerMTok?: number;
+  /** USD per 1M reasoning tokens. @default outputPerMTok */
+  reasoningPerMTok?: number;
   /** USD per request. */
   perRequest?: number;
   /** USD per search. */
@@ -18,6 +24,9 @@ export interface PriceOverride {
 export interface Price {
   inputPerMTok: number;
   outputPerMTok: number;
+  cachedInputPerMTok: number;
+  cacheWritePerMTok: number;
+  reasoningPerMTok: number;
   perRequest: number;
   perSearch: number;
   perImage: number;
@@ -26,8 +35,13 @@ export interface Price {
 
 /** The quantities a request consumed (or is estimated to consume). */
 export interface UsageQuantities {
+  /** All input tokens (cache reads and writes included). */
   inputTokens: number;
+  /** All output tokens (reasoning included). */
   outputTokens: number;
+  cachedInputTokens?: number;
+  cacheWriteTokens?: number;
+  reasoningTokens?: number;
   searches: number;
   images: number;
   pages: number;

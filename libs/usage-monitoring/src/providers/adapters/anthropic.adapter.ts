@@ -10,9 +10,15 @@ export const anthropicAdapter: UsageAdapter = {
     const usage = isObject(response.usage) ? response.usage : {};
     const text: string[] = [];
     collect(response.content, text);
+    // input_tokens excludes the cache: reads and writes are reported beside it and billed differently.
+    const uncached = count(usage.input_tokens);
+    const read = count(usage.cache_read_input_tokens) ?? 0;
+    const written = count(usage.cache_creation_input_tokens) ?? 0;
     return {
       model: modelOf(response, request),
-      inputTokens: count(usage.input_tokens),
+      inputTokens: uncached === undefined ? undefined : uncached + read + written,
+      cachedInputTokens: read,
+      cacheWriteTokens: written,
       outputTokens: count(usage.output_tokens),
       outputText: text.join('\n'),
     };

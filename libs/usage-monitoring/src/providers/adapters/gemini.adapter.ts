@@ -18,10 +18,16 @@ export const geminiAdapter: UsageAdapter = {
         : isObject(request) && typeof request.model === 'string'
           ? request.model
           : undefined;
+    // promptTokenCount includes cachedContentTokenCount; thoughtsTokenCount is billed as output beside
+    // candidatesTokenCount.
+    const candidates = count(usage.candidatesTokenCount);
+    const thoughts = count(usage.thoughtsTokenCount) ?? 0;
     return {
       model,
       inputTokens: count(usage.promptTokenCount),
-      outputTokens: count(usage.candidatesTokenCount),
+      cachedInputTokens: count(usage.cachedContentTokenCount),
+      outputTokens: candidates === undefined ? undefined : candidates + thoughts,
+      reasoningTokens: thoughts,
       outputText: text.join('\n'),
     };
   },
