@@ -70,8 +70,8 @@ describeStore('metering', () => {
       'estimated',
       'SELECT input_tokens, output_tokens, estimated FROM usage_events',
     );
-    // words × 1.3, rounded up: "hello there" → 3, "four words of reply" → 6.
-    expect(rows).toEqual([{ input_tokens: 3, output_tokens: 6, estimated: 1 }]);
+    // o200k_base (gpt-4o-mini): "hello there" → 2 tokens, "four words of reply" → 4.
+    expect(rows).toEqual([{ input_tokens: 2, output_tokens: 4, estimated: 1 }]);
   });
 
   it('records failed calls (status, outcome) and passes the error through unchanged', async () => {

@@ -114,7 +114,7 @@ describePostgres('shared PostgreSQL store', () => {
     const t = await createTestApp({ store: 'postgres', usage: { plans, enforcementTimeoutMs: 2000 } });
     try {
       const user = 'plan=budget;spender';
-      // Estimate: 3 + 1000 tokens of gpt-4o-mini = 601 µ$; actual: 10 in + 100 out = 62 µ$.
+      // Estimate: 2 + 1000 tokens of gpt-4o-mini = 601 µ$; actual: 10 in + 100 out = 62 µ$.
       const body = chat({ max_tokens: 1000, report: { prompt: 10, completion: 100 } });
       const results = await Promise.all(
         Array.from({ length: 300 }, () =>

@@ -1,14 +1,33 @@
+// The package's CommonJS build by path: this project resolves modules the Node 10 way (no "exports" subpaths).
+import { countTokens as cl100kTokens } from 'gpt-tokenizer/cjs/encoding/cl100k_base';
+import { countTokens as o200kTokens } from 'gpt-tokenizer/cjs/encoding/o200k_base';
+
+/** OpenAI model families on the older `cl100k_base` encoding; everything else counts with `o200k_base`. */
+const CL100K_MODELS = /^(gpt-4(?!o|\.1|\.5)|gpt-3\.5|text-embedding-(ada|3))/;
+
 /**
- * Estimates tokens from text where no provider figure exists, as the original did (words × 1.3,
- * rounded up). Estimates are always flagged `estimated` where stored.
+ * Counts tokens with a real BPE tokenizer (`gpt-tokenizer`): the encoding of the OpenAI model family
+ * (`o200k_base` for gpt-4o, gpt-4.1, o-series, gpt-5; `cl100k_base` for gpt-4 and gpt-3.5). Other
+ * providers' models are counted with `o200k_base` as an approximation. Wherever a count from here is
+ * stored it is flagged `estimated`.
  */
-export function estimateTokens(text: string): number {
+export function estimateTokens(text: string, model?: string): number {
+  if (!text) return 0;
+  try {
+    return model !== undefined && CL100K_MODELS.test(model) ? cl100kTokens(text) : o200kTokens(text);
+  } catch {
+    return wordsTimes13(text);
+  }
+}
+
+/** The system this library replaces estimated words × 1.3; kept only as the last resort. */
+export function wordsTimes13(text: string): number {
   if (!text) return 0;
   let words = 0;
   let inWord = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    // Whitespace as /\s/ sees it in practice: space, tab, line breaks, NBSP and the Unicode spaces.
+    // Whitespace as /\s/ sees it: space, tab, line breaks, NBSP and the Unicode spaces.
     const space =
       c === 32 ||
       (c >= 9 && c <= 13) ||

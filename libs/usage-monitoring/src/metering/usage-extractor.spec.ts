@@ -41,14 +41,14 @@ describe('UsageExtractor', () => {
       'openai',
       { messages: [{ role: 'user', content: 'one two three four five' }] },
       { choices: [{ message: { content: 'a b c d e f g h i j' } }] },
-      { model: undefined, inputTokens: 7, outputTokens: 13, estimated: true },
+      { model: undefined, inputTokens: 5, outputTokens: 10, estimated: true },
     ],
     [
       'usage fields that are not counts',
       'openai',
       { messages: [{ role: 'user', content: 'one two' }] },
       { usage: { prompt_tokens: -5, completion_tokens: 'many' }, choices: [{ message: { content: 'x' } }] },
-      { model: undefined, inputTokens: 3, outputTokens: 2, estimated: true },
+      { model: undefined, inputTokens: 2, outputTokens: 1, estimated: true },
     ],
   ])('%s', (_name, provider, req, res, expected) => {
     expect(x.measure(provider, req, res)).toMatchObject(expected);
@@ -75,7 +75,7 @@ describe('UsageExtractor', () => {
     expect(
       x.estimate('openai', { messages: [{ role: 'user', content: 'a b c' }], max_tokens: 100 }),
     ).toMatchObject({
-      inputTokens: 4,
+      inputTokens: 3,
       outputTokens: 100,
       estimated: true,
     });
@@ -85,11 +85,11 @@ describe('UsageExtractor', () => {
         generationConfig: { maxOutputTokens: 7 },
       }),
     ).toMatchObject({
-      inputTokens: 2,
+      inputTokens: 1,
       outputTokens: 7,
     });
     expect(x.estimate('anthropic', { system: 'be brief', messages: [] })).toMatchObject({
-      inputTokens: 3,
+      inputTokens: 2,
       outputTokens: 1024,
     });
   });

@@ -40,10 +40,11 @@ export class UsageExtractor {
       count(req.max_completion_tokens) ??
       count(generation.maxOutputTokens) ??
       this.defaultMaxOutputTokens;
+    const named = typeof req.model === 'string' ? req.model : model;
     return {
       ...quantities,
-      model: typeof req.model === 'string' ? req.model : model,
-      inputTokens: estimateTokens(requestText(body)),
+      model: named,
+      inputTokens: estimateTokens(requestText(body), named),
       outputTokens: outputBound,
       estimated: true,
     };
@@ -58,14 +59,15 @@ export class UsageExtractor {
       return { ...quantities, inputTokens: 0, outputTokens: 0, model: u.model ?? model, estimated: false };
     }
     let estimated = false;
+    const named = u.model ?? model;
     let inputTokens = u.inputTokens;
     if (inputTokens === undefined) {
-      inputTokens = estimateTokens(requestText(requestBody));
+      inputTokens = estimateTokens(requestText(requestBody), named);
       estimated = true;
     }
     let outputTokens = u.outputTokens;
     if (outputTokens === undefined) {
-      outputTokens = estimateTokens(u.outputText ?? '');
+      outputTokens = estimateTokens(u.outputText ?? '', named);
       estimated = true;
     }
     return {
