@@ -13,12 +13,18 @@ module.exports = {
   globalSetup: '<rootDir>/test/utils/global-setup.ts',
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/libs/**/*.spec.ts'] },
-    { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'] },
+    {
+      ...common,
+      displayName: 'e2e',
+      testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
+      setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
+    },
     {
       ...common,
       displayName: 'e2e-pg',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
       setupFiles: ['<rootDir>/test/utils/postgres-mode.ts'],
+      setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
     },
   ],
 };
