@@ -11,7 +11,7 @@ describeStore('schema', () => {
       entities: USAGE_ENTITIES,
       migrations: USAGE_MIGRATIONS,
       migrationsTableName: USAGE_MIGRATIONS_TABLE,
-    } as DataSourceOptions);
+    });
     await ds.initialize();
     try {
       const applied = await ds.runMigrations();
