@@ -54,9 +54,8 @@ export class UserDataSourceFactory {
     });
     try {
       await dataSource.initialize();
-      const [{ user_version: version }] = (await dataSource.query('PRAGMA user_version')) as {
-        user_version: number;
-      }[];
+      const [{ user_version: version }] =
+        await dataSource.query<{ user_version: number }[]>('PRAGMA user_version');
       if (version !== SCHEMA_VERSION) {
         await dataSource.runMigrations({ transaction: 'all' });
         await dataSource.query(`PRAGMA user_version = ${SCHEMA_VERSION}`);
