@@ -1,7 +1,7 @@
 import request from 'supertest';
-import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { EMERGENCY_FAIL_OPEN_ENV, ENFORCEMENT_UNAVAILABLE_BODY, UsageService } from '@app/usage-monitoring';
 import { createTestApp, type TestApp } from './utils/create-test-app';
+import { breakDataDir } from './utils/faults';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 import { describeSqlite } from './utils/test-store';
@@ -12,17 +12,6 @@ const EXPECTED_503 = {
   message: 'Unable to validate usage limits right now. Please retry shortly.',
   code: 'USAGE_LIMIT_ENFORCEMENT_UNAVAILABLE',
 };
-
-/** Replaces the data directory with a plain file, so no user database can be opened. */
-function breakDataDir(dataDir: string): () => void {
-  const aside = `${dataDir}.aside`;
-  renameSync(dataDir, aside);
-  writeFileSync(dataDir, 'not a directory');
-  return () => {
-    rmSync(dataDir);
-    renameSync(aside, dataDir);
-  };
-}
 
 describeSqlite('store unavailable (per-user SQLite)', () => {
   let t: TestApp;

@@ -1,6 +1,6 @@
 import request from 'supertest';
-import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createTestApp } from './utils/create-test-app';
+import { breakDataDir } from './utils/faults';
 import { bearer } from './utils/test-controllers';
 import { describeStore, STORE } from './utils/test-store';
 
@@ -86,9 +86,7 @@ describeStore('GET /health/usage', () => {
   it('answers 503 with the stats when the store is down', async () => {
     if (STORE !== 'sqlite') return; // the shared store's outage is covered in shared-store.e2e-spec.ts
     const t = await createTestApp();
-    const aside = `${t.dataDir}.aside`;
-    renameSync(t.dataDir, aside);
-    writeFileSync(t.dataDir, 'x');
+    const restore = breakDataDir(t.dataDir);
     try {
       const res = await request(t.url).get('/health/usage');
       expect(res.status).toBe(503);
@@ -98,8 +96,7 @@ describeStore('GET /health/usage', () => {
         usage: { status: 'healthy', recent_requests: 0 },
       });
     } finally {
-      rmSync(t.dataDir);
-      renameSync(aside, t.dataDir);
+      restore();
       await t.close();
     }
   });
