@@ -4,11 +4,12 @@
  * Prints one table; exits non-zero only on errors, never on a slow figure.
  */
 import autocannon from 'autocannon';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'pg';
+import { spawnServer } from '../test/utils/spawn-server';
 import { prefillLedger } from './prefill';
 
 const args = process.argv.slice(2);
@@ -19,14 +20,12 @@ const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',
 const DURATION = QUICK ? 3 : 8;
 const ROUNDS = QUICK ? 2 : 3;
 const CONNECTIONS = 50;
-const ROOT = join(__dirname, '..');
 const CLK_TCK = 100;
 
 interface Server {
   name: string;
   url: string;
   child: ChildProcess;
-  dataDir?: string;
 }
 
 interface Measure {
@@ -69,37 +68,9 @@ const BODY = JSON.stringify({
   max_tokens: 16,
 });
 
-function startServer(name: string, env: Record<string, string>): Promise<Server> {
-  const child = spawn(
-    process.execPath,
-    [
-      '-r',
-      'ts-node/register/transpile-only',
-      '-r',
-      'tsconfig-paths/register',
-      join(__dirname, 'bench-server.ts'),
-    ],
-    {
-      cwd: ROOT,
-      env: { ...process.env, ...env, TS_NODE_PROJECT: join(ROOT, 'tsconfig.json') },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not start: ${err}`)), 60_000);
-    child.on('exit', (code) => reject(new Error(`${name} exited (${code}): ${err}`)));
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /LISTENING (\d+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ name, url: `http://127.0.0.1:${m[1]}`, child, dataDir: env.BENCH_DATA_DIR });
-      }
-    });
-  });
+async function startServer(name: string, env: Record<string, string>): Promise<Server> {
+  const s = await spawnServer(env, 60_000, join(__dirname, 'bench-server.ts'));
+  return { name, url: s.url, child: s.child };
 }
 
 function cpuTicks(pid: number): number {

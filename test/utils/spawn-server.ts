@@ -11,17 +11,18 @@ export interface ServerProcess {
 
 const ROOT = join(__dirname, '..', '..');
 
-/** Starts `test/fixtures/test-server.ts` in a separate Node process and waits until it listens. */
-export function spawnServer(env: Record<string, string>, timeoutMs = 30_000): Promise<ServerProcess> {
+/**
+ * Starts a TypeScript server script (by default `test/fixtures/test-server.ts`) in a separate Node process
+ * and waits until it prints `LISTENING <port>`.
+ */
+export function spawnServer(
+  env: Record<string, string>,
+  timeoutMs = 30_000,
+  script = join(ROOT, 'test/fixtures/test-server.ts'),
+): Promise<ServerProcess> {
   const child = spawn(
     process.execPath,
-    [
-      '-r',
-      'ts-node/register/transpile-only',
-      '-r',
-      'tsconfig-paths/register',
-      join(ROOT, 'test/fixtures/test-server.ts'),
-    ],
+    ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', script],
     {
       cwd: ROOT,
       env: { ...process.env, ...env, TS_NODE_PROJECT: join(ROOT, 'tsconfig.json') },

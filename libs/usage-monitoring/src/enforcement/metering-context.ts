@@ -1,5 +1,4 @@
 import type { Reservation } from '../storage/usage-store.interface';
-import type { MeasuredUsage } from '../metering/usage-extractor';
 
 /** What the guard hands the interceptor on the request object. @internal */
 export interface MeteringContext {
@@ -7,7 +6,6 @@ export interface MeteringContext {
   provider: string;
   /** Model from `@Metered`, if any. */
   model: string | undefined;
-  estimate: MeasuredUsage;
   /** Billing-month key of the reservation (stored on the ledger row). */
   ledgerPeriodKey: string;
   startedAt: number;

@@ -11,6 +11,7 @@ import { Reflector } from '@nestjs/core';
 import { Metered, type MeteredOptions } from '../decorators/metered.decorator';
 import { SkipMetering } from '../decorators/skip-metering.decorator';
 import { RollingStats } from '../health/rolling-stats';
+import { pathOf } from '../metering/request-path';
 import { newRequestId } from '../metering/request-id';
 import { PeriodClock } from '../plans/billing-period';
 import type { ResolvedPlan } from '../plans/plan-resolver';
@@ -87,10 +88,8 @@ export class UsageLimitGuard implements CanActivate {
     if (metered) return metered.provider;
     const detector = this.options.detector;
     if (!detector) return undefined;
-    const url = request.originalUrl ?? request.url ?? '';
-    const q = url.indexOf('?');
     const ua = request.headers['user-agent'];
-    return detector.detect(q === -1 ? url : url.slice(0, q), typeof ua === 'string' ? ua : undefined);
+    return detector.detect(pathOf(request), typeof ua === 'string' ? ua : undefined);
   }
 
   /**
@@ -138,11 +137,9 @@ export class UsageLimitGuard implements CanActivate {
     const now = this.options.clock();
     let outcome: ReserveResult | PromiseLike<ReserveResult>;
     let ledgerPeriodKey = '';
-    let estimate!: MeteringContext['estimate'];
     const reserveWith = (assignment: PlanAssignment | undefined): ReserveResult | Promise<ReserveResult> => {
       const plan = this.options.plans.resolve(assignment);
       const built = this.charges(plan, provider, request.body, model, now);
-      estimate = built.estimate;
       ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
       return this.store.reserve({
         requestId: newRequestId(),
@@ -173,7 +170,6 @@ export class UsageLimitGuard implements CanActivate {
         reservation: result.reservation,
         provider,
         model,
-        estimate,
         ledgerPeriodKey,
         startedAt: now,
         intercepted: false,

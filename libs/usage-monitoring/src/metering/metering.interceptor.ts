@@ -19,6 +19,7 @@ import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monit
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 import type { UsageRequest } from '../usage-monitoring.options';
 import { newRequestId } from './request-id';
+import { pathOf } from './request-path';
 import type { MeasuredUsage } from './usage-extractor';
 
 type HttpRequest = UsageRequest & {
@@ -253,12 +254,6 @@ export class MeteringInterceptor implements NestInterceptor {
 
 function statusOf(error: unknown): number {
   return error instanceof HttpException ? error.getStatus() : 500;
-}
-
-function pathOf(request: HttpRequest): string {
-  const url = request.originalUrl ?? request.url ?? '';
-  const q = url.indexOf('?');
-  return q === -1 ? url : url.slice(0, q);
 }
 
 function byteLength(value: unknown): number {

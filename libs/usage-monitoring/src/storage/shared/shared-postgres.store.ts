@@ -2,7 +2,8 @@ import { Logger } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
-import { ALERT_THRESHOLDS, type EnforcementFailureReason } from '../../usage-monitoring.constants';
+import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
+import { actualOf, crossedThresholds, withoutNul } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
 import type {
   ApiRequestRecord,
@@ -53,7 +54,7 @@ interface ReserveItem {
 interface ReserveRow {
   o_id: string;
   o_pass: boolean;
-  o_state: { p: string; sc: string; m: string; used: number | string; reserved: number | string }[] | null;
+  o_state: LockedCounter[] | null;
 }
 
 /** A settlement as sent to the batch statement (`limits` and `alerts` stay here). */
@@ -86,10 +87,6 @@ interface SettleItem {
   alerts: { index: number; threshold: number; used: number }[];
 }
 
-/** PostgreSQL text and jsonb cannot hold NUL; such characters (from provider bodies) become U+FFFD. */
-const clean = (v: string | null) =>
-  v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
-
 /**
  * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
@@ -118,18 +115,13 @@ function markAlerts(
       if (before === undefined) return;
       const after = before + ch.act;
       running.set(k, after);
-      const max = item.limits[index].max;
-      if (max <= 0 || ch.act <= 0) return;
-      for (const t of ALERT_THRESHOLDS) {
-        if (before * 100 < t * max && after * 100 >= t * max)
-          item.alerts.push({ index, threshold: t, used: after });
+      if (ch.act <= 0) return;
+      for (const threshold of crossedThresholds(before, after, item.limits[index].max)) {
+        item.alerts.push({ index, threshold, used: after });
       }
     });
   }
 }
-
-const actualOf = (s: Settlement, metric: LimitCharge['metric']) =>
-  metric === 'calls' ? s.actual.calls : metric === 'tokens' ? s.actual.tokens : s.actual.costMicros;
 
 /**
  * Shared-database store (PostgreSQL): several app instances enforce one set of limits exactly.
@@ -262,8 +254,8 @@ export class SharedPostgresStore implements UsageStore {
       id: e.requestId,
       u: sharedUserId(reservation.userId),
       provider: e.provider,
-      model: clean(e.model),
-      endpoint: clean(e.endpoint) ?? '',
+      model: withoutNul(e.model),
+      endpoint: withoutNul(e.endpoint) ?? '',
       method: e.method,
       status: e.statusCode,
       it: e.inputTokens,
@@ -272,8 +264,8 @@ export class SharedPostgresStore implements UsageStore {
       rt: e.responseTimeMs,
       rqb: e.requestBytes,
       rsb: e.responseBytes,
-      ua: clean(e.userAgent),
-      ip: clean(e.ip),
+      ua: withoutNul(e.userAgent),
+      ip: withoutNul(e.ip),
       se: e.searches,
       im: e.images,
       pa: e.pages,
@@ -286,7 +278,7 @@ export class SharedPostgresStore implements UsageStore {
         sc: c.scope,
         m: c.metric,
         a: c.amount,
-        act: actualOf(s, c.metric),
+        act: actualOf(s.actual, c.metric),
       })),
       limits: charges,
       alerts: [],

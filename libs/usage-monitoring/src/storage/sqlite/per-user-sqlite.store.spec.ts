@@ -68,8 +68,7 @@ function query(file: string, sql: string): Promise<Record<string, unknown>[]> {
 describe('PerUserSqliteStore', () => {
   let dir: string;
   let store: PerUserSqliteStore;
-  beforeEach(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'usage-store-spec-'));
+  const openStore = async () => {
     store = new PerUserSqliteStore({
       dataDir: dir,
       maxOpenDataSources: 8,
@@ -78,6 +77,10 @@ describe('PerUserSqliteStore', () => {
       clock: () => NOW,
     });
     await store.init();
+  };
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'usage-store-spec-'));
+    await openStore();
   });
   afterEach(async () => {
     await store.close();
@@ -129,14 +132,7 @@ describe('PerUserSqliteStore', () => {
       { metric: 'tokens', used: reservations.reduce((s, _r, i) => s + (i % 7), 0) },
     ]);
     await store.close();
-    store = new PerUserSqliteStore({
-      dataDir: dir,
-      maxOpenDataSources: 8,
-      busyTimeoutMs: 1000,
-      synchronous: 'normal',
-      clock: () => NOW,
-    });
-    await store.init();
+    await openStore();
     const again = await store.reserve({
       requestId: 'next',
       userId: 'u',

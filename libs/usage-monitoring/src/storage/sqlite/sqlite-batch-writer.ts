@@ -1,15 +1,7 @@
 import type { Database, Statement } from 'sqlite3';
+import type { UsageAlert } from '../../alerts/usage-alert.interface';
+import { withoutNul } from '../settlement';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
-
-export interface AlertRow {
-  userId: string;
-  periodKey: string;
-  limitId: string;
-  threshold: number;
-  used: number;
-  max: number;
-  createdAt: number;
-}
 
 /** A counter increment implied by a ledger row. */
 export interface CounterDelta {
@@ -26,7 +18,7 @@ export interface PendingWrite {
   deltas?: CounterDelta[];
   /** Only for requests without a ledger row (`recordAllRequests`); a ledger row writes its own. */
   request?: ApiRequestRecord;
-  alerts?: AlertRow[];
+  alerts?: UsageAlert[];
   /**
    * Set when a write failed once. It is retried in a statement of its own, carrying its own deltas, so
    * that even a statement that committed but reported failure can only be skipped whole, never undercount.
@@ -96,10 +88,6 @@ function insertSql(table: string, columns: string[]): string {
     ON CONFLICT (request_id) DO NOTHING`;
 }
 
-/** SQLite's JSON functions end text at a NUL; such characters (from provider bodies) become U+FFFD. */
-const clean = (v: string | null) =>
-  v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
-
 const EVENT_SQL = insertSql('usage_events', EVENT_COLUMNS);
 const REQUEST_SQL = insertSql('api_requests', REQUEST_COLUMNS);
 
@@ -109,8 +97,8 @@ function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
     e.requestId,
     null,
     e.provider,
-    clean(e.model),
-    clean(e.endpoint),
+    withoutNul(e.model),
+    withoutNul(e.endpoint),
     e.method,
     e.statusCode,
     e.inputTokens,
@@ -119,7 +107,7 @@ function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
     e.responseTimeMs,
     e.requestBytes,
     e.responseBytes,
-    clean(e.userAgent),
+    withoutNul(e.userAgent),
     e.ip,
     e.searches,
     e.images,
@@ -134,7 +122,16 @@ function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
 
 function requestRow(w: PendingWrite): unknown[] {
   const r = w.request!;
-  return [r.requestId, null, r.provider, clean(r.path), r.method, r.statusCode, r.durationMs, r.occurredAt];
+  return [
+    r.requestId,
+    null,
+    r.provider,
+    withoutNul(r.path),
+    r.method,
+    r.statusCode,
+    r.durationMs,
+    r.occurredAt,
+  ];
 }
 
 /** The summed deltas of a chunk's rows, as the trigger reads them. */
@@ -223,7 +220,7 @@ export class SqliteBatchWriter {
     this.queue = [];
     const events: PendingWrite[] = [];
     const requests: PendingWrite[] = [];
-    const alerts: AlertRow[] = [];
+    const alerts: UsageAlert[] = [];
     for (const w of batch) {
       if (w.event) events.push(w);
       else if (w.request) requests.push(w);
@@ -247,15 +244,9 @@ export class SqliteBatchWriter {
     if (alerts.length) {
       await Promise.all(
         alerts.map((a) =>
-          this.run(ALERT_SQL, [
-            a.userId,
-            a.periodKey,
-            a.limitId,
-            a.threshold,
-            a.used,
-            a.max,
-            a.createdAt,
-          ]).catch(() => undefined),
+          this.run(ALERT_SQL, [a.userId, a.periodKey, a.limitId, a.threshold, a.used, a.max, a.at]).catch(
+            () => undefined,
+          ),
         ),
       );
     }

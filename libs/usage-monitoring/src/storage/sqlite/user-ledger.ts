@@ -1,10 +1,8 @@
 import type { Database } from 'sqlite3';
 import type { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
-import { ALERT_THRESHOLDS } from '../../usage-monitoring.constants';
 import { UsageStoreError } from '../usage-store.error';
 import type {
-  ActualUsage,
   ApiRequestRecord,
   CounterKey,
   CounterSnapshot,
@@ -15,7 +13,8 @@ import type {
   Settlement,
   SettleResult,
 } from '../usage-store.interface';
-import { type AlertRow, type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
+import { actualOf, crossedThresholds } from '../settlement';
+import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
 
 interface Counter {
   used: number;
@@ -25,9 +24,6 @@ interface Counter {
 
 const counterKey = (periodKey: string, scope: string, metric: string) =>
   `${periodKey}\u0001${scope}\u0001${metric}`;
-
-const actualOf = (a: ActualUsage, metric: LimitCharge['metric']) =>
-  metric === 'calls' ? a.calls : metric === 'tokens' ? a.tokens : a.costMicros;
 
 /**
  * One open user database. Its counters live here, in memory, as the single authority (one process owns
@@ -134,41 +130,26 @@ export class UserLedger {
         periodEnd: c.periodEnd,
         amount: actual,
       });
-      if (c.max > 0) {
-        for (const t of ALERT_THRESHOLDS) {
-          if (before * 100 < t * c.max && ctr.used * 100 >= t * c.max) {
-            alerts.push({
-              userId: this.userId,
-              limitId: c.limitId,
-              scope: c.scope,
-              metric: c.metric,
-              period: c.period,
-              periodKey: c.periodKey,
-              threshold: t,
-              used: ctr.used,
-              max: c.max,
-              at: s.event.occurredAt,
-            });
-          }
-        }
+      for (const threshold of crossedThresholds(before, ctr.used, c.max)) {
+        alerts.push({
+          userId: this.userId,
+          limitId: c.limitId,
+          scope: c.scope,
+          metric: c.metric,
+          period: c.period,
+          periodKey: c.periodKey,
+          threshold,
+          used: ctr.used,
+          max: c.max,
+          at: s.event.occurredAt,
+        });
       }
     }
-    const alertRows: AlertRow[] | undefined = alerts.length
-      ? alerts.map((a) => ({
-          userId: a.userId,
-          periodKey: a.periodKey,
-          limitId: a.limitId,
-          threshold: a.threshold,
-          used: a.used,
-          max: a.max,
-          createdAt: a.at,
-        }))
-      : undefined;
     return new Promise((resolve) => {
       this.writer.enqueue({
         event: s.event,
         deltas,
-        alerts: alertRows,
+        alerts: alerts.length ? alerts : undefined,
         done: () => {
           this.inFlight--;
           resolve({ alerts });

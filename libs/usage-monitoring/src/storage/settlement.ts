@@ -1,0 +1,21 @@
+import { ALERT_THRESHOLDS } from '../usage-monitoring.constants';
+import type { ActualUsage, LimitCharge } from './usage-store.interface';
+
+/** The amount a settlement adds to a counter of the given metric. */
+export function actualOf(actual: ActualUsage, metric: LimitCharge['metric']): number {
+  return metric === 'calls' ? actual.calls : metric === 'tokens' ? actual.tokens : actual.costMicros;
+}
+
+/** Alert thresholds (percent) a counter crossed going from `before` to `after` under `max`. */
+export function crossedThresholds(before: number, after: number, max: number): number[] {
+  if (max <= 0) return [];
+  return ALERT_THRESHOLDS.filter((t) => before * 100 < t * max && after * 100 >= t * max);
+}
+
+/**
+ * Stored text without NUL: SQLite's JSON functions end text at a NUL and PostgreSQL cannot hold one, so
+ * such characters (from provider bodies) become U+FFFD.
+ */
+export function withoutNul(v: string | null): string | null {
+  return v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
+}
