@@ -47,10 +47,12 @@ export { periodWindow } from './plans/billing-period';
 export type { PeriodWindow } from './plans/billing-period';
 
 export { PriceBook } from './pricing/price-book';
-export type { PricedUsage, UnknownModelPolicy } from './pricing/price-book';
+export type { PriceBookOptions, PricedUsage, UnknownModelPolicy } from './pricing/price-book';
+export { CATALOG_NAME, CATALOG_VERSION } from './pricing/catalog';
 export { DEFAULT_MODELS, DEFAULT_PRICES } from './pricing/default-prices';
 export { formatUsd, microsToUsd, usdToMicros, MICROS_PER_USD } from './pricing/money';
-export type { PriceOverride } from './pricing/price.interface';
+export type { Price, PriceOverride, TokenRates } from './pricing/price.interface';
+export { StreamUsage } from './metering/stream-usage';
 
 export { DEFAULT_PROVIDER_PATTERNS, DEFAULT_IGNORED_PATH_PREFIXES } from './providers/provider-detector';
 

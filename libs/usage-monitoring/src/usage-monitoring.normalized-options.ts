@@ -156,12 +156,17 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
         `unknownModels must be 'deny', 'allow-unpriced' or 'default-price' (got ${JSON.stringify(policy)})`,
       );
     }
-    priceBook = new PriceBook(
-      DEFAULT_PRICES,
-      options.prices ?? {},
-      { ...DEFAULT_MODELS, ...(options.defaultModels ?? {}) },
-      policy,
-    );
+    if (options.priceCatalog !== undefined && typeof options.priceCatalog !== 'boolean')
+      throw new Error(`priceCatalog must be a boolean (got ${JSON.stringify(options.priceCatalog)})`);
+    if (options.prices !== undefined && (options.prices === null || typeof options.prices !== 'object'))
+      throw new Error('prices must be an object of price overrides by model or provider name');
+    priceBook = new PriceBook({
+      catalog: options.priceCatalog ?? true,
+      builtin: DEFAULT_PRICES,
+      overrides: options.prices ?? {},
+      defaultModels: { ...DEFAULT_MODELS, ...(options.defaultModels ?? {}) },
+      unknownModels: policy,
+    });
   } catch (e) {
     fail((e as Error).message);
   }

@@ -137,6 +137,12 @@ export interface UsageMonitoringModuleOptions {
    */
   prices?: Record<string, PriceOverride>;
   /**
+   * Token prices from the bundled `@pydantic/genai-prices` catalog (offline, its package version recorded
+   * on every ledger row it priced). `false`: only the `prices` option and this library's per-request table.
+   * @default true
+   */
+  priceCatalog?: boolean;
+  /**
    * A model the price book does not know: `'default-price'` prices it as the provider's default model,
    * `'allow-unpriced'` records its tokens at no token cost (both warn once per model), `'deny'` refuses
    * requests naming it with 400 `USAGE_UNKNOWN_MODEL` before they reach the provider.
@@ -145,7 +151,7 @@ export interface UsageMonitoringModuleOptions {
   unknownModels?: 'deny' | 'allow-unpriced' | 'default-price';
   /**
    * Model assumed when a request names none, by provider.
-   * @default { gemini: 'gemini-2.5-flash', openai: 'gpt-4o-mini', anthropic: 'claude-3.5-sonnet', mistral: 'mistral-small' }
+   * @default { gemini: 'gemini-2.5-flash', openai: 'gpt-4o-mini', anthropic: 'claude-3.5-sonnet', mistral: 'mistral-small-latest' }
    */
   defaultModels?: Record<string, string>;
   /**

@@ -197,7 +197,7 @@ export class UsageLimitGuard implements CanActivate {
       book.unknownModels === 'deny' &&
       typeof estimate.model === 'string' &&
       book.defaultModel(provider) !== undefined &&
-      !book.isKnown(estimate.model)
+      !book.isKnown(provider, estimate.model)
     ) {
       throw new UnknownModelException(provider, estimate.model);
     }

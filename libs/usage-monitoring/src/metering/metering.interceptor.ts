@@ -1,5 +1,6 @@
 import {
   HttpException,
+  StreamableFile,
   Inject,
   Injectable,
   Logger,
@@ -8,6 +9,8 @@ import {
   type NestInterceptor,
 } from '@nestjs/common';
 import { HTTP_CODE_METADATA, SSE_METADATA } from '@nestjs/common/constants';
+import { Transform } from 'node:stream';
+import { createParser } from 'eventsource-parser';
 import { Observable, tap } from 'rxjs';
 import { UsageAlerts } from '../alerts/usage-alerts.service';
 import { EnforcementMetrics } from '../enforcement/enforcement-metrics';
@@ -20,6 +23,7 @@ import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-opti
 import type { UsageRequest } from '../usage-monitoring.options';
 import { newRequestId } from './request-id';
 import { pathOf } from './request-path';
+import { StreamUsage } from './stream-usage';
 import type { MeasuredUsage } from './usage-extractor';
 
 type HttpRequest = UsageRequest & {
@@ -76,24 +80,42 @@ export class MeteringInterceptor implements NestInterceptor {
     }
     metering.intercepted = true;
     const route = this.route(context);
-    if (route.sse) return this.meterStream(context, metering, route, next);
+    if (route.sse) return this.meterSse(context, metering, route, next);
     // A plain Observable rather than an operator chain: Nest handlers emit one value, which is held until
-    // its ledger row has committed, then passed on unchanged.
+    // its ledger row has committed, then passed on unchanged. A streamed body (StreamableFile) is passed on
+    // at once and settled when it ends.
     return new Observable<unknown>((subscriber) => {
       let value: unknown;
       let emitted = false;
+      let handedOff = false;
+      const measure = () =>
+        this.options.extractor.measure(metering.provider, request.body, value, metering.model);
       const inner = next.handle().subscribe({
         next: (v) => {
           value = v;
           emitted = true;
         },
         error: (error: unknown) => {
-          void this.settle(context, metering, route, 'error', undefined, error).then(() =>
+          const usage = () => (value === undefined ? ZERO_USAGE : measure());
+          void this.settle(context, metering, route, 'error', usage, 0, error).then(() =>
             subscriber.error(error),
           );
         },
         complete: () => {
-          void this.settle(context, metering, route, emitted ? 'ok' : 'partial', value).then(() => {
+          if (value instanceof StreamableFile) {
+            handedOff = true;
+            subscriber.next(this.meterStreamableFile(context, metering, route, value));
+            subscriber.complete();
+            return;
+          }
+          void this.settle(
+            context,
+            metering,
+            route,
+            emitted ? 'ok' : 'partial',
+            measure,
+            byteLength(value),
+          ).then(() => {
             if (emitted) subscriber.next(value);
             subscriber.complete();
           });
@@ -101,41 +123,119 @@ export class MeteringInterceptor implements NestInterceptor {
       });
       return () => {
         inner.unsubscribe();
-        // Unsubscribed before the end (the client left a stream): still settle, as partial.
-        if (!metering.settled) void this.settle(context, metering, route, 'partial', value);
+        // Unsubscribed before the end (the client left): still settle, as partial.
+        if (!metering.settled && !handedOff)
+          void this.settle(context, metering, route, 'partial', measure, byteLength(value));
       };
     });
   }
 
-  /** Server-sent events: settle when the stream ends; a client that leaves early is charged as partial. */
-  private meterStream(
+  /**
+   * Server-sent events (`@Sse()`): each event's data is folded into the stream's usage; settled when the
+   * stream ends, or as `partial` for what was produced when the client leaves early.
+   */
+  private meterSse(
     context: ExecutionContext,
     metering: MeteringContext,
     route: RouteInfo,
     next: CallHandler,
   ): Observable<unknown> {
-    let last: unknown;
+    const request = context.switchToHttp().getRequest<HttpRequest>();
+    const stream = new StreamUsage();
+    let events = 0;
+    let bytes = 0;
+    const measure = () =>
+      this.options.extractor.measureStream(metering.provider, request.body, stream, metering.model);
     return new Observable<unknown>((subscriber) => {
       const inner = next.handle().subscribe({
         next: (event) => {
           const data = (event as { data?: unknown } | null)?.data;
-          if (data !== undefined) last = data;
+          if (data !== undefined) {
+            events++;
+            bytes += byteLength(data);
+            stream.push(data);
+          }
           subscriber.next(event);
         },
         error: (error: unknown) => {
-          void this.settle(context, metering, route, 'error', last, error);
+          void this.settle(
+            context,
+            metering,
+            route,
+            'error',
+            events ? measure : () => ZERO_USAGE,
+            bytes,
+            error,
+          );
           subscriber.error(error);
         },
         complete: () => {
-          void this.settle(context, metering, route, 'ok', last);
+          void this.settle(context, metering, route, 'ok', measure, bytes);
           subscriber.complete();
         },
       });
       return () => {
         inner.unsubscribe();
-        if (!metering.settled) void this.settle(context, metering, route, 'partial', last);
+        if (!metering.settled) void this.settle(context, metering, route, 'partial', measure, bytes);
       };
     });
+  }
+
+  /**
+   * A handler that pipes a provider's event stream back (`new StreamableFile(upstream)`): the bytes pass
+   * through unchanged while an SSE parser reads their `data:` lines; settled when the body ends, as
+   * `partial` when the connection closes first, as `error` when the source fails.
+   */
+  private meterStreamableFile(
+    context: ExecutionContext,
+    metering: MeteringContext,
+    route: RouteInfo,
+    file: StreamableFile,
+  ): StreamableFile {
+    const http = context.switchToHttp();
+    const request = http.getRequest<HttpRequest>();
+    const stream = new StreamUsage();
+    const decoder = new TextDecoder();
+    const parser = createParser({ onEvent: (e) => stream.push(e.data), maxBufferSize: 4 * 1024 * 1024 });
+    let bytes = 0;
+    const measure = () =>
+      this.options.extractor.measureStream(metering.provider, request.body, stream, metering.model);
+    const settle = (outcome: Outcome, error?: unknown) => {
+      if (!metering.settled) void this.settle(context, metering, route, outcome, measure, bytes, error);
+    };
+    const tap = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        bytes += chunk.length;
+        try {
+          parser.feed(decoder.decode(chunk, { stream: true }));
+        } catch {
+          // An oversized or malformed event: the bytes still pass; usage falls back to estimates.
+        }
+        callback(null, chunk);
+      },
+      flush(callback) {
+        try {
+          parser.feed(decoder.decode() + '\n\n');
+        } catch {
+          // as above
+        }
+        settle('ok');
+        callback();
+      },
+    });
+    const source = file.getStream();
+    source.once('error', (e) => {
+      settle('error', e);
+      tap.destroy(e);
+    });
+    const response = http.getResponse<{ raw?: NodeJS.EventEmitter } & NodeJS.EventEmitter>();
+    (response.raw ?? response).once('close', () => {
+      if (metering.settled) return;
+      settle('partial');
+      source.destroy();
+    });
+    source.pipe(tap);
+    return new StreamableFile(tap, file.options);
   }
 
   private async settle(
@@ -143,7 +243,8 @@ export class MeteringInterceptor implements NestInterceptor {
     metering: MeteringContext,
     route: RouteInfo,
     outcome: Outcome,
-    value: unknown,
+    measure: () => MeasuredUsage,
+    responseBytes: number,
     error?: unknown,
   ): Promise<void> {
     if (metering.settled) return;
@@ -152,16 +253,13 @@ export class MeteringInterceptor implements NestInterceptor {
       const request = context.switchToHttp().getRequest<HttpRequest>();
       const { provider, reservation } = metering;
       const statusCode = error !== undefined ? statusOf(error) : this.successStatus(context, route);
-      const usage =
-        outcome === 'error' && value === undefined
-          ? ZERO_USAGE
-          : this.options.extractor.measure(provider, request.body, value, metering.model);
+      const usage = measure();
       const model = usage.model ?? this.options.priceBook.defaultModel(provider) ?? null;
-      const { costMicros } = this.options.priceBook.price(provider, model ?? undefined, usage);
+      const priced = this.options.priceBook.price(provider, model ?? undefined, usage);
       const now = this.options.clock();
       const ua = request.headers['user-agent'];
       const result = await this.store.settle(reservation, {
-        actual: { calls: 1, tokens: usage.inputTokens + usage.outputTokens, costMicros },
+        actual: { calls: 1, tokens: usage.inputTokens + usage.outputTokens, costMicros: priced.costMicros },
         event: {
           requestId: reservation.requestId,
           userId: reservation.userId,
@@ -172,10 +270,14 @@ export class MeteringInterceptor implements NestInterceptor {
           statusCode,
           inputTokens: usage.inputTokens,
           outputTokens: usage.outputTokens,
-          costMicros,
+          cachedInputTokens: usage.cachedInputTokens ?? 0,
+          cacheWriteTokens: usage.cacheWriteTokens ?? 0,
+          reasoningTokens: usage.reasoningTokens ?? 0,
+          costMicros: priced.costMicros,
+          priceVersion: priced.priceVersion ?? null,
           responseTimeMs: Math.max(0, now - metering.startedAt),
           requestBytes: Number(request.headers['content-length']) || 0,
-          responseBytes: byteLength(value),
+          responseBytes,
           userAgent: typeof ua === 'string' ? ua.slice(0, 512) : null,
           ip: typeof request.ip === 'string' ? request.ip.slice(0, 64) : null,
           searches: usage.searches,

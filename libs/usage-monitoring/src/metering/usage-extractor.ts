@@ -1,5 +1,6 @@
 import { DEFAULT_ADAPTERS, genericAdapter, type UsageAdapter } from '../providers/adapters';
 import type { UsageQuantities } from '../pricing/price.interface';
+import type { StreamUsage } from './stream-usage';
 import { count, isObject, requestText } from './text-fields';
 import { estimateTokens } from './token-estimator';
 
@@ -80,5 +81,20 @@ export class UsageExtractor {
       model: u.model ?? model,
       estimated,
     };
+  }
+
+  /**
+   * Usage of a streamed answer: the provider's own figures when its final usage arrived; otherwise (the
+   * client left, or the stream ended without usage) input as the provider reported it so far (else
+   * estimated from the request), output as the larger of the provider's figure so far and the tokens of
+   * the text produced so far — flagged `estimated`, never 0 for text that was streamed.
+   */
+  measureStream(provider: string, requestBody: unknown, stream: StreamUsage, model?: string): MeasuredUsage {
+    const u = this.measure(provider, requestBody, stream.response(), stream.model ?? model);
+    if (stream.final && !u.estimated) return u;
+    const adapter = this.adapters[provider] ?? genericAdapter;
+    if (!adapter.tokenBased) return { ...u, estimated: true };
+    const reported = adapter.extract(stream.response(), requestBody).outputTokens ?? 0;
+    return { ...u, outputTokens: Math.max(reported, stream.producedTokens()), estimated: true };
   }
 }

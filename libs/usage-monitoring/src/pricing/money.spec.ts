@@ -24,11 +24,11 @@ describe('money', () => {
 });
 
 describe('PriceBook', () => {
-  const book = new PriceBook(
-    DEFAULT_PRICES,
-    { 'my-model': { inputPerMTok: 1, outputPerMTok: 2, perRequest: 0.01 } },
-    DEFAULT_MODELS,
-  );
+  const book = new PriceBook({
+    builtin: DEFAULT_PRICES,
+    overrides: { 'my-model': { inputPerMTok: 1, outputPerMTok: 2, perRequest: 0.01 } },
+    defaultModels: DEFAULT_MODELS,
+  });
   const q = (inputTokens: number, outputTokens: number, searches = 0) => ({
     inputTokens,
     outputTokens,

@@ -1,3 +1,4 @@
+import { CATALOG_VERSION } from './catalog';
 import { UsageExtractor } from '../metering/usage-extractor';
 import { DEFAULT_MODELS, DEFAULT_PRICES } from './default-prices';
 import { PriceBook } from './price-book';
@@ -68,7 +69,7 @@ const FIXTURES: [string, string, unknown, unknown, object, number][] = [
     8250,
   ],
   [
-    // 1,200 in (1,000 cached, no cached price: input rate) × $0.30/M + (100 + 400 thoughts) × $2.50/M = 360 + 1,250 µ$
+    // 200 uncached × $0.30/M + 1,000 cached × $0.03/M + (100 + 400 thoughts) × $2.50/M = 60 + 30 + 1,250 µ$
     'Gemini generateContent with cached content and thoughts',
     'gemini',
     { contents: [{ parts: [{ text: 'hi' }] }] },
@@ -84,13 +85,13 @@ const FIXTURES: [string, string, unknown, unknown, object, number][] = [
       modelVersion: 'gemini-2.5-flash',
     },
     { inputTokens: 1200, cachedInputTokens: 1000, outputTokens: 500, reasoningTokens: 400, estimated: false },
-    1610,
+    1340,
   ],
 ];
 
 describe('provider usage → exact tokens and cost', () => {
   const extractor = new UsageExtractor(1024);
-  const book = new PriceBook(DEFAULT_PRICES, {}, DEFAULT_MODELS);
+  const book = new PriceBook({ builtin: DEFAULT_PRICES, defaultModels: DEFAULT_MODELS });
 
   it.each(FIXTURES)('%s', (_name, provider, request, response, tokens, cost) => {
     const usage = extractor.measure(provider, request, response);
@@ -103,32 +104,114 @@ describe('unknown models', () => {
   const q = { inputTokens: 1_000_000, outputTokens: 0, searches: 0, images: 0, pages: 0 };
 
   it('default-price: priced as the provider’s default model', () => {
-    const book = new PriceBook(DEFAULT_PRICES, {}, DEFAULT_MODELS, 'default-price');
-    expect(book.price('openai', 'gpt-9-turbo', q)).toEqual({ costMicros: 150_000, pricedAs: 'gpt-4o-mini' });
+    const book = new PriceBook({
+      builtin: DEFAULT_PRICES,
+      defaultModels: DEFAULT_MODELS,
+      unknownModels: 'default-price',
+    });
+    expect(book.price('openai', 'gpt-9-turbo', q)).toEqual({
+      costMicros: 150_000,
+      pricedAs: 'gpt-4o-mini',
+      priceVersion: `genai-prices@${CATALOG_VERSION}:gpt-4o-mini`,
+    });
   });
 
   it('allow-unpriced: tokens at no token cost', () => {
-    const book = new PriceBook(DEFAULT_PRICES, {}, DEFAULT_MODELS, 'allow-unpriced');
+    const book = new PriceBook({
+      builtin: DEFAULT_PRICES,
+      defaultModels: DEFAULT_MODELS,
+      unknownModels: 'allow-unpriced',
+    });
     expect(book.price('openai', 'gpt-9-turbo', q).costMicros).toBe(0);
   });
 
   it('deny: the model is reported unknown (the guard refuses it); dated and prefixed ids are known', () => {
-    const book = new PriceBook(DEFAULT_PRICES, {}, DEFAULT_MODELS, 'deny');
-    expect(book.isKnown('gpt-9-turbo')).toBe(false);
-    expect(book.isKnown('gpt-4o-mini-2024-07-18')).toBe(true);
-    expect(book.isKnown('models/gemini-2.5-flash')).toBe(true);
-    expect(book.isKnown(undefined)).toBe(true);
+    const book = new PriceBook({
+      builtin: DEFAULT_PRICES,
+      defaultModels: DEFAULT_MODELS,
+      unknownModels: 'deny',
+    });
+    expect(book.isKnown('openai', 'gpt-9-turbo')).toBe(false);
+    expect(book.isKnown('openai', 'gpt-4o-mini-2024-07-18')).toBe(true);
+    expect(book.isKnown('gemini', 'models/gemini-2.5-flash')).toBe(true);
+    expect(book.isKnown('openai', undefined)).toBe(true);
   });
 
   it('a mistyped override or a default model without a price fails at construction, naming it', () => {
-    expect(() => new PriceBook(DEFAULT_PRICES, { 'gpt-4o': { outputPerMtok: 1 } as never })).toThrow(
+    expect(() => new PriceBook({ overrides: { 'gpt-4o': { outputPerMtok: 1 } as never } })).toThrow(
       'prices.gpt-4o.outputPerMtok is not a price field',
     );
-    expect(() => new PriceBook(DEFAULT_PRICES, { x: { cachedInputPerMTok: -2 } })).toThrow(
+    expect(() => new PriceBook({ overrides: { x: { cachedInputPerMTok: -2 } } })).toThrow(
       'prices.x.cachedInputPerMTok',
     );
-    expect(() => new PriceBook(DEFAULT_PRICES, {}, { openai: 'gpt-nope' })).toThrow(
+    expect(() => new PriceBook({ defaultModels: { openai: 'gpt-nope' } })).toThrow(
       'defaultModels.openai names "gpt-nope", which has no price',
     );
+  });
+});
+
+describe('the maintained catalog (@pydantic/genai-prices) as default prices', () => {
+  const book = new PriceBook({ builtin: DEFAULT_PRICES, defaultModels: DEFAULT_MODELS });
+  const q = (inputTokens: number, outputTokens: number) => ({
+    inputTokens,
+    outputTokens,
+    searches: 0,
+    images: 0,
+    pages: 0,
+  });
+  const catalog = `genai-prices@${CATALOG_VERSION}`;
+
+  it.each([
+    // [provider, model as the API names it, input, output, µ$ worked out by hand, catalog id]
+    // 1,000 × $2.50/M + 1,000 × $10/M
+    ['openai', 'gpt-4o', 1000, 1000, 12_500, 'gpt-4o'],
+    // the May 2024 snapshot keeps its own, higher price: 1,000 × $5/M + 1,000 × $15/M
+    ['openai', 'gpt-4o-2024-05-13', 1000, 1000, 20_000, 'gpt-4o-2024-05-13'],
+    // 1,000,000 × $0.30/M + 1,000,000 × $2.50/M; the provider is "google" in the catalog
+    ['gemini', 'models/gemini-2.5-flash', 1_000_000, 1_000_000, 2_800_000, 'gemini-2.5-flash'],
+    // dated Anthropic id: 2,000 × $3/M + 500 × $15/M
+    ['anthropic', 'claude-3-5-sonnet-20241022', 2000, 500, 13_500, 'claude-3-5-sonnet'],
+    // long context, base tier: 100,000 × $3/M + 1,000 × $15/M
+    ['anthropic', 'claude-sonnet-4-5', 100_000, 1000, 315_000, 'claude-sonnet-4-5'],
+    // above 200,000 input tokens every token pays the higher tier: 250,000 × $6/M + 1,000 × $22.50/M
+    ['anthropic', 'claude-sonnet-4-5-20250929', 250_000, 1000, 1_522_500, 'claude-sonnet-4-5'],
+    // 10,000 × $0.10/M + 10,000 × $0.30/M
+    ['mistral', 'mistral-small-latest', 10_000, 10_000, 4_000, 'mistral-small-latest'],
+  ] as const)('%s %s: %d in / %d out → %d µ$', (provider, model, input, output, micros, id) => {
+    expect(book.price(provider, model, q(input, output))).toEqual({
+      costMicros: micros,
+      pricedAs: id,
+      priceVersion: `${catalog}:${id}`,
+    });
+  });
+
+  it('an override is laid over the catalog entry of the same name and versioned by the option', () => {
+    const overrides = { 'gpt-4o': { outputPerMTok: 12 } };
+    const withOverride = new PriceBook({ overrides, defaultModels: DEFAULT_MODELS });
+    // 1,000 uncached × $2.50/M + 1,000 cached × $1.25/M (catalog) + 1,000 out × $12/M (override)
+    const priced = withOverride.price('openai', 'gpt-4o-2024-08-06', {
+      ...q(2000, 1000),
+      cachedInputTokens: 1000,
+    });
+    expect(priced.costMicros).toBe(2_500 + 1_250 + 12_000);
+    expect(priced.priceVersion).toMatch(/^options:[0-9a-f]{8}:gpt-4o$/);
+    // Per-request providers keep this library's table: 3 searches × $0.001.
+    expect(withOverride.price('tavily', undefined, { ...q(0, 0), searches: 3 })).toEqual({
+      costMicros: 3_000,
+      pricedAs: 'tavily',
+      priceVersion: 'builtin:tavily',
+    });
+  });
+
+  it('without the catalog, default models need prices of their own', () => {
+    expect(() => new PriceBook({ catalog: false, defaultModels: DEFAULT_MODELS })).toThrow(
+      'defaultModels.gemini names "gemini-2.5-flash", which has no price',
+    );
+    const own = new PriceBook({
+      catalog: false,
+      overrides: { 'gpt-4o-mini': { inputPerMTok: 1, outputPerMTok: 1 } },
+      defaultModels: { openai: 'gpt-4o-mini' },
+    });
+    expect(own.price('openai', 'gpt-4o', q(1_000_000, 0)).pricedAs).toBe('gpt-4o-mini');
   });
 });

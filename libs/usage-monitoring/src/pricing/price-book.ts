@@ -1,6 +1,9 @@
+import { createHash } from 'node:crypto';
 import { Logger } from '@nestjs/common';
 import { escapeForLog } from '../enforcement/throttled-logger';
-import type { Price, PriceOverride, UsageQuantities } from './price.interface';
+import { DEFAULT_PRICES } from './default-prices';
+import { CATALOG_NAME, CATALOG_VERSION, catalogPrice } from './catalog';
+import type { Price, PriceOverride, TokenRates, UsageQuantities } from './price.interface';
 import { usdToMicros } from './money';
 
 const FIELDS = [
@@ -13,7 +16,19 @@ const FIELDS = [
   'perSearch',
   'perImage',
   'perPage',
-] as const satisfies readonly (keyof Price)[];
+] as const satisfies readonly (keyof PriceOverride)[];
+
+const TOKEN_FIELDS: readonly string[] = [
+  'inputPerMTok',
+  'outputPerMTok',
+  'cachedInputPerMTok',
+  'cacheWritePerMTok',
+  'reasoningPerMTok',
+];
+
+/** Entries kept by the lookup cache before it starts over; cleared hourly too (catalog prices by date). */
+const CACHE_MAX = 4096;
+const CACHE_TTL_MS = 3_600_000;
 
 /**
  * What to do with a model the price book does not know:
@@ -29,26 +44,63 @@ export interface PricedUsage {
   costMicros: number;
   /** The model or provider whose price applied; `undefined` when none did (cost 0). */
   pricedAs?: string;
+  /**
+   * Where that price came from, stored on the ledger row: `genai-prices@<version>:<model>` (the catalog),
+   * `options:<hash of the prices option>:<name>` (an override) or `builtin:<name>` (this library's table).
+   */
+  priceVersion?: string;
+}
+
+export interface PriceBookOptions {
+  /** Use the bundled `@pydantic/genai-prices` catalog for token prices. @default true */
+  catalog?: boolean;
+  /** Per-unit prices of the providers the catalog does not cover. @default DEFAULT_PRICES */
+  builtin?: Readonly<Record<string, PriceOverride>>;
+  overrides?: Readonly<Record<string, PriceOverride>>;
+  defaultModels?: Readonly<Record<string, string>>;
+  unknownModels?: UnknownModelPolicy;
+}
+
+interface Entry {
+  key: string;
+  price: Price;
+  /** `source:key`, see {@link PricedUsage.priceVersion}. */
+  version: string;
 }
 
 /**
- * Model and provider prices in integer micro-dollars. Built once from the defaults and the user's
- * overrides; a bad override throws at start-up naming the entry.
+ * Model and provider prices in integer micro-dollars. A name resolves, in order, to the `prices` option
+ * (merged over the catalog's or the built-in entry of the same name), the catalog, then the built-in
+ * table; each of them tried with the id as given, then without a `models/` prefix, `-latest` suffix or
+ * date suffix. A bad override throws at start-up naming the entry.
  */
 export class PriceBook {
   private readonly logger = new Logger('UsageMonitoring');
-  private readonly prices = new Map<string, Price>();
+  private readonly overrides = new Map<string, Entry>();
+  private readonly builtin = new Map<string, Entry>();
+  private readonly useCatalog: boolean;
+  private readonly defaultModels: Readonly<Record<string, string>>;
+  readonly unknownModels: UnknownModelPolicy;
+  private readonly cache = new Map<string, Entry | null>();
+  private cacheUntil = 0;
   private readonly warned = new Set<string>();
 
-  constructor(
-    defaults: Readonly<Record<string, PriceOverride>>,
-    overrides: Readonly<Record<string, PriceOverride>> = {},
-    private readonly defaultModels: Readonly<Record<string, string>> = {},
-    readonly unknownModels: UnknownModelPolicy = 'default-price',
-  ) {
-    const raw = new Map<string, PriceOverride>(Object.entries(defaults));
+  constructor(options: PriceBookOptions = {}) {
+    this.useCatalog = options.catalog ?? true;
+    this.defaultModels = options.defaultModels ?? {};
+    this.unknownModels = options.unknownModels ?? 'default-price';
+    for (const [name, p] of Object.entries(options.builtin ?? DEFAULT_PRICES)) {
+      this.builtin.set(name, {
+        key: name,
+        price: compile(p, `builtin price ${name}`),
+        version: `builtin:${name}`,
+      });
+    }
+    const overrides = options.overrides ?? {};
+    const hash = createHash('sha256').update(JSON.stringify(overrides)).digest('hex').slice(0, 8);
+    const now = new Date();
     for (const [name, p] of Object.entries(overrides)) {
-      if (p === null || typeof p !== 'object')
+      if (p === null || typeof p !== 'object' || Array.isArray(p))
         throw new Error(`prices.${name} must be an object of USD prices`);
       for (const key of Object.keys(p)) {
         if (!(FIELDS as readonly string[]).includes(key)) {
@@ -57,11 +109,17 @@ export class PriceBook {
           );
         }
       }
-      raw.set(name, { ...raw.get(name), ...p });
+      const base =
+        this.builtin.get(name)?.price ??
+        (this.useCatalog ? catalogPrice(undefined, name, now)?.price : undefined);
+      this.overrides.set(name, {
+        key: name,
+        price: overlay(base, p, `prices.${name}`),
+        version: `options:${hash}:${name}`,
+      });
     }
-    for (const [name, p] of raw) this.prices.set(name, compile(p, `prices.${name}`));
-    for (const [provider, model] of Object.entries(defaultModels)) {
-      if (!this.prices.has(model))
+    for (const [provider, model] of Object.entries(this.defaultModels)) {
+      if (!this.lookup(provider, model))
         throw new Error(`defaultModels.${provider} names "${model}", which has no price`);
     }
   }
@@ -71,65 +129,93 @@ export class PriceBook {
     return this.defaultModels[provider];
   }
 
-  /**
-   * The price-book entry of a model name: exact, else without a `models/` prefix, a `-latest` suffix
-   * or a date suffix (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`, `claude-3-5-sonnet-20241022` →
-   * `claude-3-5-sonnet`).
-   */
-  resolve(model: string): string | undefined {
-    if (this.prices.has(model)) return model;
-    const base = model
-      .replace(/^models\//, '')
-      .replace(/-latest$/, '')
-      .replace(/-(\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$/, '');
-    return this.prices.has(base) ? base : undefined;
-  }
-
   /** Whether a request naming this model can be priced by its own entry (no model named: yes). */
-  isKnown(model: string | undefined): boolean {
-    return model === undefined || this.resolve(model) !== undefined;
+  isKnown(provider: string, model: string | undefined): boolean {
+    return model === undefined || this.lookup(provider, model) !== undefined;
   }
 
   /**
    * Cost of the quantities: token prices by model (else by the unknown-model policy), per-unit prices
    * by model, then by provider. Cache reads, cache writes and reasoning tokens are priced at their own
-   * rates where the price book has them. Token cost is rounded up to the micro-dollar.
+   * rates where the price book has them; long-context tiers by the request's input tokens. Token cost is
+   * rounded up to the micro-dollar.
    */
   price(provider: string, model: string | undefined, q: UsageQuantities): PricedUsage {
-    const key = model !== undefined ? this.resolve(model) : undefined;
-    const byModel = key !== undefined ? this.prices.get(key) : undefined;
-    const fallbackModel = this.defaultModels[provider];
-    let tokenPrice = byModel;
-    let tokenKey = key;
-    if (!tokenPrice && (model === undefined || this.unknownModels !== 'allow-unpriced')) {
-      tokenPrice = fallbackModel ? this.prices.get(fallbackModel) : undefined;
-      tokenKey = fallbackModel;
+    const byModel = model !== undefined ? this.lookup(provider, model) : undefined;
+    let token = byModel;
+    if (!token && (model === undefined || this.unknownModels !== 'allow-unpriced')) {
+      const fallback = this.defaultModels[provider];
+      token = fallback !== undefined ? this.lookup(provider, fallback) : undefined;
     }
     if (model !== undefined && !byModel && (q.inputTokens > 0 || q.outputTokens > 0))
       this.warnOnce(provider, model);
-    const unitPrice = byModel ?? this.prices.get(provider) ?? tokenPrice;
-    if (!tokenPrice && !unitPrice) return { costMicros: 0 };
+    const unit = byModel ?? this.lookup(provider, provider) ?? token;
+    if (!token && !unit) return { costMicros: 0 };
     let cost = 0;
-    if (tokenPrice) {
+    if (token) {
+      const rates = ratesFor(token.price, q.inputTokens);
       const cached = Math.min(q.cachedInputTokens ?? 0, q.inputTokens);
       const written = Math.min(q.cacheWriteTokens ?? 0, q.inputTokens - cached);
       const reasoning = Math.min(q.reasoningTokens ?? 0, q.outputTokens);
       const perMillion =
-        (q.inputTokens - cached - written) * tokenPrice.inputPerMTok +
-        cached * tokenPrice.cachedInputPerMTok +
-        written * tokenPrice.cacheWritePerMTok +
-        (q.outputTokens - reasoning) * tokenPrice.outputPerMTok +
-        reasoning * tokenPrice.reasoningPerMTok;
+        (q.inputTokens - cached - written) * rates.inputPerMTok +
+        cached * rates.cachedInputPerMTok +
+        written * rates.cacheWritePerMTok +
+        (q.outputTokens - reasoning) * rates.outputPerMTok +
+        reasoning * rates.reasoningPerMTok;
       cost += Math.ceil(perMillion / 1_000_000);
     }
-    if (unitPrice) {
-      cost +=
-        unitPrice.perRequest +
-        q.searches * unitPrice.perSearch +
-        q.images * unitPrice.perImage +
-        q.pages * unitPrice.perPage;
+    if (unit) {
+      const p = unit.price;
+      cost += p.perRequest + q.searches * p.perSearch + q.images * p.perImage + q.pages * p.perPage;
     }
-    return { costMicros: cost, pricedAs: tokenPrice ? tokenKey : byModel ? key : provider };
+    const applied = token ?? unit!;
+    return { costMicros: cost, pricedAs: applied.key, priceVersion: applied.version };
+  }
+
+  /** The entry of a name, cached (the catalog's matching is a scan of its rules). */
+  private lookup(provider: string, name: string): Entry | undefined {
+    const now = Date.now();
+    if (now >= this.cacheUntil || this.cache.size >= CACHE_MAX) {
+      this.cache.clear();
+      this.cacheUntil = now + CACHE_TTL_MS;
+    }
+    const k = `${provider}\u0001${name}`;
+    let entry = this.cache.get(k);
+    if (entry === undefined) {
+      entry = this.find(provider, name, new Date(now)) ?? null;
+      this.cache.set(k, entry);
+    }
+    return entry ?? undefined;
+  }
+
+  private find(provider: string, name: string, at: Date): Entry | undefined {
+    const base = name
+      .replace(/^models\//, '')
+      .replace(/-latest$/, '')
+      .replace(/-(\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4})$/, '');
+    const candidates = base === name ? [name] : [name, base];
+    for (const c of candidates) {
+      const o = this.overrides.get(c);
+      if (o) return o;
+    }
+    if (this.useCatalog && name !== provider) {
+      for (const c of candidates) {
+        const found = catalogPrice(provider, c, at);
+        if (found) {
+          return {
+            key: found.id,
+            price: found.price,
+            version: `${CATALOG_NAME}@${CATALOG_VERSION}:${found.id}`,
+          };
+        }
+      }
+    }
+    for (const c of candidates) {
+      const b = this.builtin.get(c);
+      if (b) return b;
+    }
+    return undefined;
   }
 
   private warnOnce(provider: string, model: string): void {
@@ -144,6 +230,36 @@ export class PriceBook {
       `model "${escapeForLog(model, 80)}" of ${provider} has no price; ${how}. Add it to the prices option.`,
     );
   }
+}
+
+function ratesFor(price: Price, inputTokens: number): TokenRates {
+  if (price.tiers) for (const t of price.tiers) if (inputTokens > t.above) return t.rates;
+  return price;
+}
+
+/** Override fields (USD) over a base price (micro-dollars); token overrides drop the base's tiers. */
+function overlay(base: Price | undefined, p: PriceOverride, what: string): Price {
+  if (!base) return compile(p, what);
+  const micros = (f: keyof PriceOverride) =>
+    p[f] === undefined ? undefined : usdToMicros(p[f], `${what}.${f}`);
+  const input = micros('inputPerMTok') ?? base.inputPerMTok;
+  const output = micros('outputPerMTok') ?? base.outputPerMTok;
+  const touchesTokens = Object.keys(p).some((k) => TOKEN_FIELDS.includes(k));
+  return {
+    inputPerMTok: input,
+    outputPerMTok: output,
+    cachedInputPerMTok:
+      micros('cachedInputPerMTok') ?? (p.inputPerMTok !== undefined ? input : base.cachedInputPerMTok),
+    cacheWritePerMTok:
+      micros('cacheWritePerMTok') ?? (p.inputPerMTok !== undefined ? input : base.cacheWritePerMTok),
+    reasoningPerMTok:
+      micros('reasoningPerMTok') ?? (p.outputPerMTok !== undefined ? output : base.reasoningPerMTok),
+    perRequest: micros('perRequest') ?? base.perRequest,
+    perSearch: micros('perSearch') ?? base.perSearch,
+    perImage: micros('perImage') ?? base.perImage,
+    perPage: micros('perPage') ?? base.perPage,
+    tiers: touchesTokens ? undefined : base.tiers,
+  };
 }
 
 function compile(p: PriceOverride, what: string): Price {

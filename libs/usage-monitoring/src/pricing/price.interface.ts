@@ -20,17 +20,26 @@ export interface PriceOverride {
   perPage?: number;
 }
 
-/** A price in integer micro-dollars (per 1M tokens for the token fields). */
-export interface Price {
+/** Token rates in integer micro-dollars per 1M tokens. */
+export interface TokenRates {
   inputPerMTok: number;
   outputPerMTok: number;
   cachedInputPerMTok: number;
   cacheWritePerMTok: number;
   reasoningPerMTok: number;
+}
+
+/** A price in integer micro-dollars (per 1M tokens for the token fields). */
+export interface Price extends TokenRates {
   perRequest: number;
   perSearch: number;
   perImage: number;
   perPage: number;
+  /**
+   * Long-context tiers, highest first: a request whose input exceeds `above` tokens pays `rates` for all
+   * its tokens (as the catalog prices them).
+   */
+  tiers?: { above: number; rates: TokenRates }[];
 }
 
 /** The quantities a request consumed (or is estimated to consume). */

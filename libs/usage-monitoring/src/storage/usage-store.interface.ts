@@ -53,7 +53,15 @@ export interface UsageEventRecord {
   statusCode: number;
   inputTokens: number;
   outputTokens: number;
+  /** Of `inputTokens`: read from a prompt cache. */
+  cachedInputTokens: number;
+  /** Of `inputTokens`: written to a prompt cache. */
+  cacheWriteTokens: number;
+  /** Of `outputTokens`: reasoning tokens. */
+  reasoningTokens: number;
   costMicros: number;
+  /** Where the price came from (see `PricedUsage.priceVersion`); null when nothing priced the row. */
+  priceVersion: string | null;
   responseTimeMs: number;
   requestBytes: number;
   responseBytes: number;
@@ -64,7 +72,7 @@ export interface UsageEventRecord {
   pages: number;
   /** True when any number on the row is an estimate rather than the provider's own figure. */
   estimated: boolean;
-  /** `ok`, `error` (the handler failed) or `partial` (the client left before the end). */
+  /** `ok`, `error` (the handler failed) or `partial` (the client left before the end, or a stream broke off). */
   outcome: 'ok' | 'error' | 'partial';
   /** The billing month key the reservation was made in. */
   periodKey: string;

@@ -32,6 +32,22 @@ export class UsageEventEntity {
   @Column({ name: 'output_tokens', type: 'bigint', transformer: bigintAsNumber })
   outputTokens!: number;
 
+  /** Input tokens read from a prompt cache (inside `input_tokens`). */
+  @Column({ name: 'cached_input_tokens', type: 'bigint', default: 0, transformer: bigintAsNumber })
+  cachedInputTokens!: number;
+
+  /** Input tokens written to a prompt cache (inside `input_tokens`). */
+  @Column({ name: 'cache_write_tokens', type: 'bigint', default: 0, transformer: bigintAsNumber })
+  cacheWriteTokens!: number;
+
+  /** Reasoning ("thinking") tokens (inside `output_tokens`). */
+  @Column({ name: 'reasoning_tokens', type: 'bigint', default: 0, transformer: bigintAsNumber })
+  reasoningTokens!: number;
+
+  /** The price that priced this row: `genai-prices@<version>:<model>`, `options:<hash>:<name>` or `builtin:<name>`. */
+  @Column({ name: 'price_version', type: 'varchar', length: 160, nullable: true })
+  priceVersion!: string | null;
+
   @Column({ name: 'cost_micros', type: 'bigint', transformer: bigintAsNumber })
   costMicros!: number;
 

@@ -1,12 +1,14 @@
 import { UsageSchema1764201600000 } from './1764201600000-usage-schema';
 import { UsageCounterDeltas1764288000000 } from './1764288000000-usage-counter-deltas';
 import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-batches';
+import { UsageEventDetails1764460800000 } from './1764460800000-usage-event-details';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS = [
   UsageSchema1764201600000,
   UsageCounterDeltas1764288000000,
   UsageSharedBatches1764374400000,
+  UsageEventDetails1764460800000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

@@ -81,6 +81,10 @@ interface SettleItem {
   outcome: string;
   pk: string;
   at: number;
+  cit: number;
+  cwt: number;
+  rst: number;
+  pv: string | null;
   charges: { p: string; sc: string; m: string; a: number; act: number }[];
   limits: LimitCharge[];
   /** Thresholds this settlement crossed, found after its batch committed. */
@@ -273,6 +277,10 @@ export class SharedPostgresStore implements UsageStore {
       outcome: e.outcome,
       pk: e.periodKey,
       at: e.occurredAt,
+      cit: e.cachedInputTokens,
+      cwt: e.cacheWriteTokens,
+      rst: e.reasoningTokens,
+      pv: withoutNul(e.priceVersion),
       charges: charges.map((c) => ({
         p: c.periodKey,
         sc: c.scope,

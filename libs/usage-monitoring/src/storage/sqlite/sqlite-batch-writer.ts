@@ -57,6 +57,10 @@ const EVENT_COLUMNS = [
   'period_key',
   'occurred_at',
   'counter_deltas',
+  'cached_input_tokens',
+  'cache_write_tokens',
+  'reasoning_tokens',
+  'price_version',
 ];
 const REQUEST_COLUMNS = [
   'request_id',
@@ -117,6 +121,10 @@ function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
     e.periodKey,
     e.occurredAt,
     counterDeltas,
+    e.cachedInputTokens,
+    e.cacheWriteTokens,
+    e.reasoningTokens,
+    withoutNul(e.priceVersion),
   ];
 }
 
