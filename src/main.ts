@@ -1,11 +1,14 @@
 import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import type { NestExpressApplication } from '@nestjs/platform-express';
 import { AppModule } from './app.module';
 import { DEMO_KEYS } from './auth/api-key.guard';
 import type { DemoKey } from './auth/demo-keys';
 
 async function bootstrap(): Promise<void> {
-  const app = await NestFactory.create(AppModule);
+  const app = await NestFactory.create<NestExpressApplication>(AppModule);
+  // Bodies over the limit are refused with 413 by the parser, before any usage is reserved.
+  app.useBodyParser('json', { limit: process.env.BODY_LIMIT ?? '1mb' });
   app.enableShutdownHooks();
   const port = Number(process.env.PORT ?? 3000);
   await app.listen(port);

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import request from 'supertest';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
@@ -20,6 +21,47 @@ describeStore('bad input', () => {
       .send(JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(2_000_000) }] }));
     expect(res.status).toBe(413);
     expect(await hasUserData(t, 'big-body')).toBe(false);
+  });
+
+  it('a 50 MB body is 413 before any usage is reserved; the limit is the app’s body parser, configurable', async () => {
+    const limited = await createTestApp({ bodyLimit: '1mb' });
+    try {
+      const send = (user: string, bytes: number) =>
+        new Promise<number>((resolve) => {
+          const head = '{"messages":[{"role":"user","content":"';
+          const tail = '"}]}';
+          const filler = Buffer.alloc(bytes - head.length - tail.length, 'a');
+          const req = http.request(
+            `${limited.url}/openai/v1/chat/completions`,
+            {
+              method: 'POST',
+              headers: {
+                authorization: bearer(user),
+                'content-type': 'application/json',
+                'content-length': bytes,
+              },
+            },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            },
+          );
+          req.on('error', () => undefined); // the server may stop reading once it has refused
+          req.write(head);
+          req.write(filler);
+          req.end(tail);
+        });
+      expect(await send('fifty-mb', 50 * 1024 * 1024)).toBe(413);
+      expect(await hasUserData(limited, 'fifty-mb')).toBe(false);
+      // Under the configured 1 MB (over Nest's 100 KB default): parsed, metered.
+      expect(await send('900-kb', 900 * 1024)).toBe(200);
+      expect(await send('two-mb', 2 * 1024 * 1024)).toBe(413);
+      expect(await hasUserData(limited, 'two-mb')).toBe(false);
+      const rows = await queryUserDb(limited, '900-kb', 'SELECT status_code FROM usage_events');
+      expect(rows).toEqual([{ status_code: 200 }]);
+    } finally {
+      await limited.close();
+    }
   });
 
   it('malformed JSON is 400 before any usage is reserved', async () => {

@@ -1,3 +1,4 @@
+import type { NestExpressApplication } from '@nestjs/platform-express';
 import { Injectable, Module, type INestApplication, type Type } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
@@ -41,6 +42,8 @@ export interface TestAppOptions {
   schema?: string;
   /** Connect to PostgreSQL through another port (a proxy the test can cut). */
   pgPort?: number;
+  /** JSON body limit of the app's body parser (Express), e.g. `'1mb'`; Nest's default is 100 KB. */
+  bodyLimit?: string;
 }
 
 export interface TestApp {
@@ -150,7 +153,8 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   if (opts.platform === 'fastify') {
     app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger: false });
   } else {
-    app = moduleRef.createNestApplication({ logger: false });
+    app = moduleRef.createNestApplication<NestExpressApplication>({ logger: false });
+    if (opts.bodyLimit) (app as NestExpressApplication).useBodyParser('json', { limit: opts.bodyLimit });
   }
   app.enableShutdownHooks();
   await app.init();

@@ -36,12 +36,12 @@ const providers: Provider[] = [
   },
   {
     provide: USAGE_STORE,
-    useFactory: ({ storage, clock, clockSkew }: NormalizedUsageOptions): UsageStore =>
+    useFactory: ({ storage, clock, clockSkew, enforcementTimeoutMs }: NormalizedUsageOptions): UsageStore =>
       storage.type === 'custom'
         ? storage.store
         : storage.type === 'shared'
           ? new SharedPostgresStore(storage, clock, clockSkew)
-          : new PerUserSqliteStore({ ...storage, clock }),
+          : new PerUserSqliteStore({ ...storage, clock, stallMs: enforcementTimeoutMs }),
     inject: [NORMALIZED_OPTIONS],
   },
   EnforcementMetrics,

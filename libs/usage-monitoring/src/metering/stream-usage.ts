@@ -36,10 +36,10 @@ export class StreamUsage {
         try {
           data = JSON.parse(t) as unknown;
         } catch {
-          return this.text(data as string);
+          return this.text(data);
         }
       } else {
-        if (t !== '[DONE]') this.text(data as string);
+        if (t !== '[DONE]') this.text(data);
         return;
       }
     }

@@ -36,4 +36,15 @@ describe('token estimates', () => {
     expect(estimateTokens(TOKENIZER_CORPUS[kind], 'gpt-4o')).toBe(tokens);
     expect(wordsTimes13(TOKENIZER_CORPUS[kind])).toBe(words);
   });
+
+  it('pathological input stays bounded: long runs are counted in windows, very long text extrapolated', () => {
+    // o200k_base packs a run of "a" 8 characters per token.
+    expect(estimateTokens('a'.repeat(3_000), 'gpt-4o')).toBe(375);
+    // 900 KB without whitespace (minutes of BPE merges if counted whole): the first 200,000 characters
+    // are counted in 512-character windows, 25,000 tokens, × 4.5.
+    expect(estimateTokens('a'.repeat(900_000), 'gpt-4o')).toBe(112_500);
+    // Ordinary text beyond 200,000 characters: within 0.1 % of the full count (150,002 tokens).
+    const long = 'lorem ipsum dolor '.repeat(50_000);
+    expect(Math.abs(estimateTokens(long, 'gpt-4o') - 150_002)).toBeLessThan(150);
+  });
 });

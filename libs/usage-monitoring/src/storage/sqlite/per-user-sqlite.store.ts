@@ -26,6 +26,12 @@ export interface PerUserSqliteStoreOptions {
   busyTimeoutMs: number;
   synchronous: 'normal' | 'full';
   clock: () => number;
+  /**
+   * A user whose commit has been running longer than this (ms) is refused new reservations (503) until
+   * it completes, instead of piling requests up behind a slow disk or a lock held elsewhere.
+   * @default 250 (the enforcement timeout)
+   */
+  stallMs?: number;
 }
 
 /**
@@ -138,8 +144,12 @@ export class PerUserSqliteStore implements UsageStore {
       throw new UsageStoreError('database_init_failed', 'cannot open the user database', { cause: e });
     }
     try {
-      const ledger = await UserLedger.open(userId, dataSource, this.options.clock(), () =>
-        this.cache.notifyIdle(),
+      const ledger = await UserLedger.open(
+        userId,
+        dataSource,
+        this.options.clock(),
+        () => this.cache.notifyIdle(),
+        this.options.stallMs ?? 250,
       );
       this.openFailing = false;
       return ledger;

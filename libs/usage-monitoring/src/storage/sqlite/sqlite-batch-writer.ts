@@ -175,6 +175,8 @@ export class SqliteBatchWriter {
   private readonly statements = new Map<string, Statement>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
+  /** When the commit now running started (`Date.now()`), 0 when none runs. */
+  busySince = 0;
 
   constructor(
     private readonly db: Database,
@@ -224,6 +226,15 @@ export class SqliteBatchWriter {
   }
 
   private async flush(): Promise<void> {
+    this.busySince = Date.now();
+    try {
+      await this.flushOnce();
+    } finally {
+      this.busySince = 0;
+    }
+  }
+
+  private async flushOnce(): Promise<void> {
     const batch = this.queue;
     this.queue = [];
     const events: PendingWrite[] = [];

@@ -39,6 +39,7 @@ export class UserLedger {
     readonly userId: string,
     readonly dataSource: DataSource,
     private readonly onIdle: (ledger: UserLedger) => void,
+    private readonly stallMs: number,
   ) {}
 
   static async open(
@@ -46,8 +47,9 @@ export class UserLedger {
     dataSource: DataSource,
     now: number,
     onIdle: (ledger: UserLedger) => void,
+    stallMs = 250,
   ): Promise<UserLedger> {
-    const ledger = new UserLedger(userId, dataSource, onIdle);
+    const ledger = new UserLedger(userId, dataSource, onIdle, stallMs);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
     ledger.writer = new SqliteBatchWriter(db, userId, () => ledger.notifyIfIdle());
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
@@ -84,6 +86,10 @@ export class UserLedger {
       throw new UsageStoreError('operational_error', 'usage writes are failing; refusing new reservations', {
         cause: this.writer.failure,
       });
+    }
+    const since = this.writer.busySince;
+    if (since !== 0 && Date.now() - since > this.stallMs) {
+      throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
     const { charges } = req;
     for (const c of charges) {
