@@ -1,5 +1,5 @@
 import type { NestExpressApplication } from '@nestjs/platform-express';
-import { Injectable, Module, type INestApplication, type Type } from '@nestjs/common';
+import { Injectable, Module, type INestApplication, type Type, type LoggerService } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
@@ -44,6 +44,8 @@ export interface TestAppOptions {
   pgPort?: number;
   /** JSON body limit of the app's body parser (Express), e.g. `'1mb'`; Nest's default is 100 KB. */
   bodyLimit?: string;
+  /** Where Nest's logs go (default: nowhere). */
+  logger?: LoggerService;
 }
 
 export interface TestApp {
@@ -151,9 +153,11 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   const moduleRef = await Test.createTestingModule({ imports: [TestAppModule] }).compile();
   let app: INestApplication;
   if (opts.platform === 'fastify') {
-    app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger: false });
+    app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), {
+      logger: opts.logger ?? false,
+    });
   } else {
-    app = moduleRef.createNestApplication<NestExpressApplication>({ logger: false });
+    app = moduleRef.createNestApplication<NestExpressApplication>({ logger: opts.logger ?? false });
     if (opts.bodyLimit) (app as NestExpressApplication).useBodyParser('json', { limit: opts.bodyLimit });
   }
   app.enableShutdownHooks();

@@ -2,7 +2,7 @@ import { isObject } from './text-fields';
 import { estimateTokens } from './token-estimator';
 
 /** Text held before it is counted and dropped, so a long stream's memory stays bounded. */
-const MAX_BUFFERED_CHARS = 256 * 1024;
+const MAX_BUFFERED_CHARS = 64 * 1024;
 
 /**
  * Folds the events of a streamed provider answer into what its usage adapter reads, and counts the

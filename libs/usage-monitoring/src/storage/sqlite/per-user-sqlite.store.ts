@@ -76,6 +76,7 @@ export class PerUserSqliteStore implements UsageStore {
       throw new Error(`storage.dataDir "${this.options.dataDir}" cannot be used: ${(e as Error).message}`);
     }
     this.lock.acquire();
+    await this.factory.prepareTemplate();
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {

@@ -1,3 +1,6 @@
+import { randomBytes } from 'node:crypto';
+import { copyFile, link, rename, rm, unlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
 import { DataSource } from 'typeorm';
@@ -32,7 +35,27 @@ export interface UserDataSourceOptions {
  * Measured: ≈ 3 ms of CPU per open and close with both, ≈ 1.2 ms without.
  */
 export class UserDataSourceFactory {
+  private template: string | undefined;
+
   constructor(private readonly options: UserDataSourceOptions) {}
+
+  /**
+   * Builds (once per schema version) an empty database with every migration applied, inside `dataDir`.
+   * A new user's file is a copy of it: creating the schema through the migration runner cost tens of
+   * milliseconds per new user, enough for a burst of first requests to run past the enforcement timeout.
+   */
+  async prepareTemplate(): Promise<void> {
+    const path = join(this.options.dataDir, `.usage-schema-v${SCHEMA_VERSION}`);
+    if (!existsSync(path)) {
+      const building = `${path}.${process.pid}.building`;
+      await rm(building, { force: true });
+      const ds = await this.open(building);
+      await ds.query('PRAGMA journal_mode = DELETE');
+      await ds.destroy();
+      await rename(building, path);
+    }
+    this.template = path;
+  }
 
   /** The file a user's database lives in; always directly inside `dataDir`. */
   filePath(userId: string): string {
@@ -40,9 +63,28 @@ export class UserDataSourceFactory {
   }
 
   async create(userId: string): Promise<DataSource> {
+    const file = this.filePath(userId);
+    if (this.template && !existsSync(file)) await this.copyTemplate(file);
+    return this.open(file);
+  }
+
+  /** Copies the template to `file` atomically: a temporary copy linked into place, never overwriting. */
+  private async copyTemplate(file: string): Promise<void> {
+    const tmp = `${file}.${randomBytes(6).toString('hex')}.new`;
+    try {
+      await copyFile(this.template!, tmp);
+      await link(tmp, file).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  private async open(database: string): Promise<DataSource> {
     const dataSource = new DataSource({
       type: 'sqlite',
-      database: this.filePath(userId),
+      database,
       entities: [],
       migrations: USAGE_MIGRATIONS,
       migrationsTableName: USAGE_MIGRATIONS_TABLE,

@@ -15,7 +15,7 @@ describe('userFileName', () => {
     );
   });
 
-  it('maps the same id to the same file and distinct ids to distinct files', () => {
+  it('maps the same id to the same file and distinct ids to distinct files (100,000 random ids)', () => {
     const seen = new Map<string, string>();
     fc.assert(
       fc.property(fc.string({ unit: 'grapheme', maxLength: 40 }), (id) => {
@@ -25,7 +25,7 @@ describe('userFileName', () => {
         if (prior !== undefined) expect(prior).toBe(id);
         seen.set(name, id);
       }),
-      { numRuns: 20_000 },
+      { numRuns: 100_000 },
     );
   });
 

@@ -1,0 +1,75 @@
+import type { LoggerService } from '@nestjs/common';
+import request from 'supertest';
+import { createTestApp, planFromUserId, type TestApp } from './utils/create-test-app';
+import { bearer } from './utils/test-controllers';
+import { describeStore } from './utils/test-store';
+
+/** Collects every line Nest and the library log, as it would reach a terminal or a log shipper. */
+class CapturingLogger implements LoggerService {
+  readonly lines: string[] = [];
+  private add =
+    (level: string) =>
+    (message: unknown, ...rest: unknown[]) => {
+      this.lines.push(
+        `${level} ${[message, ...rest].map((m) => (typeof m === 'string' ? m : JSON.stringify(m))).join(' ')}`,
+      );
+    };
+  log = this.add('LOG');
+  error = this.add('ERROR');
+  warn = this.add('WARN');
+  debug = this.add('DEBUG');
+  verbose = this.add('VERBOSE');
+}
+
+// Control characters a hostile client may put in the values that reach log lines: a forged log line
+// after a newline, terminal escape sequences, a carriage return that hides what came before.
+const HOSTILE = 'x\n[Nest] 1  - LOG forged line\r\u001b[31mred\u001b[0m\u0007';
+const BODY_SECRET = 'BODY-SECRET-7f3a';
+
+describeStore('log lines', () => {
+  let t: TestApp;
+  const logger = new CapturingLogger();
+  beforeAll(async () => {
+    t = await createTestApp({
+      logger,
+      usage: {
+        unknownModels: 'default-price',
+        // The host's plan function returns a name the catalog does not have (from its own data).
+        plan: (id) => (id.startsWith('hostile-plan') ? `p-${HOSTILE}` : planFromUserId(id)),
+      },
+    });
+  });
+  afterAll(() => t.close());
+
+  it('escape control characters in user-supplied values and never carry a request body', async () => {
+    const post = (user: string, body: object) =>
+      request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(body);
+    const body = (model?: string) => ({
+      ...(model ? { model } : {}),
+      messages: [{ role: 'user', content: `${BODY_SECRET} please` }],
+      max_tokens: 5,
+    });
+    // An unknown model named by the client: warned once, with the name escaped.
+    // (The free plan has a cost limit, so the guard prices the named model before the call.)
+    const run = Date.now(); // a retried attempt starts on fresh users
+    logger.lines.length = 0;
+    expect((await post(`plan=free;log-model-${run}`, body(`gpt-${HOSTILE}`))).status).toBe(200);
+    // A plan name (from the host's plan function) that is not in the catalog: warned, escaped.
+    expect((await post(`hostile-plan-${run}`, body())).status).toBe(200);
+    // Alerts name the user: 4 of 5 calls of the free plan cross 80 %.
+    for (let i = 0; i < 4; i++) expect((await post(`plan=free;${run}${HOSTILE}`, body())).status).toBe(200);
+
+    const mine = logger.lines.filter((l) => /has no price|not in the catalog|usage alert/.test(l));
+    expect(mine.filter((l) => l.includes('has no price'))).toHaveLength(1);
+    expect(mine.filter((l) => l.includes('not in the catalog'))).toHaveLength(1);
+    expect(mine.filter((l) => l.includes('usage alert'))).toHaveLength(1);
+    for (const line of mine) {
+      // Escaped as JSON would (and cut: user ids after 64 characters, models after 80).
+      expect(line).toContain('x\\n[Nest] 1  - LOG forged line\\r\\u001b[31mred\\u001b[0');
+    }
+    for (const line of logger.lines) {
+      for (const c of ['\n', '\r', '\u001b', '\u0007']) expect(line).not.toContain(c);
+      expect(line).not.toContain(BODY_SECRET);
+    }
+  });
+});
