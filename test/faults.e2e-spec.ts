@@ -9,6 +9,9 @@ import { bearer } from './utils/test-controllers';
 import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
+// Hooks start a server process (ts-node compiles it: seconds on a cold cache).
+jest.setTimeout(60_000);
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** POST /marked/<id>; resolves with the status (0 when the connection died) and the time it took. */
@@ -104,7 +107,7 @@ describeSqlite('faults (per-user SQLite, server in its own process)', () => {
   });
   afterEach(async () => {
     agent.destroy();
-    await server.stop('SIGKILL');
+    await server?.stop('SIGKILL');
     rmSync(dataDir, { recursive: true, force: true });
   });
 

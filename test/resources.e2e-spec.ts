@@ -10,6 +10,9 @@ import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
 /** `USAGE_TEST_HEAVY=1` (set by CI): 20,000 users; otherwise 2,000. */
+// Hooks start a server process (ts-node compiles it: seconds on a cold cache).
+jest.setTimeout(60_000);
+
 const USERS = process.env.USAGE_TEST_HEAVY === '1' ? 20_000 : 2_000;
 const CAP = 64;
 const CONCURRENCY = 32;
@@ -86,7 +89,7 @@ describeSqlite(
       });
     });
     afterEach(async () => {
-      await server.stop('SIGKILL');
+      await server?.stop('SIGKILL');
       rmSync(dataDir, { recursive: true, force: true });
     });
 
