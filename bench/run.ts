@@ -17,7 +17,7 @@ const QUICK = args.includes('--quick');
 const jsonAt = args.indexOf('--json');
 const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : undefined;
-const DURATION = QUICK ? 2 : 8;
+const DURATION = QUICK ? 3 : 8;
 const ROUNDS = QUICK ? 2 : 3;
 const CONNECTIONS = 50;
 const CLK_TCK = 100;
@@ -196,16 +196,8 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 async function main(): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'usage-bench-'));
   const servers = new Map<string, Server>();
-  // Servers start side by side (each is a TypeScript process that takes seconds to boot); `started()`
-  // waits for all of them before anything talks to one.
-  const starting: Promise<unknown>[] = [];
-  const start = (name: string, env: Record<string, string>) => {
-    const p = startServer(name, env).then((s) => servers.set(name, s));
-    p.catch(() => undefined); // reported by started()
-    starting.push(p);
-    return Promise.resolve();
-  };
-  const started = () => Promise.all(starting);
+  const start = async (name: string, env: Record<string, string>) =>
+    servers.set(name, await startServer(name, env));
   const schema = await pgSchema();
   const cases: Case[] = [];
   const want = (mode: string) => !ONLY || ONLY.some((o) => mode.includes(o));
@@ -294,7 +286,6 @@ async function main(): Promise<void> {
         BENCH_DATA_DIR: join(tmp, 'u1000'),
         BENCH_MAX_OPEN: '1024',
       });
-      await started();
       await touchUsers(servers.get('u1000')!, 1000);
       cases.push({
         ...e,
@@ -309,7 +300,6 @@ async function main(): Promise<void> {
           BENCH_DATA_DIR: join(tmp, 'u10000'),
           BENCH_MAX_OPEN: '256',
         });
-        await started();
         await touchUsers(servers.get('u10000')!, 10_000);
         cases.push({
           ...e,
@@ -333,7 +323,6 @@ async function main(): Promise<void> {
     }
 
     // Warm every server, then measure round by round so baselines and modes share the machine's mood.
-    await started();
     for (const s of servers.values()) {
       await load([s], s.name.includes('unmetered') ? '/hello' : chat, 1, 1);
     }
