@@ -1,41 +1,15 @@
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import { rmSync } from 'node:fs';
 import { Database } from 'sqlite3';
 import { join } from 'node:path';
 import { PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
+import { postMarked } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
-import { bearer } from './utils/test-controllers';
 import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
 const USERS = ['plan=big;dur-a', 'plan=big;dur-b', 'plan=big;dur-c'];
-
-/** POST /marked/<id> over a keep-alive agent; resolves with the status, or 0 when the connection died. */
-function post(url: string, agent: Agent, user: string, id: string, body: object = {}): Promise<number> {
-  return new Promise((resolve) => {
-    const data = JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], ...body });
-    const req = httpRequest(
-      `${url}/marked/${id}`,
-      {
-        method: 'POST',
-        agent,
-        headers: {
-          authorization: bearer(user),
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(data),
-        },
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-        res.on('error', () => resolve(0));
-      },
-    );
-    req.on('error', () => resolve(0));
-    req.end(data);
-  });
-}
 
 /** Sends requests from `concurrency` loops until `stopAt`; returns every id with its status. */
 async function loadUntil(
@@ -53,7 +27,7 @@ async function loadUntil(
       while (Date.now() < stopAt && n < 20_000) {
         const id = `${prefix}-${n++}`;
         const user = USERS[n % USERS.length];
-        const status = await post(url, agent, user, id, body);
+        const status = await postMarked(url, agent, user, id, body);
         results.push({ id, user, status });
         if (status === 0) break;
       }
@@ -99,7 +73,7 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
       }
       // Restart once more: recovery reads everything back; a lock left by the killed process is taken over.
       server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir });
-      expect(await post(server.url, new Agent(), USERS[0], 'after-recovery')).toBe(200);
+      expect(await postMarked(server.url, new Agent(), USERS[0], 'after-recovery')).toBe(200);
       await server.stop();
       acknowledged.set('after-recovery', USERS[0]);
 
@@ -133,7 +107,7 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
     try {
       const agent = new Agent({ keepAlive: true });
       const slow = Array.from({ length: 10 }, (_, i) =>
-        post(server.url, agent, USERS[i % 3], `slow-${i}`, { delayMs: 600 }),
+        postMarked(server.url, agent, USERS[i % 3], `slow-${i}`, { delayMs: 600 }),
       );
       await new Promise((r) => setTimeout(r, 150));
       const started = Date.now();
@@ -168,17 +142,17 @@ describeSqlite('commit failures (per-user SQLite)', () => {
     const exec = (sql: string) =>
       new Promise<void>((resolve, reject) => locker.exec(sql, (e) => (e ? reject(e) : resolve())));
     try {
-      expect(await post(t.url, agent, user, 'before')).toBe(200);
+      expect(await postMarked(t.url, agent, user, 'before')).toBe(200);
       // Another process-like connection takes the write lock: our commits now fail with SQLITE_BUSY.
       await exec(
         "PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; INSERT INTO usage_alerts VALUES ('x', 'x', 'x', 1, 0, 0, 0)",
       );
       const during = await Promise.all(
-        Array.from({ length: 5 }, (_, i) => post(t.url, agent, user, `during-${i}`)),
+        Array.from({ length: 5 }, (_, i) => postMarked(t.url, agent, user, `during-${i}`)),
       );
       expect(during).toEqual([200, 200, 200, 200, 200]); // produced before the failure was known: delivered
       expect(store.pendingWrites()).toBeGreaterThanOrEqual(5);
-      const refused = await post(t.url, agent, user, 'refused');
+      const refused = await postMarked(t.url, agent, user, 'refused');
       expect(refused).toBe(503);
       expect(t.app.get(UsageService).enforcementStats().failures).toEqual({ 'operational_error:openai': 1 });
       const health = await fetch(`${t.url}/health/usage`);
@@ -186,7 +160,7 @@ describeSqlite('commit failures (per-user SQLite)', () => {
       await exec('ROLLBACK');
       for (let i = 0; i < 100 && store.pendingWrites() > 0; i++) await new Promise((r) => setTimeout(r, 50));
       expect(store.pendingWrites()).toBe(0);
-      expect(await post(t.url, agent, user, 'after')).toBe(200);
+      expect(await postMarked(t.url, agent, user, 'after')).toBe(200);
       const { ids, used } = await ledger(t.dataDir, user);
       expect(ids.sort()).toEqual([
         'after',

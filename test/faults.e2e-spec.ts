@@ -1,11 +1,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import { join } from 'node:path';
 import { userFileName } from '@app/usage-monitoring';
 import { tempDataDir } from './utils/create-test-app';
+import { postMarked } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
-import { bearer } from './utils/test-controllers';
 import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
@@ -13,31 +13,6 @@ import { queryUserDb } from './utils/user-db';
 jest.setTimeout(60_000);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** POST /marked/<id>; resolves with the status (0 when the connection died) and the time it took. */
-function post(url: string, agent: Agent, user: string, id: string): Promise<number> {
-  return new Promise((resolve) => {
-    const data = JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] });
-    const req = httpRequest(
-      `${url}/marked/${id}`,
-      {
-        method: 'POST',
-        agent,
-        headers: {
-          authorization: bearer(user),
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(data),
-        },
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', () => resolve(0));
-    req.end(data);
-  });
-}
 
 /** Every request id answered 200 must have exactly one ledger row, none other; counters = ledger. */
 async function expectExactLedger(dataDir: string, user: string, acknowledged: string[]) {
@@ -59,7 +34,7 @@ async function untilRecovered(url: string, agent: Agent, user: string, prefix: s
   const deadline = Date.now() + 15_000;
   for (let i = 0; Date.now() < deadline; i++) {
     const id = `${prefix}-${i}`;
-    const status = await post(url, agent, user, id);
+    const status = await postMarked(url, agent, user, id);
     if (status === 200) return [id];
     expect(status).toBe(503);
     await sleep(100);
@@ -113,20 +88,20 @@ describeSqlite('faults (per-user SQLite, server in its own process)', () => {
 
   it('write lock held by another process for 3 s: that user gets 503 once a commit stalls, others flow, nothing lost', async () => {
     const [a, b] = ['plan=big;slow-a', 'plan=big;slow-b'];
-    expect(await post(server.url, agent, a, 'a-before')).toBe(200);
-    expect(await post(server.url, agent, b, 'b-before')).toBe(200);
+    expect(await postMarked(server.url, agent, a, 'a-before')).toBe(200);
+    expect(await postMarked(server.url, agent, b, 'b-before')).toBe(200);
     const holder = await holdWriteLock(join(dataDir, userFileName(a)), 3_000);
     const lockedAt = Date.now();
     // Admitted before the stall was known; its commit waits on the lock.
-    const first = post(server.url, agent, a, 'a-stuck');
+    const first = postMarked(server.url, agent, a, 'a-stuck');
     await sleep(600);
     // A commit has been running for > 250 ms (the enforcement timeout): refused at once.
     const t0 = Date.now();
-    expect(await post(server.url, agent, a, 'a-refused')).toBe(503);
+    expect(await postMarked(server.url, agent, a, 'a-refused')).toBe(503);
     expect(Date.now() - t0).toBeLessThan(1_000);
     // Another user's requests keep flowing while the lock is held.
     const others: number[] = [];
-    for (let i = 0; i < 20; i++) others.push(await post(server.url, agent, b, `b-${i}`));
+    for (let i = 0; i < 20; i++) others.push(await postMarked(server.url, agent, b, `b-${i}`));
     expect(others).toEqual(Array(20).fill(200));
     expect(Date.now() - lockedAt).toBeLessThan(3_000);
     await exited(holder);
@@ -144,7 +119,7 @@ describeSqlite('faults (per-user SQLite, server in its own process)', () => {
       const users = ['plan=big;disk-a', 'plan=big;disk-b'];
       const acknowledged = new Map<string, string[]>(users.map((u) => [u, []]));
       const send = async (user: string, id: string) => {
-        const status = await post(server.url, agent, user, id);
+        const status = await postMarked(server.url, agent, user, id);
         if (status === 200) acknowledged.get(user)!.push(id);
         return status;
       };

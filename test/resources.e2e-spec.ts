@@ -1,11 +1,11 @@
 import fc from 'fast-check';
 import { readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import { join, sep } from 'node:path';
 import { userFileName } from '@app/usage-monitoring';
 import { tempDataDir } from './utils/create-test-app';
+import { postStatus } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
-import { bearer } from './utils/test-controllers';
 import { describeSqlite } from './utils/test-store';
 import { queryUserDb } from './utils/user-db';
 
@@ -17,29 +17,8 @@ const USERS = process.env.USAGE_TEST_HEAVY === '1' ? 20_000 : 2_000;
 const CAP = 64;
 const CONCURRENCY = 32;
 
-function post(url: string, agent: Agent, user: string): Promise<number> {
-  return new Promise((resolve) => {
-    const data = '{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}';
-    const req = httpRequest(
-      `${url}/openai/v1/chat/completions`,
-      {
-        method: 'POST',
-        agent,
-        headers: {
-          authorization: bearer(user),
-          'content-type': 'application/json',
-          'content-length': data.length,
-        },
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', () => resolve(0));
-    req.end(data);
-  });
-}
+const post = (url: string, agent: Agent, user: string) =>
+  postStatus(`${url}/openai/v1/chat/completions`, agent, user, { max_tokens: 5 });
 
 /** Open descriptors of the server: all, and those on files inside dataDir (SQLite's db, -wal, -shm). */
 function descriptors(pid: number, dataDir: string): { all: number; data: number } {

@@ -92,9 +92,8 @@ export class UsageExtractor {
   measureStream(provider: string, requestBody: unknown, stream: StreamUsage, model?: string): MeasuredUsage {
     const u = this.measure(provider, requestBody, stream.response(), stream.model ?? model);
     if (stream.final && !u.estimated) return u;
-    const adapter = this.adapters[provider] ?? genericAdapter;
-    if (!adapter.tokenBased) return { ...u, estimated: true };
-    const reported = adapter.extract(stream.response(), requestBody).outputTokens ?? 0;
-    return { ...u, outputTokens: Math.max(reported, stream.producedTokens()), estimated: true };
+    // The response carries no text, so an output figure the provider did not report measures 0 here.
+    const produced = (this.adapters[provider] ?? genericAdapter).tokenBased ? stream.producedTokens() : 0;
+    return { ...u, outputTokens: Math.max(u.outputTokens, produced), estimated: true };
   }
 }

@@ -47,7 +47,7 @@ export class UserLedger {
     dataSource: DataSource,
     now: number,
     onIdle: (ledger: UserLedger) => void,
-    stallMs = 250,
+    stallMs: number,
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
