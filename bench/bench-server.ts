@@ -3,7 +3,7 @@
  * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
- * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN
+ * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal)
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
@@ -138,6 +138,7 @@ function storage(): StorageOptions {
   return {
     dataDir: process.env.BENCH_DATA_DIR ?? './bench-data',
     maxOpenDataSources: Number(process.env.BENCH_MAX_OPEN) || 256,
+    journal: process.env.BENCH_JOURNAL ? { applyDelayMs: Number(process.env.BENCH_JOURNAL) } : false,
   };
 }
 

@@ -4,7 +4,7 @@
  * Prints one table; exits non-zero only on errors, never on a slow figure.
  */
 import autocannon from 'autocannon';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,11 @@ const QUICK = args.includes('--quick');
 const jsonAt = args.indexOf('--json');
 const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : undefined;
-const DURATION = QUICK ? 3 : 8;
+const DURATION = QUICK ? 1.5 : 8;
+/** Seconds of load each server gets before it is measured (autocannon's `amount` ends on a 1 s tick). */
+const WARM_SECONDS = 1.5;
+/** `storage.journal.applyDelayMs` of the journal modes (the option's default). */
+const JOURNAL_APPLY_MS = 1000;
 const ROUNDS = QUICK ? 2 : 3;
 const CONNECTIONS = 50;
 const CLK_TCK = 100;
@@ -46,6 +50,11 @@ interface Case {
   path: '/openai/v1/chat/completions' | '/hello';
   bare: string;
   noop: string;
+  /**
+   * Journal modes: after the load, wait this long before reading the CPU counters, so that the rows the
+   * servers apply to users' files after the run count in its CPU (and not in the next case's time).
+   */
+  tailMs?: number;
 }
 
 export interface Row {
@@ -68,8 +77,31 @@ const BODY = JSON.stringify({
   max_tokens: 16,
 });
 
+const ROOT = join(__dirname, '..');
+/** Where the servers' JavaScript is compiled to (inside node_modules, so packages resolve from it). */
+const BUILD = join(ROOT, 'node_modules', '.cache', 'usage-bench');
+
+/**
+ * Compiles the project once (without type checking: `npm run typecheck` does that) so that each server
+ * process starts from JavaScript: ts-node compiling the sources again in every one of a dozen servers cost
+ * ~3 s of CPU each, most of `--quick`'s start-up.
+ */
+function compile(): void {
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  // Incremental: a second run recompiles only what changed.
+  const flags = ['--noCheck', '--noEmit', 'false', '--declaration', 'false'];
+  flags.push('--tsBuildInfoFile', join(BUILD, 'tsbuildinfo'));
+  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), ...flags, '--outDir', BUILD], {
+    stdio: 'inherit',
+  });
+}
+
 async function startServer(name: string, env: Record<string, string>): Promise<Server> {
-  const s = await spawnServer(env, 60_000, join(__dirname, 'bench-server.ts'));
+  const s = await spawnServer(
+    { ...env, TS_NODE_BASEURL: BUILD },
+    60_000,
+    join(BUILD, 'bench', 'bench-server.js'),
+  );
   return { name, url: s.url, child: s.child };
 }
 
@@ -95,7 +127,13 @@ function fdCount(pid: number): number {
   return n;
 }
 
-async function load(servers: Server[], path: string, users: number, duration: number): Promise<Measure> {
+async function load(
+  servers: Server[],
+  path: string,
+  users: number,
+  duration: number,
+  tailMs = 0,
+): Promise<Measure> {
   const pids = servers.map((s) => s.child.pid!);
   const before = pids.map(cpuTicks);
   let maxFds = 0;
@@ -104,6 +142,7 @@ async function load(servers: Server[], path: string, users: number, duration: nu
   }, 200);
   const per = Math.max(1, Math.floor(CONNECTIONS / servers.length));
   let next = 0;
+  const statuses: Record<string, number> = {};
   const results = await Promise.all(
     servers.map((s) =>
       autocannon({
@@ -120,16 +159,27 @@ async function load(servers: Server[], path: string, users: number, duration: nu
               const user = `bench-user-${next++ % users}`;
               return { ...req, headers: { ...req.headers, authorization: `Bearer ${user}` } };
             },
+            onResponse: (status: number, body: string) => {
+              if (status >= 300) {
+                const key = `${status} ${body.slice(0, 120)}`;
+                statuses[key] = (statuses[key] ?? 0) + 1;
+              }
+            },
           },
         ],
       }),
     ),
   );
+  if (tailMs) await new Promise((resolve) => setTimeout(resolve, tailMs));
   clearInterval(sampler);
   const after = pids.map(cpuTicks);
   const total = results.reduce((n, r) => n + r.requests.total, 0);
   const ticks = after.reduce((n, a, i) => n + a - before[i], 0);
   const errors = results.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0);
+  if (errors) {
+    const kinds = results.map((r) => `errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
+    process.stderr.write(`  ${kinds.join('; ')} ${JSON.stringify(statuses)}\n`);
+  }
   return {
     reqPerSec: results.reduce((n, r) => n + r.requests.average, 0),
     p50Ms: Math.max(...results.map((r) => r.latency.p50)),
@@ -138,6 +188,23 @@ async function load(servers: Server[], path: string, users: number, duration: nu
     errors,
     maxFds,
   };
+}
+
+/** Warms a server up (the JIT settles after a few thousand requests) before it is measured. */
+async function warm(s: Server, path: string): Promise<void> {
+  await autocannon({
+    url: s.url,
+    connections: 20,
+    duration: WARM_SECONDS,
+    requests: [
+      {
+        method: path === '/hello' ? 'GET' : 'POST',
+        path,
+        headers: { 'content-type': 'application/json', authorization: 'Bearer bench-user-0' },
+        body: path === '/hello' ? undefined : BODY,
+      },
+    ],
+  });
 }
 
 /** Sends one request per user so every user's database exists before timing starts. */
@@ -194,34 +261,57 @@ async function dropPgSchema(schema: string): Promise<void> {
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 async function main(): Promise<void> {
+  const began = Date.now();
+  compile();
   const tmp = mkdtempSync(join(tmpdir(), 'usage-bench-'));
   const servers = new Map<string, Server>();
-  const start = async (name: string, env: Record<string, string>) =>
-    servers.set(name, await startServer(name, env));
+  // Servers start two at a time (one per core); a start is a Node process compiling and loading Nest.
+  const chat = '/openai/v1/chat/completions' as const;
+  const starting: Promise<unknown>[] = [];
+  let slot: Promise<unknown> = Promise.resolve();
+  let slot2: Promise<unknown> = Promise.resolve();
+  /** Starts a server, warms it, and (`users`) creates every user's database before timing starts. */
+  const start = (name: string, env: Record<string, string>, users = 1) => {
+    const run = (prior: Promise<unknown>) =>
+      prior.then(async () => {
+        const t0 = Date.now();
+        const server = await startServer(name, env);
+        servers.set(name, server);
+        const t1 = Date.now();
+        await warm(server, name.includes('unmetered') ? '/hello' : chat);
+        const t2 = Date.now();
+        await touchUsers(server, users);
+        if (process.env.BENCH_VERBOSE)
+          process.stderr.write(
+            `${name}: started ${t1 - t0} ms, warmed ${t2 - t1} ms, users ${Date.now() - t2} ms\n`,
+          );
+      });
+    if (starting.length % 2 === 0) starting.push((slot = run(slot)));
+    else starting.push((slot2 = run(slot2)));
+  };
   const schema = await pgSchema();
   const cases: Case[] = [];
   const want = (mode: string) => !ONLY || ONLY.some((o) => mode.includes(o));
   try {
     // Express baselines and the modes compared with them.
-    await start('bare', { BENCH_MODE: 'bare' });
-    await start('noop', { BENCH_MODE: 'noop' });
-    await start('noop-global', { BENCH_MODE: 'noop-global' });
-    const chat = '/openai/v1/chat/completions' as const;
+    start('bare', { BENCH_MODE: 'bare' });
+    start('noop', { BENCH_MODE: 'noop' });
+    start('noop-global', { BENCH_MODE: 'noop-global' });
     const e = { adapter: 'express', users: 1, path: chat, bare: 'bare', noop: 'noop' };
     cases.push(
       { ...e, mode: 'bare', servers: ['bare'] },
       { ...e, mode: 'noop guard+interceptor', servers: ['noop'] },
     );
     if (want('throttler')) {
-      await start('throttler', { BENCH_MODE: 'throttler' });
+      start('throttler', { BENCH_MODE: 'throttler' });
       cases.push({ ...e, mode: '@nestjs/throttler ttl 1 s', servers: ['throttler'] });
     }
     if (want('unmetered')) {
-      await start('unmetered-controller', {
+      start('unmetered-controller', {
         BENCH_MODE: 'unmetered-controller',
         BENCH_DATA_DIR: join(tmp, 'uc'),
       });
-      await start('unmetered-global', { BENCH_MODE: 'unmetered-global', BENCH_DATA_DIR: join(tmp, 'ug') });
+      start('unmetered-global', { BENCH_MODE: 'unmetered-global', BENCH_DATA_DIR: join(tmp, 'ug') });
       const h = { ...e, path: '/hello' as const };
       cases.push(
         { ...h, mode: 'bare (GET /hello)', servers: ['bare'] },
@@ -231,10 +321,24 @@ async function main(): Promise<void> {
       );
     }
     if (want('metered')) {
-      await start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
+      start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
       cases.push({ ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] });
+      if (!QUICK) {
+        start('sqlite-j', {
+          BENCH_MODE: 'metered',
+          BENCH_DATA_DIR: join(tmp, 'sqlite-j'),
+          BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
+        });
+        cases.push({
+          ...e,
+          mode: 'metered',
+          adapter: 'express, sqlite3, journal',
+          servers: ['sqlite-j'],
+          tailMs: JOURNAL_APPLY_MS + 500,
+        });
+      }
       if (ONLY?.includes('null')) {
-        await start('null', { BENCH_MODE: 'metered', BENCH_STORE: 'null' });
+        start('null', { BENCH_MODE: 'metered', BENCH_STORE: 'null' });
         cases.push({
           ...e,
           mode: 'metered (store that keeps nothing)',
@@ -244,31 +348,35 @@ async function main(): Promise<void> {
       }
     }
     if (want('postgres') && schema) {
-      await start('pg-a', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
-      await start('pg-b', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
+      start('pg-a', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
+      start('pg-b', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
       cases.push(
         { ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] },
         { ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] },
-        {
-          ...e,
-          mode: 'metered, 1,000 users round-robin',
-          adapter: 'express, postgres ×1',
-          users: 1000,
-          servers: ['pg-a'],
-        },
-        {
-          ...e,
-          mode: 'metered, 1,000 users round-robin',
-          adapter: 'express, postgres ×2 (sum)',
-          users: 1000,
-          servers: ['pg-a', 'pg-b'],
-        },
       );
+      if (!QUICK) {
+        cases.push(
+          {
+            ...e,
+            mode: 'metered, 1,000 users round-robin',
+            adapter: 'express, postgres ×1',
+            users: 1000,
+            servers: ['pg-a'],
+          },
+          {
+            ...e,
+            mode: 'metered, 1,000 users round-robin',
+            adapter: 'express, postgres ×2 (sum)',
+            users: 1000,
+            servers: ['pg-a', 'pg-b'],
+          },
+        );
+      }
     }
     if (want('fastify')) {
-      await start('f-bare', { BENCH_MODE: 'bare', BENCH_PLATFORM: 'fastify' });
-      await start('f-noop', { BENCH_MODE: 'noop', BENCH_PLATFORM: 'fastify' });
-      await start('f-sqlite', {
+      start('f-bare', { BENCH_MODE: 'bare', BENCH_PLATFORM: 'fastify' });
+      start('f-noop', { BENCH_MODE: 'noop', BENCH_PLATFORM: 'fastify' });
+      start('f-sqlite', {
         BENCH_MODE: 'metered',
         BENCH_PLATFORM: 'fastify',
         BENCH_DATA_DIR: join(tmp, 'f-sqlite'),
@@ -281,39 +389,85 @@ async function main(): Promise<void> {
       );
     }
     if (want('users')) {
-      await start('u1000', {
-        BENCH_MODE: 'metered',
-        BENCH_DATA_DIR: join(tmp, 'u1000'),
-        BENCH_MAX_OPEN: '1024',
-      });
-      await touchUsers(servers.get('u1000')!, 1000);
-      cases.push({
-        ...e,
-        mode: 'metered, 1,000 users round-robin (cap 1024)',
-        adapter: 'express, sqlite3',
-        users: 1000,
-        servers: ['u1000'],
-      });
-      if (!QUICK) {
-        await start('u10000', {
+      start(
+        'u1000',
+        {
           BENCH_MODE: 'metered',
-          BENCH_DATA_DIR: join(tmp, 'u10000'),
-          BENCH_MAX_OPEN: '256',
-        });
-        await touchUsers(servers.get('u10000')!, 10_000);
-        cases.push({
+          BENCH_DATA_DIR: join(tmp, 'u1000'),
+          BENCH_MAX_OPEN: '1024',
+        },
+        1000,
+      );
+      start(
+        'u1000j',
+        {
+          BENCH_MODE: 'metered',
+          BENCH_DATA_DIR: join(tmp, 'u1000j'),
+          BENCH_MAX_OPEN: '1024',
+          BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
+        },
+        1000,
+      );
+      cases.push(
+        {
           ...e,
-          mode: 'metered, 10,000 users round-robin (cap 256)',
+          mode: 'metered, 1,000 users round-robin (cap 1024)',
           adapter: 'express, sqlite3',
-          users: 10_000,
-          servers: ['u10000'],
-        });
+          users: 1000,
+          servers: ['u1000'],
+        },
+        {
+          ...e,
+          mode: 'metered, 1,000 users round-robin (cap 1024)',
+          adapter: 'express, sqlite3, journal',
+          users: 1000,
+          servers: ['u1000j'],
+          tailMs: JOURNAL_APPLY_MS + 500,
+        },
+      );
+      if (!QUICK) {
+        start(
+          'u10000',
+          {
+            BENCH_MODE: 'metered',
+            BENCH_DATA_DIR: join(tmp, 'u10000'),
+            BENCH_MAX_OPEN: '256',
+          },
+          10_000,
+        );
+        start(
+          'u10000j',
+          {
+            BENCH_MODE: 'metered',
+            BENCH_DATA_DIR: join(tmp, 'u10000j'),
+            BENCH_MAX_OPEN: '256',
+            BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
+          },
+          10_000,
+        );
+        cases.push(
+          {
+            ...e,
+            mode: 'metered, 10,000 users round-robin (cap 256)',
+            adapter: 'express, sqlite3',
+            users: 10_000,
+            servers: ['u10000'],
+          },
+          {
+            ...e,
+            mode: 'metered, 10,000 users round-robin (cap 256)',
+            adapter: 'express, sqlite3, journal',
+            users: 10_000,
+            servers: ['u10000j'],
+            tailMs: JOURNAL_APPLY_MS + 500,
+          },
+        );
       }
     }
     if (want('ledger') && !QUICK) {
       const dir = join(tmp, 'ledger');
       await prefillLedger(dir, 'bench-user-0', 1_000_000);
-      await start('ledger', { BENCH_MODE: 'metered', BENCH_DATA_DIR: dir });
+      start('ledger', { BENCH_MODE: 'metered', BENCH_DATA_DIR: dir });
       cases.push({
         ...e,
         mode: 'metered, user with 1,000,000 ledger rows',
@@ -322,10 +476,10 @@ async function main(): Promise<void> {
       });
     }
 
-    // Warm every server, then measure round by round so baselines and modes share the machine's mood.
-    for (const s of servers.values()) {
-      await load([s], s.name.includes('unmetered') ? '/hello' : chat, 1, 1);
-    }
+    await Promise.all(starting);
+    const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)} s`;
+    process.stderr.write(`${servers.size} servers started, warmed and users created in ${since(began)}\n`);
+    // Measure round by round so baselines and modes share the machine's mood.
     const samples = new Map<Case, Measure[]>();
     for (let round = 0; round < ROUNDS; round++) {
       for (const c of cases) {
@@ -334,6 +488,7 @@ async function main(): Promise<void> {
           c.path,
           c.users,
           DURATION,
+          c.tailMs,
         );
         samples.set(c, [...(samples.get(c) ?? []), m]);
         process.stderr.write(

@@ -2,7 +2,7 @@ import { Agent } from 'node:http';
 import { rmSync } from 'node:fs';
 import { Database } from 'sqlite3';
 import { join } from 'node:path';
-import { PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
+import { JOURNAL_FILE, PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
 import { postMarked } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
@@ -37,6 +37,18 @@ async function loadUntil(
   return results;
 }
 
+/** Rows left in the cross-user journal of a data directory. */
+async function journalRows(dataDir: string): Promise<number> {
+  const db = new Database(join(dataDir, JOURNAL_FILE));
+  const n = await new Promise<number>((resolve, reject) =>
+    db.get('SELECT COUNT(*) AS n FROM usage_journal', (e, r: { n: number }) =>
+      e ? reject(e) : resolve(r.n),
+    ),
+  );
+  await new Promise((resolve) => db.close(resolve));
+  return n;
+}
+
 async function ledger(dataDir: string, user: string) {
   const rows = await queryUserDb<{ endpoint: string }>(dataDir, user, 'SELECT endpoint FROM usage_events');
   const [counter] = await queryUserDb<{ used: number }>(
@@ -50,56 +62,65 @@ async function ledger(dataDir: string, user: string) {
 describeSqlite('durability (per-user SQLite, separate processes)', () => {
   jest.setTimeout(120_000);
 
-  it('SIGKILL under load, 5 runs: every acknowledged request has exactly one ledger row; counters equal the ledger', async () => {
-    const dataDir = tempDataDir();
-    let server: ServerProcess | undefined;
-    const acknowledged = new Map<string, string>();
-    let sent = 0;
-    try {
-      for (let run = 0; run < 5; run++) {
-        server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir });
-        const killAt = Date.now() + 300 + Math.floor(Math.random() * 400);
-        const killer = new Promise<void>((resolve) =>
-          setTimeout(() => {
-            server!.child.kill('SIGKILL');
-            resolve();
-          }, killAt - Date.now()),
-        );
-        const results = await loadUntil(server.url, killAt + 2_000, 24, `run${run}`);
-        await killer;
-        await server.exited;
-        sent += results.length;
-        for (const r of results) if (r.status === 200) acknowledged.set(r.id, r.user);
-      }
-      // Restart once more: recovery reads everything back; a lock left by the killed process is taken over.
-      server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir });
-      expect(await postMarked(server.url, new Agent(), USERS[0], 'after-recovery')).toBe(200);
-      await server.stop();
-      acknowledged.set('after-recovery', USERS[0]);
+  const modes: { name: string; env: Record<string, string> }[] = [
+    { name: 'committed to each user file', env: {} },
+    // A 60 s apply delay: at each kill the acknowledged rows are in the journal only.
+    { name: 'through the cross-user journal', env: { USAGE_TEST_JOURNAL_MS: '60000' } },
+  ];
+  it.each(modes)(
+    'SIGKILL under load, 5 runs ($name): every acknowledged request has exactly one ledger row; counters equal the ledger',
+    async ({ env }) => {
+      const dataDir = tempDataDir();
+      let server: ServerProcess | undefined;
+      const acknowledged = new Map<string, string>();
+      let sent = 0;
+      try {
+        for (let run = 0; run < 5; run++) {
+          server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir, ...env });
+          const killAt = Date.now() + 300 + Math.floor(Math.random() * 400);
+          const killer = new Promise<void>((resolve) =>
+            setTimeout(() => {
+              server!.child.kill('SIGKILL');
+              resolve();
+            }, killAt - Date.now()),
+          );
+          const results = await loadUntil(server.url, killAt + 2_000, 24, `run${run}`);
+          await killer;
+          await server.exited;
+          sent += results.length;
+          for (const r of results) if (r.status === 200) acknowledged.set(r.id, r.user);
+        }
+        // Restart once more: recovery reads everything back; a lock left by the killed process is taken over.
+        server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir, ...env });
+        expect(await postMarked(server.url, new Agent(), USERS[0], 'after-recovery')).toBe(200);
+        await server.stop();
+        if (env.USAGE_TEST_JOURNAL_MS) expect(await journalRows(dataDir)).toBe(0); // everything applied
+        acknowledged.set('after-recovery', USERS[0]);
 
-      let rows = 0;
-      for (const user of USERS) {
-        const { ids, used } = await ledger(dataDir, user);
-        rows += ids.length;
-        expect(new Set(ids).size).toBe(ids.length); // no request recorded twice
-        expect(used).toBe(ids.length); // counters equal the ledger
-        const mine = [...acknowledged].filter(([, u]) => u === user).map(([id]) => id);
-        const recorded = new Set(ids);
-        expect(mine.filter((id) => !recorded.has(id))).toEqual([]); // no acknowledged request lost
+        let rows = 0;
+        for (const user of USERS) {
+          const { ids, used } = await ledger(dataDir, user);
+          rows += ids.length;
+          expect(new Set(ids).size).toBe(ids.length); // no request recorded twice
+          expect(used).toBe(ids.length); // counters equal the ledger
+          const mine = [...acknowledged].filter(([, u]) => u === user).map(([id]) => id);
+          const recorded = new Set(ids);
+          expect(mine.filter((id) => !recorded.has(id))).toEqual([]); // no acknowledged request lost
+        }
+        if (process.env.USAGE_TEST_VERBOSE) {
+          process.stderr.write(
+            `SIGKILL ×5: ${sent} sent, ${acknowledged.size} acknowledged, ${rows} ledger rows, 0 lost\n`,
+          );
+        }
+        expect(acknowledged.size).toBeGreaterThan(100);
+        expect(rows).toBeGreaterThanOrEqual(acknowledged.size);
+        expect(rows).toBeLessThanOrEqual(sent + 1);
+      } finally {
+        server?.child.kill('SIGKILL');
+        rmSync(dataDir, { recursive: true, force: true });
       }
-      if (process.env.USAGE_TEST_VERBOSE) {
-        process.stderr.write(
-          `SIGKILL ×5: ${sent} sent, ${acknowledged.size} acknowledged, ${rows} ledger rows, 0 lost\n`,
-        );
-      }
-      expect(acknowledged.size).toBeGreaterThan(100);
-      expect(rows).toBeGreaterThanOrEqual(acknowledged.size);
-      expect(rows).toBeLessThanOrEqual(sent + 1);
-    } finally {
-      server?.child.kill('SIGKILL');
-      rmSync(dataDir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 
   it('SIGTERM: in-flight requests finish, pending writes commit, the process exits within 10 s', async () => {
     const dataDir = tempDataDir();

@@ -99,6 +99,21 @@ describeStore('UsageMonitoringModule wiring', () => {
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), maxOpenDataSources: 0 } },
       /storage\.maxOpenDataSources/,
     ],
+    [
+      'a journal that is not true, false or an object',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: 'yes' } },
+      /storage\.journal must be true, false or \{ applyDelayMs \} \(got "yes"\)/,
+    ],
+    [
+      'a negative journal delay',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: { applyDelayMs: -1 } } },
+      /storage\.journal\.applyDelayMs must be an integer ≥ 0 \(got -1\)/,
+    ],
+    [
+      'a journal delay over a minute',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: { applyDelayMs: 600_000 } } },
+      /storage\.journal\.applyDelayMs must be ≤ 60000 \(got 600000\)/,
+    ],
   ];
 
   it.each(badOptions)('refuses to start with %s, naming the option', async (_name, options, message) => {

@@ -12,7 +12,8 @@ export interface ServerProcess {
 const ROOT = join(__dirname, '..', '..');
 
 /**
- * Starts a TypeScript server script (by default `test/fixtures/test-server.ts`) in a separate Node process
+ * Starts a server script (by default `test/fixtures/test-server.ts`; TypeScript through ts-node, or compiled
+ * JavaScript with `TS_NODE_BASEURL` in `env` pointing at its output root) in a separate Node process
  * and waits until it prints `LISTENING <port>`.
  */
 export function spawnServer(
@@ -20,15 +21,13 @@ export function spawnServer(
   timeoutMs = 30_000,
   script = join(ROOT, 'test/fixtures/test-server.ts'),
 ): Promise<ServerProcess> {
-  const child = spawn(
-    process.execPath,
-    ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', script],
-    {
-      cwd: ROOT,
-      env: { ...process.env, ...env, TS_NODE_PROJECT: join(ROOT, 'tsconfig.json') },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  // A compiled script (`.js`, e.g. the benchmark's) needs only the path aliases; TypeScript goes through ts-node.
+  const loaders = script.endsWith('.js') ? [] : ['-r', 'ts-node/register/transpile-only'];
+  const child = spawn(process.execPath, [...loaders, '-r', 'tsconfig-paths/register', script], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, TS_NODE_PROJECT: join(ROOT, 'tsconfig.json') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const exited = new Promise<number | string | null>((resolve) =>
     child.on('exit', (code, signal) => resolve(signal ?? code)),
   );

@@ -61,6 +61,7 @@ export { SharedPostgresStore } from './storage/shared/shared-postgres.store';
 export { sharedUserId } from './storage/shared/shared-user-id';
 export { UserDataSourceFactory } from './storage/sqlite/user-data-source.factory';
 export { userFileName } from './storage/sqlite/user-file-name';
+export { JOURNAL_FILE } from './storage/sqlite/usage-journal';
 export { UsageStoreError } from './storage/usage-store.error';
 export type * from './storage/usage-store.interface';
 export { USAGE_ENTITIES } from './storage/entities';

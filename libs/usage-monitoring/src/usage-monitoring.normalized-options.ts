@@ -1,5 +1,9 @@
 import { AI_TEXT_GROUP, EMERGENCY_FAIL_OPEN_ENV } from './usage-monitoring.constants';
-import type { UsageMonitoringModuleOptions, UsageRequest } from './usage-monitoring.options';
+import type {
+  SqliteStorageOptions,
+  UsageMonitoringModuleOptions,
+  UsageRequest,
+} from './usage-monitoring.options';
 import { UsageExtractor } from './metering/usage-extractor';
 import { PlanCatalog } from './plans/plan-catalog';
 import { PlanResolver } from './plans/plan-resolver';
@@ -24,6 +28,7 @@ export type ResolvedStorage =
       maxOpenDataSources: number;
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
+      journal?: { applyDelayMs: number };
     }
   | ResolvedSharedStorage
   | { type: 'custom'; store: UsageStore };
@@ -223,7 +228,18 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     maxOpenDataSources: positiveInt(s.maxOpenDataSources, 'storage.maxOpenDataSources', 64),
     busyTimeoutMs: positiveInt(s.busyTimeoutMs, 'storage.busyTimeoutMs', 2000, 0),
     synchronous,
+    journal: resolveJournal(s.journal),
   };
+}
+
+function resolveJournal(j: SqliteStorageOptions['journal']): { applyDelayMs: number } | undefined {
+  if (j === undefined || j === false) return undefined;
+  if (j === true) return { applyDelayMs: 1000 };
+  if (typeof j !== 'object' || j === null)
+    fail(`storage.journal must be true, false or { applyDelayMs } (got ${JSON.stringify(j)})`);
+  const applyDelayMs = positiveInt(j.applyDelayMs, 'storage.journal.applyDelayMs', 1000, 0);
+  if (applyDelayMs > 60_000) fail(`storage.journal.applyDelayMs must be ≤ 60000 (got ${applyDelayMs})`);
+  return { applyDelayMs };
 }
 
 function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {

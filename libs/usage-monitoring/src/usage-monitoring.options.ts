@@ -30,6 +30,18 @@ export interface SqliteStorageOptions {
    * @default 'normal'
    */
   synchronous?: 'normal' | 'full';
+  /**
+   * Cross-user group commit, for many users active at once. Off, each settlement commits to its user's
+   * file before the response is released: one commit per user per turn, so a thousand users each sending
+   * a request cost a thousand commits. On, every user's settlements of a turn commit together to one
+   * journal file inside `dataDir` (`.usage-journal.sqlite`) before their responses are released; each
+   * user's rows then move to the user's own file in one commit `applyDelayMs` later (at once when the
+   * user's database is closed or evicted, and at start-up for rows a crash left in the journal). Counters
+   * and enforcement are exact either way; a user's file lags the journal by up to `applyDelayMs`.
+   * `true` means `{ applyDelayMs: 1000 }`.
+   * @default false
+   */
+  journal?: boolean | { applyDelayMs?: number };
 }
 
 /** A store you built yourself (for example a subclass, or another engine behind the `UsageStore` seam). */

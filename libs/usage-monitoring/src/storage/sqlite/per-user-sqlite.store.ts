@@ -17,6 +17,7 @@ import type {
 } from '../usage-store.interface';
 import { DataDirLock } from './data-dir-lock';
 import { UserDataSourceFactory } from './user-data-source.factory';
+import { UsageJournal } from './usage-journal';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
 
@@ -32,6 +33,8 @@ export interface PerUserSqliteStoreOptions {
    * @default 250 (the enforcement timeout)
    */
   stallMs?: number;
+  /** Cross-user group commit through a journal file (see `SqliteStorageOptions.journal`). */
+  journal?: { applyDelayMs: number };
 }
 
 /**
@@ -46,6 +49,7 @@ export class PerUserSqliteStore implements UsageStore {
   private readonly cache: UserLedgerCache;
   private readonly lock: DataDirLock;
   private openFailing = false;
+  private journal: UsageJournal | undefined;
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -77,6 +81,16 @@ export class PerUserSqliteStore implements UsageStore {
     }
     this.lock.acquire();
     await this.factory.prepareTemplate();
+    if (this.options.journal) {
+      this.journal = await UsageJournal.open(this.dataDir, this.options);
+      // Rows a crash left in the journal reach their users' files before anything is served.
+      const users = this.journal.leftoverUsers();
+      if (users.length) {
+        for (const userId of users) await this.cache.acquire(userId);
+        await this.journal.drain();
+        this.logger.log(`applied journaled usage of ${users.length} user(s) left by the previous run`);
+      }
+    }
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
@@ -115,22 +129,32 @@ export class PerUserSqliteStore implements UsageStore {
       return { up: false, reason: 'data directory unavailable' };
     }
     if (this.openFailing) return { up: false, reason: 'cannot open user databases' };
+    if (this.journal?.failure) return { up: false, reason: 'usage writes failing' };
     for (const l of this.cache.values()) if (l.failing) return { up: false, reason: 'usage writes failing' };
     return { up: true };
   }
 
   /** Writes queued but not yet committed, across open users. */
   pendingWrites(): number {
-    let n = 0;
+    let n = this.journal?.pending ?? 0;
     for (const l of this.cache.values()) n += l.pendingWrites;
     return n;
   }
 
   async close(): Promise<void> {
+    // The journal first (its commits hand rows to the ledgers), the ledgers (they apply them, and ask the
+    // journal to forget them), then the journal's last deletions.
+    const journaled = (await this.journal?.drain()) ?? true;
     const uncommitted = await this.cache.closeAll();
+    if (this.journal) {
+      await this.journal.drain();
+      await this.journal.close();
+    }
+    if (!journaled) this.logger.error('usage writes could not be committed to the journal before closing');
     if (uncommitted > 0) {
       this.logger.error(
-        `${uncommitted} user database(s) closed with usage writes that could not be committed`,
+        `${uncommitted} user database(s) closed with usage writes that could not be committed` +
+          (this.journal ? ' (they stay in the journal and are applied at the next start)' : ''),
       );
     }
     this.lock.release();
@@ -151,12 +175,14 @@ export class PerUserSqliteStore implements UsageStore {
         this.options.clock(),
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
+        this.journal && { journal: this.journal, applyDelayMs: this.options.journal!.applyDelayMs },
       );
       this.openFailing = false;
       return ledger;
     } catch (e) {
       this.openFailing = true;
       await dataSource.destroy().catch(() => undefined);
+      if (e instanceof UsageStoreError) throw e;
       throw new UsageStoreError('missing_usage_tables', 'cannot read the usage tables', { cause: e });
     }
   }

@@ -26,6 +26,10 @@ export interface PendingWrite {
   retried?: boolean;
   /** Called once: `true` after the statement holding the write committed, `false` when it failed (it stays queued). */
   done?: (committed: boolean) => void;
+  /** Called when the write has committed, also after retries (`done` is called once, on the first attempt). */
+  committed?: () => void;
+  /** The write's row in the journal, when it came through one. */
+  journalSeq?: number;
 }
 
 interface ChunkResult {
@@ -170,6 +174,7 @@ export class SqliteBatchWriter {
   private queue: PendingWrite[] = [];
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  private delayTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private drainWaiters: (() => void)[] = [];
   private readonly statements = new Map<string, Statement>();
@@ -183,6 +188,11 @@ export class SqliteBatchWriter {
     /** The user whose database this is: every row carries it. */
     private readonly userId: string,
     private readonly onDrained: () => void,
+    /**
+     * How long the first queued write waits for others before a commit starts (0: the next turn). Only for
+     * writes already durable elsewhere (the journal): a delayed commit holds many rows.
+     */
+    private readonly delayMs = 0,
   ) {}
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
@@ -192,10 +202,32 @@ export class SqliteBatchWriter {
 
   enqueue(write: PendingWrite): void {
     this.queue.push(write);
-    if (!this.running && !this.retryTimer) {
+    if (this.running || this.retryTimer) return;
+    if (this.delayMs === 0) {
       this.running = true;
       setImmediate(() => void this.flush());
+    } else if (!this.delayTimer) {
+      this.delayTimer = setTimeout(() => this.flushNow(), this.delayMs);
+      this.delayTimer.unref();
+    } else if (this.queue.length >= MAX_ROWS_PER_STATEMENT) {
+      this.flushNow();
     }
+  }
+
+  /** Starts a commit now instead of when the delay or the retry backoff ends. */
+  private flushNow(): void {
+    clearTimeout(this.delayTimer);
+    clearTimeout(this.retryTimer);
+    this.delayTimer = this.retryTimer = undefined;
+    this.running = true;
+    void this.flush();
+  }
+
+  /** Takes the writes still queued (after a failed `drain`, before closing). */
+  takeQueued(): PendingWrite[] {
+    const q = this.queue;
+    this.queue = [];
+    return q;
   }
 
   /** Resolves once everything queued so far has committed (true), or false when `deadlineMs` passes. */
@@ -203,12 +235,7 @@ export class SqliteBatchWriter {
     const until = Date.now() + deadlineMs;
     while (this.queue.length > 0 || this.running) {
       if (Date.now() > until) return false;
-      if (this.retryTimer) {
-        clearTimeout(this.retryTimer);
-        this.retryTimer = undefined;
-        this.running = true;
-        void this.flush();
-      }
+      if (!this.running) this.flushNow();
       await new Promise<void>((resolve) => {
         this.drainWaiters.push(resolve);
         setTimeout(resolve, 100).unref();
@@ -218,7 +245,8 @@ export class SqliteBatchWriter {
   }
 
   async finalize(): Promise<void> {
-    if (this.retryTimer) clearTimeout(this.retryTimer);
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.delayTimer);
     await Promise.all(
       [...this.statements.values()].map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
     );
@@ -256,7 +284,10 @@ export class SqliteBatchWriter {
         firstError ??= r.error;
         failed.push(...r.rows);
       } else {
-        for (const w of r.rows) w.done?.(true);
+        for (const w of r.rows) {
+          w.done?.(true);
+          w.committed?.();
+        }
       }
     }
     // Alerts are written after their ledger rows; a lost alert row never changes usage.
@@ -275,11 +306,17 @@ export class SqliteBatchWriter {
     }
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
-    if (this.queue.length > 0) {
+    if (this.queue.length > 0 && this.delayMs === 0) {
       setImmediate(() => void this.flush());
       return;
     }
     this.running = false;
+    if (this.queue.length > 0) {
+      this.delayTimer = setTimeout(() => this.flushNow(), this.delayMs);
+      this.delayTimer.unref();
+      this.wakeDrainers(); // a drain in progress commits these now
+      return;
+    }
     this.wakeDrainers();
     this.onDrained();
   }

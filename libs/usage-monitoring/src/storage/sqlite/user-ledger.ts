@@ -14,7 +14,14 @@ import type {
   SettleResult,
 } from '../usage-store.interface';
 import { actualOf, crossedThresholds } from '../settlement';
-import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type CounterDelta, type PendingWrite, SqliteBatchWriter } from './sqlite-batch-writer';
+import type { JournaledWrite, UsageJournal } from './usage-journal';
+
+/** Cross-user batching: the store's journal, and how long a user's journaled rows wait to be applied. */
+export interface LedgerJournal {
+  journal: UsageJournal;
+  applyDelayMs: number;
+}
 
 interface Counter {
   used: number;
@@ -33,6 +40,8 @@ const counterKey = (periodKey: string, scope: string, metric: string) =>
 export class UserLedger {
   private readonly counters = new Map<string, Counter>();
   private inFlight = 0;
+  /** Writes handed to the journal and not yet in it (their response may be out after a failed commit). */
+  private unjournaled = 0;
   private writer!: SqliteBatchWriter;
 
   private constructor(
@@ -40,18 +49,42 @@ export class UserLedger {
     readonly dataSource: DataSource,
     private readonly onIdle: (ledger: UserLedger) => void,
     private readonly stallMs: number,
+    private readonly journal: UsageJournal | undefined,
   ) {}
 
+  /**
+   * Opens the ledger: applies rows the journal still holds for this user (a crash, or a close that could
+   * not commit them), then reads the counters back. Without a journal, settlements commit to this
+   * database before their response; with one, to the journal, and reach this database `applyDelayMs` later.
+   */
   static async open(
     userId: string,
     dataSource: DataSource,
     now: number,
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
+    journaled?: LedgerJournal,
   ): Promise<UserLedger> {
-    const ledger = new UserLedger(userId, dataSource, onIdle, stallMs);
+    const journal = journaled?.journal;
+    const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
-    ledger.writer = new SqliteBatchWriter(db, userId, () => ledger.notifyIfIdle());
+    ledger.writer = new SqliteBatchWriter(
+      db,
+      userId,
+      () => ledger.notifyIfIdle(),
+      journaled?.applyDelayMs ?? 0,
+    );
+    if (journal) {
+      const left = journal.takeLeftovers(userId);
+      // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
+      for (const { seq, write } of left) ledger.apply(write, seq, true);
+      if (left.length && !(await ledger.writer.drain())) {
+        journal.putBack(userId, ledger.unapplied());
+        throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
+          cause: ledger.writer.failure,
+        });
+      }
+    }
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
       await dataSource.query(
         'SELECT period_key, scope, metric, used, period_end FROM usage_counters WHERE user_id = ? AND period_end > ?',
@@ -67,9 +100,13 @@ export class UserLedger {
     return ledger;
   }
 
-  /** No request in flight and nothing waiting to commit: safe to close. */
+  /**
+   * No request in flight and nothing waiting to commit: safe to close. With a journal, rows waiting to be
+   * applied here do not count (they are in the journal; closing applies them first).
+   */
   isIdle(): boolean {
-    return this.inFlight === 0 && this.writer.pending === 0;
+    if (this.inFlight !== 0) return false;
+    return this.journal ? this.unjournaled === 0 : this.writer.pending === 0;
   }
 
   /** The last commit failed and has not yet succeeded on retry. */
@@ -78,17 +115,19 @@ export class UserLedger {
   }
 
   get pendingWrites(): number {
-    return this.writer.pending;
+    return this.writer.pending + this.unjournaled;
   }
 
   reserve(req: ReserveRequest): ReserveResult {
-    if (this.writer.failure) {
+    const failure = this.writer.failure ?? this.journal?.failure;
+    if (failure) {
       throw new UsageStoreError('operational_error', 'usage writes are failing; refusing new reservations', {
-        cause: this.writer.failure,
+        cause: failure,
       });
     }
-    const since = this.writer.busySince;
-    if (since !== 0 && Date.now() - since > this.stallMs) {
+    const now = Date.now();
+    const since = this.writer.busySince || this.journal?.busySince || 0;
+    if (since !== 0 && now - since > this.stallMs) {
       throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
     const { charges } = req;
@@ -151,32 +190,52 @@ export class UserLedger {
         });
       }
     }
-    return new Promise((resolve) => {
-      this.writer.enqueue({
-        event: s.event,
-        deltas,
-        alerts: alerts.length ? alerts : undefined,
-        done: () => {
-          this.inFlight--;
-          resolve({ alerts });
-          this.notifyIfIdle();
-        },
-      });
-    });
+    return new Promise((resolve) =>
+      this.write({ event: s.event, deltas, alerts: alerts.length ? alerts : undefined }, () =>
+        resolve({ alerts }),
+      ),
+    );
   }
 
   recordRequest(row: ApiRequestRecord): Promise<void> {
     this.inFlight++;
-    return new Promise((resolve) =>
-      this.writer.enqueue({
-        request: row,
-        done: () => {
-          this.inFlight--;
-          resolve();
-          this.notifyIfIdle();
-        },
-      }),
-    );
+    return new Promise((resolve) => this.write({ request: row }, resolve));
+  }
+
+  /**
+   * Queues a write and calls `released` once it is durable (or its first commit failed: it stays queued and
+   * is retried). Durable means committed to this database, or to the journal when there is one.
+   */
+  private write(write: JournaledWrite, released: () => void): void {
+    const done = () => {
+      this.inFlight--;
+      released();
+      this.notifyIfIdle();
+    };
+    if (!this.journal) {
+      this.writer.enqueue({ ...write, done });
+      return;
+    }
+    this.unjournaled++;
+    this.journal.append(this.userId, write, done, (seq) => {
+      this.unjournaled--;
+      this.apply(write, seq, false);
+      this.notifyIfIdle();
+    });
+  }
+
+  /** Queues a journaled write for this database; the journal forgets it once this database has it. */
+  private apply(write: JournaledWrite, seq: number, retried: boolean): void {
+    const journal = this.journal!;
+    this.writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget([seq]) });
+  }
+
+  /** Journaled writes this database has not committed. */
+  private unapplied(): { seq: number; write: JournaledWrite }[] {
+    return this.writer.takeQueued().map((w: PendingWrite) => ({
+      seq: w.journalSeq!,
+      write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
+    }));
   }
 
   snapshot(keys: CounterKey[]): CounterSnapshot[] {
@@ -189,6 +248,8 @@ export class UserLedger {
   /** Commits what is queued, then closes the database. Returns false when writes were left uncommitted. */
   async close(): Promise<boolean> {
     const drained = await this.writer.drain();
+    // What could not be applied stays in the journal, and is applied before this user is opened again.
+    if (!drained && this.journal) this.journal.putBack(this.userId, this.unapplied());
     await this.writer.finalize();
     await this.dataSource.destroy();
     return drained;

@@ -1,0 +1,240 @@
+import { join } from 'node:path';
+import * as sqlite3 from 'sqlite3';
+import type { PendingWrite } from './sqlite-batch-writer';
+
+/** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
+export const JOURNAL_FILE = '.usage-journal.sqlite';
+
+/** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
+export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts'>;
+
+interface Entry {
+  userId: string;
+  write: JournaledWrite;
+  /** Called once: `true` when the journal holds the write, `false` when its first commit failed (it stays queued). */
+  done: (committed: boolean) => void;
+  /** Called when the journal holds the write (also after retries), with its sequence number. */
+  journaled: (seq: number) => void;
+  /** Set after the first failed attempt: `done` has been called and is not called again. */
+  failed?: boolean;
+}
+
+const MAX_ROWS_PER_STATEMENT = 512;
+const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?) WHERE true';
+const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
+const RETRY_MIN_MS = 50;
+const RETRY_MAX_MS = 2_000;
+
+/**
+ * Cross-user group commit. Every user's settlements of a turn go into one transaction on one journal
+ * database, so that many users active at once cost one commit per turn instead of one per user; each
+ * user's rows then move to the user's own database in larger, delayed batches (see `UserLedger`), and
+ * leave the journal once that database has committed them (`forget`). Rows still here at start-up
+ * (a crash between the two commits) are handed back by `leftovers` and applied before the user's
+ * counters are read; applying twice is harmless (ledger rows are unique by request id).
+ */
+export class UsageJournal {
+  private queue: Entry[] = [];
+  private forgotten: number[] = [];
+  private running = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = RETRY_MIN_MS;
+  private readonly statements = new Map<string, sqlite3.Statement>();
+  private readonly left = new Map<string, { seq: number; write: JournaledWrite }[]>();
+  /** The last commit failure; cleared by the next successful commit. */
+  failure: Error | null = null;
+  /** When the commit now running started (`Date.now()`), 0 when none runs. */
+  busySince = 0;
+
+  private constructor(private readonly db: sqlite3.Database) {}
+
+  static async open(
+    dataDir: string,
+    options: { busyTimeoutMs: number; synchronous: 'normal' | 'full' },
+  ): Promise<UsageJournal> {
+    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
+      const d = new sqlite3.Database(join(dataDir, JOURNAL_FILE), (e) => (e ? reject(e) : resolve(d)));
+    });
+    const journal = new UsageJournal(db);
+    try {
+      db.configure('busyTimeout', options.busyTimeoutMs);
+      await journal.exec(`PRAGMA journal_mode = WAL;
+        PRAGMA synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'};
+        CREATE TABLE IF NOT EXISTS usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);`);
+      const rows = await new Promise<{ seq: number; entry: string }[]>((resolve, reject) =>
+        db.all('SELECT seq, entry FROM usage_journal ORDER BY seq', (e, r) =>
+          e ? reject(e) : resolve(r as never),
+        ),
+      );
+      for (const r of rows) {
+        const [userId, write] = JSON.parse(r.entry) as [string, JournaledWrite];
+        const list = journal.left.get(userId) ?? [];
+        list.push({ seq: r.seq, write });
+        journal.left.set(userId, list);
+      }
+    } catch (e) {
+      await journal.close();
+      throw e;
+    }
+    return journal;
+  }
+
+  /** Users with rows left in the journal that their database has not confirmed. */
+  leftoverUsers(): string[] {
+    return [...this.left.keys()];
+  }
+
+  /** Takes a user's leftover rows (oldest first); the caller applies them, then `forget`s their seqs. */
+  takeLeftovers(userId: string): { seq: number; write: JournaledWrite }[] {
+    const list = this.left.get(userId) ?? [];
+    this.left.delete(userId);
+    return list;
+  }
+
+  /** Hands rows back that could not be applied (the user's database was closed before it committed them). */
+  putBack(userId: string, rows: { seq: number; write: JournaledWrite }[]): void {
+    if (rows.length === 0) return;
+    this.left.set(userId, [...rows, ...(this.left.get(userId) ?? [])]);
+  }
+
+  /** Writes queued or committing, not yet in the journal. */
+  get pending(): number {
+    return this.queue.length + (this.running ? 1 : 0);
+  }
+
+  append(
+    userId: string,
+    write: JournaledWrite,
+    done: (committed: boolean) => void,
+    journaled: (seq: number) => void,
+  ): void {
+    this.queue.push({ userId, write, done, journaled });
+    this.schedule();
+  }
+
+  /** The user's database committed these rows: drop them from the journal (in the next turn's commit). */
+  forget(seqs: number[]): void {
+    for (const s of seqs) this.forgotten.push(s);
+    this.schedule();
+  }
+
+  /** Resolves true once everything queued (appends and forgets) has committed, false after `deadlineMs`. */
+  async drain(deadlineMs = 5_000): Promise<boolean> {
+    const until = Date.now() + deadlineMs;
+    while (this.queue.length > 0 || this.forgotten.length > 0 || this.running) {
+      if (Date.now() > until) return false;
+      if (this.retryTimer && !this.running) {
+        clearTimeout(this.retryTimer);
+        this.retryTimer = undefined;
+        this.running = true;
+        void this.flush();
+      }
+      // A timer that holds the event loop: the caller is waiting on us (start-up, shutdown).
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return true;
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.retryTimer);
+    await Promise.all(
+      [...this.statements.values()].map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
+    );
+    this.statements.clear();
+    await new Promise<void>((resolve) => this.db.close(() => resolve()));
+  }
+
+  private schedule(): void {
+    if (this.running || this.retryTimer) return;
+    this.running = true;
+    setImmediate(() => void this.flush());
+  }
+
+  private async flush(): Promise<void> {
+    this.busySince = Date.now();
+    const batch = this.queue;
+    this.queue = [];
+    const forgotten = this.forgotten;
+    this.forgotten = [];
+    // One statement per chunk, each atomic; the deletes in one more. Statements on one connection run in order.
+    const chunks: Promise<Error | null>[] = [];
+    for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
+      const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
+      chunks.push(
+        this.run(INSERT_SQL, JSON.stringify(part.map((e) => [e.userId, e.write]))).then(
+          (last) => {
+            part.forEach((e, j) => {
+              if (!e.failed) e.done(true);
+              e.journaled(last - part.length + 1 + j);
+            });
+            return null;
+          },
+          (error: Error) => {
+            for (const e of part) {
+              if (!e.failed) e.done(false);
+              e.failed = true;
+            }
+            this.queue.unshift(...part);
+            return error;
+          },
+        ),
+      );
+    }
+    if (forgotten.length) {
+      chunks.push(
+        this.run(DELETE_SQL, JSON.stringify(forgotten)).then(
+          () => null,
+          (error: Error) => {
+            this.forgotten.push(...forgotten);
+            return error;
+          },
+        ),
+      );
+    }
+    const errors = (await Promise.all(chunks)).filter((e) => e !== null);
+    this.busySince = 0;
+    if (errors.length) {
+      this.failure = errors[0];
+      this.running = false;
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        this.schedule();
+      }, this.retryDelay);
+      this.retryTimer.unref();
+      this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+      return;
+    }
+    this.failure = null;
+    this.retryDelay = RETRY_MIN_MS;
+    if (this.queue.length > 0 || this.forgotten.length > 0) {
+      setImmediate(() => void this.flush());
+      return;
+    }
+    this.running = false;
+  }
+
+  private exec(sql: string): Promise<void> {
+    return new Promise((resolve, reject) => this.db.exec(sql, (e) => (e ? reject(e) : resolve())));
+  }
+
+  /** Runs one prepared statement; resolves with the last inserted rowid. */
+  private run(sql: string, param: string): Promise<number> {
+    let stmt = this.statements.get(sql);
+    if (!stmt) {
+      stmt = this.db.prepare(sql);
+      stmt.on('error', () => undefined);
+      this.statements.set(sql, stmt);
+    }
+    const s = stmt;
+    const statements = this.statements;
+    return new Promise((resolve, reject) =>
+      s.run([param], function (this: sqlite3.RunResult, e: Error | null) {
+        if (!e) return resolve(this.lastID);
+        // Prepare again next time: the failure may have been the statement's.
+        if (statements.get(sql) === s) statements.delete(sql);
+        s.finalize(() => undefined);
+        reject(e);
+      }),
+    );
+  }
+}
