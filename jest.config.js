@@ -1,4 +1,7 @@
-/** Unit specs live beside the code in libs/; end-to-end specs in test/, run once per store. */
+/**
+ * Unit specs live beside the code in libs/; end-to-end specs in test/, run once per store, and the
+ * request-level ones once more through the `@UsageMetered()` binding.
+ */
 const common = {
   rootDir: __dirname,
   moduleFileExtensions: ['js', 'json', 'ts'],
@@ -17,6 +20,24 @@ module.exports = {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
+      setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
+    },
+    {
+      // The same request-level suites again through the opt-in `@UsageMetered()` binding.
+      ...common,
+      displayName: 'e2e-decorator',
+      testMatch: [
+        'limits',
+        'metering',
+        'identity',
+        'failures',
+        'bad-input',
+        'logging',
+        'streaming',
+        'lru',
+        'journal',
+      ].map((name) => `<rootDir>/test/${name}.e2e-spec.ts`),
+      setupFiles: ['<rootDir>/test/utils/decorator-binding.ts'],
       setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
     },
     {

@@ -1,6 +1,7 @@
 /**
  * One benchmark server, configured by environment, in its own process:
- * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered
+ * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered |
+ *              metered-decorator
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
  * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal)
@@ -32,6 +33,7 @@ import {
   Metered,
   MeteringInterceptor,
   UsageLimitGuard,
+  UsageMetered,
   UsageMonitoringModule,
   type StorageOptions,
 } from '@app/usage-monitoring';
@@ -72,6 +74,17 @@ function chatController(decorate: (target: Type) => void): Type {
   }
   decorate(ChatController);
   return ChatController;
+}
+
+/** The opt-in binding: `@UsageMetered()` on the handler instead of a guard and an interceptor. */
+@Controller('openai/v1')
+class DecoratedChatController {
+  @Post('chat/completions')
+  @HttpCode(200)
+  @UsageMetered({ provider: 'openai' })
+  chat(@Body() _body: unknown) {
+    return ANSWER;
+  }
 }
 
 @Controller('hello')
@@ -193,6 +206,10 @@ function moduleFor(): Type {
         { provide: APP_INTERCEPTOR, useClass: MeteringInterceptor },
       );
       controllers = [chatController(() => undefined), HelloController];
+      break;
+    case 'metered-decorator':
+      imports.push(usageModule());
+      controllers = [DecoratedChatController, HelloController];
       break;
     case 'unmetered-controller':
     case 'metered':

@@ -322,7 +322,16 @@ async function main(): Promise<void> {
     }
     if (want('metered')) {
       start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
-      cases.push({ ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] });
+      start('sqlite-d', { BENCH_MODE: 'metered-decorator', BENCH_DATA_DIR: join(tmp, 'sqlite-d') });
+      cases.push(
+        { ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] },
+        {
+          ...e,
+          mode: 'metered, @UsageMetered() binding',
+          adapter: 'express, sqlite3',
+          servers: ['sqlite-d'],
+        },
+      );
       if (!QUICK) {
         start('sqlite-j', {
           BENCH_MODE: 'metered',
@@ -350,10 +359,8 @@ async function main(): Promise<void> {
     if (want('postgres') && schema) {
       start('pg-a', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
       start('pg-b', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
-      cases.push(
-        { ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] },
-        { ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] },
-      );
+      if (!QUICK) cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] });
+      cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] });
       if (!QUICK) {
         cases.push(
           {
@@ -387,6 +394,19 @@ async function main(): Promise<void> {
         { ...f, mode: 'noop guard+interceptor', servers: ['f-noop'] },
         { ...f, mode: 'metered', adapter: 'fastify, sqlite3', servers: ['f-sqlite'] },
       );
+      if (!QUICK) {
+        start('f-sqlite-d', {
+          BENCH_MODE: 'metered-decorator',
+          BENCH_PLATFORM: 'fastify',
+          BENCH_DATA_DIR: join(tmp, 'f-sqlite-d'),
+        });
+        cases.push({
+          ...f,
+          mode: 'metered, @UsageMetered() binding',
+          adapter: 'fastify, sqlite3',
+          servers: ['f-sqlite-d'],
+        });
+      }
     }
     if (want('users')) {
       start(

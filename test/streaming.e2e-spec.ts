@@ -8,14 +8,12 @@ import {
   Query,
   Sse,
   StreamableFile,
-  UseGuards,
-  UseInterceptors,
   type MessageEvent,
 } from '@nestjs/common';
 import { interval, map, take, type Observable } from 'rxjs';
-import { CATALOG_VERSION, Metered, MeteringInterceptor, UsageLimitGuard } from '@app/usage-monitoring';
+import { CATALOG_VERSION, Metered } from '@app/usage-monitoring';
 import { createTestApp, type TestApp } from './utils/create-test-app';
-import { bearer } from './utils/test-controllers';
+import { bearer, MeteringBound } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 import { describeStore } from './utils/test-store';
 
@@ -79,8 +77,7 @@ function openAiChunks(n: number, includeUsage: boolean): object[] {
 const TICK_MS = 15;
 
 @Controller('stream')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 class StreamController {
   /** `@Sse()` with parsed event objects, as a handler that maps a provider SDK's stream would emit. */
   @Sse('anthropic')

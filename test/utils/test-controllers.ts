@@ -17,8 +17,10 @@ import {
   MeteringInterceptor,
   SkipMetering,
   UsageLimitGuard,
+  UsageMetered,
   type UsageStore,
 } from '@app/usage-monitoring';
+import { PATH_METADATA } from '@nestjs/common/constants';
 
 /** Test authentication: `Authorization: Bearer <base64url(user id)>` (any id, any character). */
 @Injectable()
@@ -35,6 +37,30 @@ export class TestAuthGuard implements CanActivate {
 }
 
 export const bearer = (userId: string) => `Bearer ${Buffer.from(userId, 'utf8').toString('base64url')}`;
+
+/** `USAGE_TEST_BINDING=decorator` runs the suites through the opt-in `@UsageMetered()` binding. */
+const DECORATOR_BINDING = process.env.USAGE_TEST_BINDING === 'decorator';
+
+/**
+ * Binds metering to a test controller: `UsageLimitGuard` + `MeteringInterceptor` (the default), or
+ * `@UsageMetered()` on each of its routes, so the same tests prove both bindings.
+ */
+export function MeteringBound(): ClassDecorator {
+  return (target) => {
+    if (!DECORATOR_BINDING) {
+      UseGuards(UsageLimitGuard)(target);
+      UseInterceptors(MeteringInterceptor)(target);
+      return;
+    }
+    const proto = target.prototype as object;
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      const d = Object.getOwnPropertyDescriptor(proto, name)!;
+      if (name === 'constructor' || !Reflect.hasMetadata(PATH_METADATA, d.value as object)) continue;
+      UsageMetered()(proto, name, d);
+      Object.defineProperty(proto, name, d);
+    }
+  };
+}
 
 /** What a test request may ask the fake provider to do. */
 export interface FakeChatBody {
@@ -71,8 +97,7 @@ async function chatAnswer(body: FakeChatBody) {
 }
 
 @Controller('openai/v1')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 export class FakeOpenAiController {
   @Post('chat/completions')
   @HttpCode(200)
@@ -89,8 +114,7 @@ export class FakeOpenAiController {
 }
 
 @Controller('anthropic/v1')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 @Metered({ provider: 'anthropic' })
 export class FakeAnthropicController {
   @Post('messages')
@@ -107,8 +131,7 @@ export class FakeAnthropicController {
 }
 
 @Controller('tavily')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 @Metered({ provider: 'tavily' })
 export class FakeTavilyController {
   @Post('search')
@@ -120,8 +143,7 @@ export class FakeTavilyController {
 
 /** No decorator: metered by path detection (`/detect/openai/...` matches the openai pattern). */
 @Controller('detect')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 export class DetectedController {
   @Post('openai/complete')
   @HttpCode(200)
@@ -155,8 +177,7 @@ export class GuardOnlyController {
 
 /** A metered route whose path carries a client-chosen id, so a test can find each request's ledger row. */
 @Controller('marked')
-@UseGuards(UsageLimitGuard)
-@UseInterceptors(MeteringInterceptor)
+@MeteringBound()
 @Metered({ provider: 'openai', model: 'gpt-4o-mini' })
 export class MarkedController {
   @Post(':id')

@@ -22,6 +22,7 @@ export type { EnforcementFailureReason, UsageLimitCode } from './usage-monitorin
 export { Metered } from './decorators/metered.decorator';
 export type { MeteredOptions } from './decorators/metered.decorator';
 export { SkipMetering } from './decorators/skip-metering.decorator';
+export { UsageMetered } from './decorators/usage-metered.decorator';
 export { InjectUsageMonitoringOptions, InjectUsageStore } from './decorators/inject.decorators';
 
 export { UsageLimitGuard } from './enforcement/usage-limit.guard';
