@@ -565,6 +565,9 @@ async function main(): Promise<void> {
 
 const round2 = (n: number) => Math.round(n * 100) / 100;
 
+/** A ratio for the table; a row without that baseline in the run shows a dash. */
+const ratio = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '—');
+
 function printTable(rows: Row[]): void {
   const head = [
     'mode',
@@ -586,8 +589,8 @@ function printTable(rows: Row[]): void {
     r.p50Ms.toFixed(1),
     r.p99Ms.toFixed(1),
     String(r.cpuUsPerReq),
-    r.ratioToBare.toFixed(2),
-    r.ratioToNoop.toFixed(2),
+    ratio(r.ratioToBare),
+    ratio(r.ratioToNoop),
     String(r.maxFds ?? ''),
   ]);
   console.log(`\n| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);

@@ -1,6 +1,7 @@
-import type { Database, Statement } from 'sqlite3';
+import type { Database } from 'sqlite3';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { withoutNul } from '../settlement';
+import { PreparedStatements } from './prepared-statements';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
 
 /** A counter increment implied by a ledger row. */
@@ -177,7 +178,7 @@ export class SqliteBatchWriter {
   private delayTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private drainWaiters: (() => void)[] = [];
-  private readonly statements = new Map<string, Statement>();
+  private readonly statements: PreparedStatements;
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
@@ -193,7 +194,9 @@ export class SqliteBatchWriter {
      * writes already durable elsewhere (the journal): a delayed commit holds many rows.
      */
     private readonly delayMs = 0,
-  ) {}
+  ) {
+    this.statements = new PreparedStatements(db);
+  }
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
   get pending(): number {
@@ -247,10 +250,7 @@ export class SqliteBatchWriter {
   async finalize(): Promise<void> {
     clearTimeout(this.retryTimer);
     clearTimeout(this.delayTimer);
-    await Promise.all(
-      [...this.statements.values()].map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
-    );
-    this.statements.clear();
+    await this.statements.finalizeAll();
   }
 
   private async flush(): Promise<void> {
@@ -294,9 +294,9 @@ export class SqliteBatchWriter {
     if (alerts.length) {
       await Promise.all(
         alerts.map((a) =>
-          this.run(ALERT_SQL, [a.userId, a.periodKey, a.limitId, a.threshold, a.used, a.max, a.at]).catch(
-            () => undefined,
-          ),
+          this.statements
+            .run(ALERT_SQL, [a.userId, a.periodKey, a.limitId, a.threshold, a.used, a.max, a.at])
+            .catch(() => undefined),
         ),
       );
     }
@@ -359,33 +359,13 @@ export class SqliteBatchWriter {
       const deltas = summedDeltas(part);
       const values = part.map((w, j) => row(w, j === part.length - 1 ? deltas : null));
       out.push(
-        this.run(sql, [this.userId, JSON.stringify(values)]).then(
+        this.statements.run(sql, [this.userId, JSON.stringify(values)]).then(
           () => ({ rows: part, error: null }),
           (error: Error) => ({ rows: part, error }),
         ),
       );
     }
     return out;
-  }
-
-  private run(sql: string, params: unknown[]): Promise<void> {
-    let stmt = this.statements.get(sql);
-    if (!stmt) {
-      stmt = this.db.prepare(sql);
-      // A statement that fails to prepare reports it to every run; keep the emitter from throwing.
-      stmt.on('error', () => undefined);
-      this.statements.set(sql, stmt);
-    }
-    const s = stmt;
-    return new Promise((resolve, reject) =>
-      s.run(params, (err: Error | null) => {
-        if (!err) return resolve();
-        // Prepare again next time: the failure may have been the statement's (e.g. a database replaced).
-        if (this.statements.get(sql) === s) this.statements.delete(sql);
-        s.finalize(() => undefined);
-        reject(err);
-      }),
-    );
   }
 
   private wakeDrainers(): void {

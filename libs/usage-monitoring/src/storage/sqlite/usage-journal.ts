@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
+import { PreparedStatements } from './prepared-statements';
 import type { PendingWrite } from './sqlite-batch-writer';
 
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
@@ -39,14 +40,16 @@ export class UsageJournal {
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
-  private readonly statements = new Map<string, sqlite3.Statement>();
+  private readonly statements: PreparedStatements;
   private readonly left = new Map<string, { seq: number; write: JournaledWrite }[]>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
   busySince = 0;
 
-  private constructor(private readonly db: sqlite3.Database) {}
+  private constructor(private readonly db: sqlite3.Database) {
+    this.statements = new PreparedStatements(db);
+  }
 
   static async open(
     dataDir: string,
@@ -137,10 +140,7 @@ export class UsageJournal {
 
   async close(): Promise<void> {
     clearTimeout(this.retryTimer);
-    await Promise.all(
-      [...this.statements.values()].map((s) => new Promise<void>((resolve) => s.finalize(() => resolve()))),
-    );
-    this.statements.clear();
+    await this.statements.finalizeAll();
     await new Promise<void>((resolve) => this.db.close(() => resolve()));
   }
 
@@ -161,7 +161,7 @@ export class UsageJournal {
     for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
       const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
       chunks.push(
-        this.run(INSERT_SQL, JSON.stringify(part.map((e) => [e.userId, e.write]))).then(
+        this.statements.run(INSERT_SQL, [JSON.stringify(part.map((e) => [e.userId, e.write]))]).then(
           (last) => {
             part.forEach((e, j) => {
               if (!e.failed) e.done(true);
@@ -182,7 +182,7 @@ export class UsageJournal {
     }
     if (forgotten.length) {
       chunks.push(
-        this.run(DELETE_SQL, JSON.stringify(forgotten)).then(
+        this.statements.run(DELETE_SQL, [JSON.stringify(forgotten)]).then(
           () => null,
           (error: Error) => {
             this.forgotten.push(...forgotten);
@@ -215,26 +215,5 @@ export class UsageJournal {
 
   private exec(sql: string): Promise<void> {
     return new Promise((resolve, reject) => this.db.exec(sql, (e) => (e ? reject(e) : resolve())));
-  }
-
-  /** Runs one prepared statement; resolves with the last inserted rowid. */
-  private run(sql: string, param: string): Promise<number> {
-    let stmt = this.statements.get(sql);
-    if (!stmt) {
-      stmt = this.db.prepare(sql);
-      stmt.on('error', () => undefined);
-      this.statements.set(sql, stmt);
-    }
-    const s = stmt;
-    const statements = this.statements;
-    return new Promise((resolve, reject) =>
-      s.run([param], function (this: sqlite3.RunResult, e: Error | null) {
-        if (!e) return resolve(this.lastID);
-        // Prepare again next time: the failure may have been the statement's.
-        if (statements.get(sql) === s) statements.delete(sql);
-        s.finalize(() => undefined);
-        reject(e);
-      }),
-    );
   }
 }
