@@ -154,49 +154,67 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
 });
 
 describeSqlite('commit failures (per-user SQLite)', () => {
-  it('delivers produced responses, keeps their usage queued, answers 503 meanwhile, and commits each exactly once after recovery', async () => {
-    const t = await createTestApp({ usage: { storage: { busyTimeoutMs: 100 } } });
-    const store = t.probe.store as PerUserSqliteStore;
-    const agent = new Agent({ keepAlive: true });
-    const user = USERS[0];
-    const locker = new Database(join(t.dataDir, userFileName(user)));
-    const exec = (sql: string) =>
-      new Promise<void>((resolve, reject) => locker.exec(sql, (e) => (e ? reject(e) : resolve())));
-    try {
-      expect(await postMarked(t.url, agent, user, 'before')).toBe(200);
-      // Another process-like connection takes the write lock: our commits now fail with SQLITE_BUSY.
-      await exec(
-        "PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; INSERT INTO usage_alerts VALUES ('x', 'x', 'x', 1, 0, 0, 0)",
-      );
-      const during = await Promise.all(
-        Array.from({ length: 5 }, (_, i) => postMarked(t.url, agent, user, `during-${i}`)),
-      );
-      expect(during).toEqual([200, 200, 200, 200, 200]); // produced before the failure was known: delivered
-      expect(store.pendingWrites()).toBeGreaterThanOrEqual(5);
-      const refused = await postMarked(t.url, agent, user, 'refused');
-      expect(refused).toBe(503);
-      expect(t.app.get(UsageService).enforcementStats().failures).toEqual({ 'operational_error:openai': 1 });
-      const health = await fetch(`${t.url}/health/usage`);
-      expect(health.status).toBe(503);
-      await exec('ROLLBACK');
-      for (let i = 0; i < 100 && store.pendingWrites() > 0; i++) await new Promise((r) => setTimeout(r, 50));
-      expect(store.pendingWrites()).toBe(0);
-      expect(await postMarked(t.url, agent, user, 'after')).toBe(200);
-      const { ids, used } = await ledger(t.dataDir, user);
-      expect(ids.sort()).toEqual([
-        'after',
-        'before',
-        'during-0',
-        'during-1',
-        'during-2',
-        'during-3',
-        'during-4',
-      ]);
-      expect(used).toBe(7);
-    } finally {
-      agent.destroy();
-      await new Promise<void>((resolve) => locker.close(() => resolve()));
-      await t.close();
-    }
-  });
+  const user = USERS[0];
+  const targets = [
+    {
+      name: "the user's file",
+      journal: undefined,
+      file: userFileName(user),
+      write: "INSERT INTO usage_alerts VALUES ('x', 'x', 'x', 1, 0, 0, 0)",
+    },
+    {
+      name: 'the cross-user journal',
+      journal: { applyDelayMs: 0 },
+      file: JOURNAL_FILE,
+      write: "INSERT INTO usage_journal (entry) VALUES ('[]')",
+    },
+  ];
+  it.each(targets)(
+    'commits to $name fail: delivers produced responses, keeps their usage queued, answers 503 meanwhile, and commits each exactly once after recovery',
+    async ({ journal, file, write }) => {
+      const t = await createTestApp({ usage: { storage: { busyTimeoutMs: 100, journal } } });
+      const store = t.probe.store as PerUserSqliteStore;
+      const agent = new Agent({ keepAlive: true });
+      const locker = new Database(join(t.dataDir, file));
+      const exec = (sql: string) =>
+        new Promise<void>((resolve, reject) => locker.exec(sql, (e) => (e ? reject(e) : resolve())));
+      try {
+        expect(await postMarked(t.url, agent, user, 'before')).toBe(200);
+        // Another process-like connection takes the write lock: our commits now fail with SQLITE_BUSY.
+        await exec(`PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; ${write}`);
+        const during = await Promise.all(
+          Array.from({ length: 5 }, (_, i) => postMarked(t.url, agent, user, `during-${i}`)),
+        );
+        expect(during).toEqual([200, 200, 200, 200, 200]); // produced before the failure was known: delivered
+        expect(store.pendingWrites()).toBeGreaterThanOrEqual(5);
+        const refused = await postMarked(t.url, agent, user, 'refused');
+        expect(refused).toBe(503);
+        expect(t.app.get(UsageService).enforcementStats().failures).toEqual({
+          'operational_error:openai': 1,
+        });
+        const health = await fetch(`${t.url}/health/usage`);
+        expect(health.status).toBe(503);
+        await exec('ROLLBACK');
+        for (let i = 0; i < 100 && store.pendingWrites() > 0; i++)
+          await new Promise((r) => setTimeout(r, 50));
+        expect(store.pendingWrites()).toBe(0);
+        expect(await postMarked(t.url, agent, user, 'after')).toBe(200);
+        const { ids, used } = await ledger(t.dataDir, user);
+        expect(ids.sort()).toEqual([
+          'after',
+          'before',
+          'during-0',
+          'during-1',
+          'during-2',
+          'during-3',
+          'during-4',
+        ]);
+        expect(used).toBe(7);
+      } finally {
+        agent.destroy();
+        await new Promise<void>((resolve) => locker.close(() => resolve()));
+        await t.close();
+      }
+    },
+  );
 });
