@@ -19,7 +19,7 @@ const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : undefined;
 const DURATION = QUICK ? 1.5 : 8;
 /** Seconds of load each server gets before it is measured (autocannon's `amount` ends on a 1 s tick). */
-const WARM_SECONDS = 1.5;
+const WARM_SECONDS = QUICK ? 1 : 2;
 /** `storage.journal.applyDelayMs` of the journal modes (the option's default). */
 const JOURNAL_APPLY_MS = 1000;
 const ROUNDS = QUICK ? 2 : 3;
