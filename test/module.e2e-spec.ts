@@ -1,6 +1,6 @@
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageMonitoringModule, type UsageMonitoringModuleOptions } from '@app/usage-monitoring';
 import {
@@ -135,6 +135,19 @@ describeStore('UsageMonitoringModule wiring', () => {
       imports: [UsageMonitoringModule.forRoot({ plans: TEST_PLANS, storage: { dataDir: file } })],
     }).compile();
     await expect(moduleRef.init()).rejects.toThrow(/storage\.dataDir ".*not-a-dir" cannot be used/);
+  });
+
+  itSqlite('refuses to start when the journal file cannot be opened, naming it', async () => {
+    const dataDir = tempDataDir();
+    mkdirSync(join(dataDir, '.usage-journal.sqlite')); // a directory where the journal should be
+    const moduleRef = await Test.createTestingModule({
+      imports: [UsageMonitoringModule.forRoot({ plans: TEST_PLANS, storage: { dataDir, journal: true } })],
+    }).compile();
+    await expect(moduleRef.init()).rejects.toThrow(
+      /storage\.journal: cannot open \.usage-journal\.sqlite in ".*"/,
+    );
+    await moduleRef.close().catch(() => undefined);
+    rmSync(dataDir, { recursive: true, force: true });
   });
 
   itSqlite('refuses a second live owner of the same dataDir and takes over a dead one’s lock', async () => {

@@ -60,6 +60,8 @@ export function UsageMetered(options?: MeteredOptions): MethodDecorator {
     );
     Reflect.defineMetadata(RESPONSE_PASSTHROUGH_METADATA, true, ctor, key);
 
+    /** Read at the first call, once every decorator (also `@Sse()` above this one) has been applied. */
+    let sse: boolean | undefined;
     const wrapped = function (this: Bound, ...args: unknown[]): unknown {
       const guard = this[GUARD];
       const interceptor = this[INTERCEPTOR];
@@ -81,6 +83,7 @@ export function UsageMetered(options?: MeteredOptions): MethodDecorator {
       };
       // An Observable returned by a handler is torn down by Nest when the client leaves; a provider call
       // that still completes must be metered whole, so (except for @Sse) the result goes back as a Promise.
+      sse ??= Reflect.getMetadata(SSE_METADATA, wrapped) === true;
       const run = () => {
         const out = interceptor.intercept(context, next);
         return sse ? out : lastValueFrom(out, { defaultValue: undefined });
@@ -98,11 +101,8 @@ export function UsageMetered(options?: MeteredOptions): MethodDecorator {
       Reflect.defineMetadata(k, Reflect.getMetadata(k, original), wrapped);
     }
     Object.defineProperty(wrapped, 'name', { value: original.name });
-    let sse = Reflect.getMetadata(SSE_METADATA, original) === true;
     descriptor.value = wrapped as never;
     if (options) Metered(options)(target, key, descriptor);
-    // `@Sse()` may also be applied after this decorator (above it), onto the wrapper.
-    queueMicrotask(() => (sse ||= Reflect.getMetadata(SSE_METADATA, wrapped) === true));
     return descriptor;
   };
 }

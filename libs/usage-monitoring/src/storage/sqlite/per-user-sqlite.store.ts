@@ -17,7 +17,7 @@ import type {
 } from '../usage-store.interface';
 import { DataDirLock } from './data-dir-lock';
 import { UserDataSourceFactory } from './user-data-source.factory';
-import { UsageJournal } from './usage-journal';
+import { JOURNAL_FILE, UsageJournal } from './usage-journal';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
 
@@ -82,7 +82,14 @@ export class PerUserSqliteStore implements UsageStore {
     this.lock.acquire();
     await this.factory.prepareTemplate();
     if (this.options.journal) {
-      this.journal = await UsageJournal.open(this.dataDir, this.options);
+      try {
+        this.journal = await UsageJournal.open(this.dataDir, this.options);
+      } catch (e) {
+        this.lock.release();
+        throw new Error(
+          `storage.journal: cannot open ${JOURNAL_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
+        );
+      }
       // Rows a crash left in the journal reach their users' files before anything is served.
       const users = this.journal.leftoverUsers();
       if (users.length) {
