@@ -125,9 +125,8 @@ export class UserLedger {
         cause: failure,
       });
     }
-    const now = Date.now();
     const since = this.writer.busySince || this.journal?.busySince || 0;
-    if (since !== 0 && now - since > this.stallMs) {
+    if (since !== 0 && Date.now() - since > this.stallMs) {
       throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
     const { charges } = req;
