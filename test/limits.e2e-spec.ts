@@ -1,6 +1,8 @@
 import request from 'supertest';
 import { createTestApp, type TestApp } from './utils/create-test-app';
-import { bearer } from './utils/test-controllers';
+import { GUARDS_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants';
+import { UsageLimitGuard } from '@app/usage-monitoring';
+import { bearer, FakeOpenAiController } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 import { describeStore } from './utils/test-store';
 
@@ -26,6 +28,18 @@ describeStore('limits', () => {
 
   const post = (user: string, path = '/openai/v1/chat/completions', body: object = chat()) =>
     request(t.url).post(path).set('authorization', bearer(user)).send(body);
+
+  it('runs through the binding this project asks for (guard + interceptor, or @UsageMetered())', () => {
+    const guards = Reflect.getMetadata(GUARDS_METADATA, FakeOpenAiController) as unknown[] | undefined;
+    const args = Reflect.getMetadata(ROUTE_ARGS_METADATA, FakeOpenAiController, 'chat') as object;
+    if (process.env.USAGE_TEST_BINDING === 'decorator') {
+      expect(guards).toBeUndefined();
+      expect(Object.keys(args)).toHaveLength(3); // @Body() plus the request and response it injects
+    } else {
+      expect(guards).toEqual([UsageLimitGuard]);
+      expect(Object.keys(args)).toHaveLength(1);
+    }
+  });
 
   it('admits N calls, then answers 429 with the exact body and headers; a new period admits again', async () => {
     const user = 'alice';

@@ -232,12 +232,15 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
   };
 }
 
+/** `storage.journal: true` and `{}` apply each user's journaled rows after this long. */
+const JOURNAL_APPLY_DELAY_MS = 1000;
+
 function resolveJournal(j: SqliteStorageOptions['journal']): { applyDelayMs: number } | undefined {
   if (j === undefined || j === false) return undefined;
-  if (j === true) return { applyDelayMs: 1000 };
+  if (j === true) return { applyDelayMs: JOURNAL_APPLY_DELAY_MS };
   if (typeof j !== 'object' || j === null)
     fail(`storage.journal must be true, false or { applyDelayMs } (got ${JSON.stringify(j)})`);
-  const applyDelayMs = positiveInt(j.applyDelayMs, 'storage.journal.applyDelayMs', 1000, 0);
+  const applyDelayMs = positiveInt(j.applyDelayMs, 'storage.journal.applyDelayMs', JOURNAL_APPLY_DELAY_MS, 0);
   if (applyDelayMs > 60_000) fail(`storage.journal.applyDelayMs must be ≤ 60000 (got ${applyDelayMs})`);
   return { applyDelayMs };
 }

@@ -63,13 +63,9 @@ export function UsageMetered(options?: MeteredOptions): MethodDecorator {
     /** Read at the first call, once every decorator (also `@Sse()` above this one) has been applied. */
     let sse: boolean | undefined;
     const wrapped = function (this: Bound, ...args: unknown[]): unknown {
-      const guard = this[GUARD];
-      const interceptor = this[INTERCEPTOR];
-      if (!guard || !interceptor) {
-        throw new Error(
-          '@UsageMetered(): UsageMonitoringModule is not visible to this controller (import it, or set isGlobal)',
-        );
-      }
+      // Injected by Nest (a module that cannot see them fails at start-up, naming UsageLimitGuard).
+      const guard = this[GUARD]!;
+      const interceptor = this[INTERCEPTOR]!;
       const request = args[at];
       const response = args[at + 1];
       const own = args.slice(0, at);

@@ -81,9 +81,9 @@ const ALERT_SQL = `INSERT INTO usage_alerts (user_id, period_key, limit_id, thre
   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`;
 
 /** Rows per INSERT statement at most (a statement holds SQLite's write lock while it runs). */
-const MAX_ROWS_PER_STATEMENT = 512;
-const RETRY_MIN_MS = 50;
-const RETRY_MAX_MS = 2_000;
+export const MAX_ROWS_PER_STATEMENT = 512;
+export const RETRY_MIN_MS = 50;
+export const RETRY_MAX_MS = 2_000;
 
 /**
  * `INSERT … SELECT` over `json_each(?2)`: a chunk's rows travel as one JSON array bound to one parameter.

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
 import { PreparedStatements } from './prepared-statements';
-import type { PendingWrite } from './sqlite-batch-writer';
+import { MAX_ROWS_PER_STATEMENT, RETRY_MAX_MS, RETRY_MIN_MS, type PendingWrite } from './sqlite-batch-writer';
 
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
 export const JOURNAL_FILE = '.usage-journal.sqlite';
@@ -20,11 +20,8 @@ interface Entry {
   failed?: boolean;
 }
 
-const MAX_ROWS_PER_STATEMENT = 512;
 const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?) WHERE true';
 const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
-const RETRY_MIN_MS = 50;
-const RETRY_MAX_MS = 2_000;
 
 /**
  * Cross-user group commit. Every user's settlements of a turn go into one transaction on one journal
@@ -115,9 +112,9 @@ export class UsageJournal {
     this.schedule();
   }
 
-  /** The user's database committed these rows: drop them from the journal (in the next turn's commit). */
-  forget(seqs: number[]): void {
-    for (const s of seqs) this.forgotten.push(s);
+  /** The user's database committed this row: drop it from the journal (in the next turn's commit). */
+  forget(seq: number): void {
+    this.forgotten.push(seq);
     this.schedule();
   }
 

@@ -212,7 +212,9 @@ export class UserLedger {
       this.notifyIfIdle();
     };
     if (!this.journal) {
-      this.writer.enqueue({ ...write, done });
+      // The write object is this settlement's own: it becomes the pending write, no copy on the hot path.
+      (write as PendingWrite).done = done;
+      this.writer.enqueue(write);
       return;
     }
     this.unjournaled++;
@@ -226,7 +228,7 @@ export class UserLedger {
   /** Queues a journaled write for this database; the journal forgets it once this database has it. */
   private apply(write: JournaledWrite, seq: number, retried: boolean): void {
     const journal = this.journal!;
-    this.writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget([seq]) });
+    this.writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget(seq) });
   }
 
   /** Journaled writes this database has not committed. */
