@@ -2,7 +2,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
 import request from 'supertest';
-import { JOURNAL_FILE, PerUserSqliteStore, UsageService } from '@app/usage-monitoring';
+import { JOURNAL_FILE, PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb, sqliteFiles } from './utils/user-db';
@@ -64,7 +64,7 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       const stillJournaled = await journalRows(t.dataDir);
       expect(stillJournaled).toBeGreaterThanOrEqual(1); // the users still open
       expect(stillJournaled).toBeLessThanOrEqual(3);
-      // Reopened, the hot user reads its counters back from its file: still exhausted.
+      // Parked in memory with its counters (its database closed): still exhausted.
       expect((await post(hot)).status).toBe(429);
       const report = await t.app.get(UsageService).getUsage(hot);
       expect(report.limits.find((l) => l.metric === 'calls')).toMatchObject({ used: 100, reserved: 0 });
@@ -77,6 +77,120 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       for (const u of others) expect(await ledgerRows(t.dataDir, u)).toBe(1);
       expect(sqliteFiles(t.dataDir).sort()).toHaveLength(1 + 1 + others.length); // journal + 7 users
     } finally {
+      if (!closed) await t.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps closed users in memory: exact limits, rows applied in the background within the open-file cap, users dropped from memory read back from their files', async () => {
+    const dataDir = tempDataDir();
+    const t = await createTestApp({
+      usage: {
+        storage: { dataDir, maxOpenDataSources: 2, journal: { applyDelayMs: 100, maxUsersInMemory: 4 } },
+      },
+    });
+    const store = t.probe.store as PerUserSqliteStore;
+    const post = (user: string) =>
+      request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat);
+    const users = Array.from({ length: 8 }, (_, i) => `plan=hundred;parked-${i}`);
+    let maxOpen = 0;
+    const sampler = setInterval(() => (maxOpen = Math.max(maxOpen, store.openDataSources)), 1);
+    let closed = false;
+    try {
+      // 8 users × 120 parallel requests with 100 calls each, through 2 open files.
+      const codes = await Promise.all(
+        users.map(async (u) =>
+          (await Promise.all(Array.from({ length: 120 }, () => post(u)))).map((r) => r.status),
+        ),
+      );
+      for (const c of codes) {
+        expect(c.filter((x) => x === 200)).toHaveLength(100);
+        expect(c.filter((x) => x === 429)).toHaveLength(20);
+      }
+      // The background applier empties the journal while the app runs.
+      for (let i = 0; i < 100 && (await journalRows(t.dataDir)) > 0; i++)
+        await new Promise((r) => setTimeout(r, 50));
+      clearInterval(sampler);
+      expect(await journalRows(t.dataDir)).toBe(0);
+      expect(maxOpen).toBeLessThanOrEqual(2);
+      expect(maxOpen).toBeGreaterThanOrEqual(1);
+      expect(store.usersInMemory).toBeGreaterThanOrEqual(1);
+      expect(store.usersInMemory).toBeLessThanOrEqual(4);
+      for (const u of users) {
+        expect(await ledgerRows(t.dataDir, u)).toBe(100);
+        expect(await callsUsed(t.dataDir, u)).toBe(100);
+      }
+      // Open, parked or dropped (and read back from its file): every user is still exhausted.
+      for (const u of users) expect((await post(u)).status).toBe(429);
+      const service = t.app.get(UsageService);
+      for (const u of users) {
+        const report = await service.getUsage(u);
+        expect(report.limits.find((l) => l.metric === 'calls')).toMatchObject({ used: 100, reserved: 0 });
+      }
+      await t.close();
+      closed = true;
+      expect(await journalRows(t.dataDir)).toBe(0);
+      for (const u of users) expect(await ledgerRows(t.dataDir, u)).toBe(100);
+    } finally {
+      clearInterval(sampler);
+      if (!closed) await t.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it("a parked user's file that cannot be written: its rows stay in the journal, that user gets 503 and health is down; after release each row lands once", async () => {
+    const dataDir = tempDataDir();
+    const t = await createTestApp({
+      usage: {
+        storage: { dataDir, maxOpenDataSources: 1, busyTimeoutMs: 50, journal: { applyDelayMs: 50 } },
+      },
+    });
+    const store = t.probe.store as PerUserSqliteStore;
+    const post = (user: string) =>
+      request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat);
+    const [a, b] = ['plan=hundred;parked-a', 'plan=hundred;parked-b'];
+    let locker: Database | undefined;
+    let closed = false;
+    try {
+      for (let i = 0; i < 3; i++) expect((await post(a)).status).toBe(200);
+      expect((await post(b)).status).toBe(200); // a's database closes (cap 1): a is parked
+      expect(store.usersInMemory).toBe(1);
+      expect(await ledgerRows(t.dataDir, a)).toBe(3);
+      // Another connection holds a's write lock: applying its next rows fails.
+      locker = new Database(join(t.dataDir, userFileName(a)));
+      await new Promise<void>((resolve, reject) =>
+        locker!.exec('BEGIN IMMEDIATE', (e) => (e ? reject(e) : resolve())),
+      );
+      expect((await post(a)).status).toBe(200); // durable in the journal: acknowledged
+      expect((await post(a)).status).toBe(200);
+      let refused = 200;
+      for (let i = 0; i < 100 && refused !== 503; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        refused = (await fetch(`${t.url}/health/usage`)).status;
+      }
+      expect(refused).toBe(503);
+      expect((await post(a)).status).toBe(503);
+      expect((await post(b)).status).toBe(200); // other users are not held up
+      expect(await journalRows(t.dataDir)).toBeGreaterThanOrEqual(2);
+      await new Promise<void>((resolve, reject) =>
+        locker!.exec('ROLLBACK', (e) => (e ? reject(e) : resolve())),
+      );
+      let health = 503;
+      for (let i = 0; i < 100 && health !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        health = (await fetch(`${t.url}/health/usage`)).status;
+      }
+      expect(health).toBe(200);
+      expect(await ledgerRows(t.dataDir, a)).toBe(5);
+      expect((await post(a)).status).toBe(200);
+      await t.close();
+      closed = true;
+      expect(await ledgerRows(t.dataDir, a)).toBe(6);
+      expect(await callsUsed(t.dataDir, a)).toBe(6);
+      expect(await ledgerRows(t.dataDir, b)).toBe(2);
+      expect(await journalRows(t.dataDir)).toBe(0);
+    } finally {
+      await new Promise<void>((resolve) => (locker ? locker.close(() => resolve()) : resolve()));
       if (!closed) await t.close();
       rmSync(dataDir, { recursive: true, force: true });
     }

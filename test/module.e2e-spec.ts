@@ -107,7 +107,7 @@ describeStore('UsageMonitoringModule wiring', () => {
     [
       'a journal that is not true, false or an object',
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: 'yes' } },
-      /storage\.journal must be true, false or \{ applyDelayMs \} \(got "yes"\)/,
+      /storage\.journal must be true, false or \{ applyDelayMs, maxUsersInMemory \} \(got "yes"\)/,
     ],
     [
       'a negative journal delay',
@@ -118,6 +118,11 @@ describeStore('UsageMonitoringModule wiring', () => {
       'a journal delay over a minute',
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: { applyDelayMs: 600_000 } } },
       /storage\.journal\.applyDelayMs must be ≤ 60000 \(got 600000\)/,
+    ],
+    [
+      'a fractional number of users kept in memory',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: { maxUsersInMemory: 1.5 } } },
+      /storage\.journal\.maxUsersInMemory must be an integer ≥ 0 \(got 1\.5\)/,
     ],
   ];
 

@@ -28,7 +28,7 @@ export type ResolvedStorage =
       maxOpenDataSources: number;
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
-      journal?: { applyDelayMs: number };
+      journal?: { applyDelayMs: number; maxUsersInMemory: number };
     }
   | ResolvedSharedStorage
   | { type: 'custom'; store: UsageStore };
@@ -234,15 +234,27 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
 
 /** `storage.journal: true` and `{}` apply each user's journaled rows after this long. */
 const JOURNAL_APPLY_DELAY_MS = 1000;
+/** `storage.journal.maxUsersInMemory` by default. */
+const JOURNAL_USERS_IN_MEMORY = 100_000;
 
-function resolveJournal(j: SqliteStorageOptions['journal']): { applyDelayMs: number } | undefined {
+function resolveJournal(
+  j: SqliteStorageOptions['journal'],
+): { applyDelayMs: number; maxUsersInMemory: number } | undefined {
   if (j === undefined || j === false) return undefined;
-  if (j === true) return { applyDelayMs: JOURNAL_APPLY_DELAY_MS };
+  if (j === true) return { applyDelayMs: JOURNAL_APPLY_DELAY_MS, maxUsersInMemory: JOURNAL_USERS_IN_MEMORY };
   if (typeof j !== 'object' || j === null)
-    fail(`storage.journal must be true, false or { applyDelayMs } (got ${JSON.stringify(j)})`);
+    fail(
+      `storage.journal must be true, false or { applyDelayMs, maxUsersInMemory } (got ${JSON.stringify(j)})`,
+    );
   const applyDelayMs = positiveInt(j.applyDelayMs, 'storage.journal.applyDelayMs', JOURNAL_APPLY_DELAY_MS, 0);
   if (applyDelayMs > 60_000) fail(`storage.journal.applyDelayMs must be ≤ 60000 (got ${applyDelayMs})`);
-  return { applyDelayMs };
+  const maxUsersInMemory = positiveInt(
+    j.maxUsersInMemory,
+    'storage.journal.maxUsersInMemory',
+    JOURNAL_USERS_IN_MEMORY,
+    0,
+  );
+  return { applyDelayMs, maxUsersInMemory };
 }
 
 function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {

@@ -38,10 +38,15 @@ export interface SqliteStorageOptions {
    * user's rows then move to the user's own file in one commit `applyDelayMs` later (at once when the
    * user's database is closed or evicted, and at start-up for rows a crash left in the journal). Counters
    * and enforcement are exact either way; a user's file lags the journal by up to `applyDelayMs`.
-   * `true` means `{ applyDelayMs: 1000 }`.
+   *
+   * With the journal, a user whose database the LRU closes stays in memory with its counters (up to
+   * `maxUsersInMemory` users, least recently used dropped first, never one with rows still to apply):
+   * coming back costs no database open, and its rows reach its file in the background, one
+   * open–commit–close per user every `applyDelayMs`, within `maxOpenDataSources`. `0` turns that off.
+   * `true` means `{ applyDelayMs: 1000, maxUsersInMemory: 100000 }`.
    * @default false
    */
-  journal?: boolean | { applyDelayMs?: number };
+  journal?: boolean | { applyDelayMs?: number; maxUsersInMemory?: number };
 }
 
 /** A store you built yourself (for example a subclass, or another engine behind the `UsageStore` seam). */

@@ -20,6 +20,7 @@ import { UserDataSourceFactory } from './user-data-source.factory';
 import { JOURNAL_FILE, UsageJournal } from './usage-journal';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
+import { ParkedLedgers } from './parked-ledgers';
 
 export interface PerUserSqliteStoreOptions {
   dataDir: string;
@@ -34,7 +35,7 @@ export interface PerUserSqliteStoreOptions {
    */
   stallMs?: number;
   /** Cross-user group commit through a journal file (see `SqliteStorageOptions.journal`). */
-  journal?: { applyDelayMs: number };
+  journal?: { applyDelayMs: number; maxUsersInMemory: number };
 }
 
 /**
@@ -50,6 +51,8 @@ export class PerUserSqliteStore implements UsageStore {
   private readonly lock: DataDirLock;
   private openFailing = false;
   private journal: UsageJournal | undefined;
+  /** Journal mode: users whose database the LRU closed, kept with their counters. */
+  private parked: ParkedLedgers | undefined;
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -58,7 +61,11 @@ export class PerUserSqliteStore implements UsageStore {
       busyTimeoutMs: options.busyTimeoutMs,
       synchronous: options.synchronous,
     });
-    this.cache = new UserLedgerCache(options.maxOpenDataSources, (userId) => this.openLedger(userId));
+    this.cache = new UserLedgerCache(
+      options.maxOpenDataSources,
+      (userId) => this.openLedger(userId),
+      (ledger) => this.retire(ledger),
+    );
     this.lock = new DataDirLock(this.dataDir);
   }
 
@@ -84,6 +91,16 @@ export class PerUserSqliteStore implements UsageStore {
     if (this.options.journal) {
       try {
         this.journal = await UsageJournal.open(this.dataDir, this.options);
+        if (this.options.journal.maxUsersInMemory > 0) {
+          this.parked = new ParkedLedgers({
+            max: this.options.journal.maxUsersInMemory,
+            applyDelayMs: this.options.journal.applyDelayMs,
+            journal: this.journal,
+            openFile: (userId) => this.factory.openFile(userId),
+            closeFile: (db) => this.factory.closeFile(db),
+            withSlot: (fn) => this.cache.withSlot(fn),
+          });
+        }
       } catch (e) {
         this.lock.release();
         throw new Error(
@@ -101,17 +118,17 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
-    const ledger = this.cache.get(req.userId);
+    const ledger = this.ledger(req.userId);
     if (ledger) return ledger.reserve(req);
     return this.cache.acquire(req.userId).then((l) => l.reserve(req));
   }
 
   release(reservation: Reservation): void {
-    this.cache.get(reservation.userId)?.release(reservation);
+    this.ledger(reservation.userId)?.release(reservation);
   }
 
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
-    const ledger = this.cache.get(reservation.userId);
+    const ledger = this.ledger(reservation.userId);
     // A ledger with a reservation in flight is never evicted, so it is always here.
     if (!ledger)
       return Promise.reject(new UsageStoreError('unexpected_enforcement_error', 'ledger not open'));
@@ -119,13 +136,31 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   async recordRequest(row: ApiRequestRecord): Promise<void> {
-    const ledger = await this.cache.acquire(row.userId);
+    const ledger = this.ledger(row.userId) ?? (await this.cache.acquire(row.userId));
     await ledger.recordRequest(row);
   }
 
   async readCounters(userId: string, keys: CounterKey[]): Promise<CounterSnapshot[]> {
-    const ledger = await this.cache.acquire(userId);
+    const ledger = this.ledger(userId) ?? (await this.cache.acquire(userId));
     return ledger.snapshot(keys);
+  }
+
+  /** Users kept in memory while their database is closed (journal mode). */
+  get usersInMemory(): number {
+    return this.parked?.size ?? 0;
+  }
+
+  /** The user's ledger if it is open or parked; never opens. */
+  private ledger(userId: string): UserLedger | undefined {
+    return this.cache.get(userId) ?? this.parked?.get(userId);
+  }
+
+  /** An idle ledger the LRU evicts: closed, or (journal mode) parked with its counters. */
+  private retire(ledger: UserLedger): Promise<unknown> {
+    const parked = this.parked;
+    if (!parked) return ledger.close();
+    parked.add(ledger);
+    return ledger.park((l) => parked.rowsParked(l));
   }
 
   async health(): Promise<StoreHealth> {
@@ -136,7 +171,8 @@ export class PerUserSqliteStore implements UsageStore {
       return { up: false, reason: 'data directory unavailable' };
     }
     if (this.openFailing) return { up: false, reason: 'cannot open user databases' };
-    if (this.journal?.failure) return { up: false, reason: 'usage writes failing' };
+    if (this.journal?.failure || this.parked?.anyFailing)
+      return { up: false, reason: 'usage writes failing' };
     for (const l of this.cache.values()) if (l.failing) return { up: false, reason: 'usage writes failing' };
     return { up: true };
   }
@@ -152,7 +188,10 @@ export class PerUserSqliteStore implements UsageStore {
     // The journal first (its commits hand rows to the ledgers), the ledgers (they apply them, and ask the
     // journal to forget them), then the journal's last deletions.
     const journaled = (await this.journal?.drain()) ?? true;
-    const uncommitted = await this.cache.closeAll();
+    await this.parked?.flushAll();
+    let uncommitted = await this.cache.closeAll();
+    // Rows parked while the open databases closed (requests that were still finishing).
+    if (this.parked) uncommitted += await this.parked.flushAll();
     if (this.journal) {
       await this.journal.drain();
       await this.journal.close();

@@ -233,12 +233,19 @@ export class SqliteBatchWriter {
     return q;
   }
 
-  /** Resolves once everything queued so far has committed (true), or false when `deadlineMs` passes. */
+  /**
+   * Resolves once everything queued so far has committed (true), or false when `deadlineMs` has passed
+   * (after at least one attempt, and never while a commit is running: what failed is back in the queue).
+   */
   async drain(deadlineMs = 5_000): Promise<boolean> {
     const until = Date.now() + deadlineMs;
+    let attempted = false;
     while (this.queue.length > 0 || this.running) {
-      if (Date.now() > until) return false;
-      if (!this.running) this.flushNow();
+      if (!this.running) {
+        if (attempted && Date.now() >= until) return false;
+        this.flushNow();
+        attempted = true;
+      }
       await new Promise<void>((resolve) => {
         this.drainWaiters.push(resolve);
         setTimeout(resolve, 100).unref();

@@ -68,6 +68,31 @@ export class UserDataSourceFactory {
     return this.open(file);
   }
 
+  /**
+   * Opens an existing user file with the driver alone (no DataSource): for applying journaled rows to a
+   * user this process already opened through `create`, so its schema is current. Never creates a file.
+   */
+  async openFile(userId: string): Promise<sqlite3.Database> {
+    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
+      const d = new sqlite3.Database(this.filePath(userId), sqlite3.OPEN_READWRITE, (e) =>
+        e ? reject(e) : resolve(d),
+      );
+    });
+    db.configure('busyTimeout', this.options.busyTimeoutMs);
+    const synchronous = this.options.synchronous === 'full' ? 'FULL' : 'NORMAL';
+    await new Promise<void>((resolve, reject) =>
+      db.exec(`PRAGMA synchronous = ${synchronous}`, (e) => (e ? reject(e) : resolve())),
+    ).catch(async (e) => {
+      await this.closeFile(db);
+      throw e;
+    });
+    return db;
+  }
+
+  closeFile(db: sqlite3.Database): Promise<void> {
+    return new Promise((resolve, reject) => db.close((e) => (e ? reject(e) : resolve())));
+  }
+
   /** Copies the template to `file` atomically: a temporary copy linked into place, never overwriting. */
   private async copyTemplate(file: string): Promise<void> {
     const tmp = `${file}.${randomBytes(6).toString('hex')}.new`;

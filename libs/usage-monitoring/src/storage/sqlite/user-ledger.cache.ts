@@ -17,6 +17,8 @@ export class UserLedgerCache {
   constructor(
     private readonly cap: number,
     private readonly openLedger: (userId: string) => Promise<UserLedger>,
+    /** Closes an evicted ledger's database (by default `close()`; the store may park it instead). */
+    private readonly retire: (ledger: UserLedger) => Promise<unknown> = (l) => l.close(),
   ) {
     this.open = new LRUCache<string, UserLedger>({ max: cap });
   }
@@ -56,6 +58,17 @@ export class UserLedgerCache {
   /** A ledger became idle: someone waiting for a slot may evict it now. */
   notifyIdle(): void {
     if (this.waiters.length) this.wake();
+  }
+
+  /** Runs `fn` holding one slot (a database opened outside the cache still counts against the cap). */
+  async withSlot<T>(fn: () => Promise<T>): Promise<T> {
+    await this.takeSlot();
+    try {
+      return await fn();
+    } finally {
+      this.slotsUsed--;
+      this.wake();
+    }
   }
 
   async closeAll(): Promise<number> {
@@ -102,8 +115,7 @@ export class UserLedgerCache {
 
   private evict(ledger: UserLedger): void {
     this.open.delete(ledger.userId);
-    const done = ledger
-      .close()
+    const done = this.retire(ledger)
       .catch(() => false)
       .finally(() => {
         this.closing.delete(ledger.userId);

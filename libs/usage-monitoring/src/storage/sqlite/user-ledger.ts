@@ -23,6 +23,22 @@ export interface LedgerJournal {
   applyDelayMs: number;
 }
 
+/** A journaled row waiting to reach a parked user's file. */
+export interface ParkedRow {
+  seq: number;
+  write: JournaledWrite;
+  retried?: boolean;
+}
+
+/** A queued journaled write, back as the row it came from. */
+export function parkedRowOf(w: PendingWrite): ParkedRow {
+  return {
+    seq: w.journalSeq!,
+    write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
+    retried: w.retried,
+  };
+}
+
 interface Counter {
   used: number;
   reserved: number;
@@ -42,11 +58,16 @@ export class UserLedger {
   private inFlight = 0;
   /** Writes handed to the journal and not yet in it (their response may be out after a failed commit). */
   private unjournaled = 0;
-  private writer!: SqliteBatchWriter;
+  /** Undefined once parked: the database is closed and journaled rows wait in `parked`. */
+  private writer: SqliteBatchWriter | undefined;
+  private parked: ParkedRow[] = [];
+  private onParked: ((ledger: UserLedger) => void) | undefined;
+  /** The last failure to apply this parked user's rows to its file (they are safe in the journal). */
+  private applyFailure: Error | null = null;
 
   private constructor(
     readonly userId: string,
-    readonly dataSource: DataSource,
+    private dataSource: DataSource | undefined,
     private readonly onIdle: (ledger: UserLedger) => void,
     private readonly stallMs: number,
     private readonly journal: UsageJournal | undefined,
@@ -68,20 +89,21 @@ export class UserLedger {
     const journal = journaled?.journal;
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
     const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
-    ledger.writer = new SqliteBatchWriter(
+    const writer = new SqliteBatchWriter(
       db,
       userId,
       () => ledger.notifyIfIdle(),
       journaled?.applyDelayMs ?? 0,
     );
+    ledger.writer = writer;
     if (journal) {
       const left = journal.takeLeftovers(userId);
       // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
       for (const { seq, write } of left) ledger.apply(write, seq, true);
-      if (left.length && !(await ledger.writer.drain())) {
+      if (left.length && !(await writer.drain())) {
         journal.putBack(userId, ledger.unapplied());
         throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
-          cause: ledger.writer.failure,
+          cause: writer.failure,
         });
       }
     }
@@ -106,26 +128,31 @@ export class UserLedger {
    */
   isIdle(): boolean {
     if (this.inFlight !== 0) return false;
-    return this.journal ? this.unjournaled === 0 : this.writer.pending === 0;
+    return this.journal ? this.unjournaled === 0 : this.writer!.pending === 0;
   }
 
   /** The last commit failed and has not yet succeeded on retry. */
   get failing(): boolean {
-    return this.writer.failure !== null;
+    return (this.writer?.failure ?? this.applyFailure) !== null;
   }
 
   get pendingWrites(): number {
-    return this.writer.pending + this.unjournaled;
+    return (this.writer?.pending ?? 0) + this.unjournaled;
+  }
+
+  /** Journaled rows waiting for this parked user's file. */
+  get parkedRows(): number {
+    return this.parked.length;
   }
 
   reserve(req: ReserveRequest): ReserveResult {
-    const failure = this.writer.failure ?? this.journal?.failure;
+    const failure = this.writer?.failure ?? this.applyFailure ?? this.journal?.failure;
     if (failure) {
       throw new UsageStoreError('operational_error', 'usage writes are failing; refusing new reservations', {
         cause: failure,
       });
     }
-    const since = this.writer.busySince || this.journal?.busySince || 0;
+    const since = this.writer?.busySince || this.journal?.busySince || 0;
     if (since !== 0 && Date.now() - since > this.stallMs) {
       throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
@@ -214,7 +241,7 @@ export class UserLedger {
     if (!this.journal) {
       // The write object is this settlement's own: it becomes the pending write, no copy on the hot path.
       (write as PendingWrite).done = done;
-      this.writer.enqueue(write);
+      this.writer!.enqueue(write);
       return;
     }
     this.unjournaled++;
@@ -227,16 +254,53 @@ export class UserLedger {
 
   /** Queues a journaled write for this database; the journal forgets it once this database has it. */
   private apply(write: JournaledWrite, seq: number, retried: boolean): void {
+    if (!this.writer) {
+      this.parked.push({ seq, write, retried });
+      this.onParked!(this);
+      return;
+    }
     const journal = this.journal!;
     this.writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget(seq) });
   }
 
   /** Journaled writes this database has not committed. */
-  private unapplied(): { seq: number; write: JournaledWrite }[] {
-    return this.writer.takeQueued().map((w: PendingWrite) => ({
-      seq: w.journalSeq!,
-      write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
-    }));
+  private unapplied(): ParkedRow[] {
+    return this.writer!.takeQueued().map(parkedRowOf);
+  }
+
+  /**
+   * Closes the database but keeps the ledger, counters and all (journal mode): later journaled rows wait
+   * in `parked` and `onParked` is told, so that they reach the file in the background (`ParkedLedgers`).
+   * Rows the database could not commit before closing are parked too.
+   */
+  async park(onParked: (ledger: UserLedger) => void): Promise<void> {
+    const writer = this.writer!;
+    await writer.drain();
+    this.onParked = onParked;
+    this.writer = undefined;
+    const left = writer.takeQueued();
+    await writer.finalize();
+    await this.dataSource!.destroy().catch(() => undefined);
+    this.dataSource = undefined;
+    // Rows applied between the drain and now went to `parked` (no writer); these come first.
+    if (left.length) {
+      this.parked.unshift(...left.map(parkedRowOf));
+      this.applyFailure = writer.failure;
+    }
+    if (this.parked.length) onParked(this);
+  }
+
+  /** Hands the parked rows to the applier. */
+  takeParked(): ParkedRow[] {
+    const rows = this.parked;
+    this.parked = [];
+    return rows;
+  }
+
+  /** The applier is done: `left` (rows it could not commit) go back in front, with the failure. */
+  unpark(left: ParkedRow[], failure: Error | null): void {
+    if (left.length) this.parked = left.concat(this.parked);
+    this.applyFailure = failure;
   }
 
   snapshot(keys: CounterKey[]): CounterSnapshot[] {
@@ -248,11 +312,13 @@ export class UserLedger {
 
   /** Commits what is queued, then closes the database. Returns false when writes were left uncommitted. */
   async close(): Promise<boolean> {
+    // A parked ledger's rows are applied by `ParkedLedgers.flushAll`; what is left stays in the journal.
+    if (!this.writer) return this.parked.length === 0;
     const drained = await this.writer.drain();
     // What could not be applied stays in the journal, and is applied before this user is opened again.
     if (!drained && this.journal) this.journal.putBack(this.userId, this.unapplied());
     await this.writer.finalize();
-    await this.dataSource.destroy();
+    await this.dataSource!.destroy();
     return drained;
   }
 
