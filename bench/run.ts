@@ -17,12 +17,12 @@ const QUICK = args.includes('--quick');
 const jsonAt = args.indexOf('--json');
 const JSON_FILE = jsonAt >= 0 ? args[jsonAt + 1] : undefined;
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : undefined;
-const DURATION = QUICK ? 1.5 : 8;
+const DURATION = QUICK ? 1.5 : 5;
 /** Seconds of load each server gets before it is measured (autocannon's `amount` ends on a 1 s tick). */
 const WARM_SECONDS = QUICK ? 1 : 2;
 /** `storage.journal.applyDelayMs` of the journal modes (the option's default). */
 const JOURNAL_APPLY_MS = 1000;
-const ROUNDS = QUICK ? 2 : 3;
+const ROUNDS = QUICK ? 2 : 5;
 const CONNECTIONS = 50;
 const CLK_TCK = 100;
 
@@ -507,10 +507,11 @@ async function main(): Promise<void> {
     await Promise.all(starting);
     const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)} s`;
     process.stderr.write(`${servers.size} servers started, warmed and users created in ${since(began)}\n`);
-    // Measure round by round so baselines and modes share the machine's mood.
+    // Measure round by round so baselines and modes share the machine's mood; every other round in reverse
+    // order, so that no mode is always measured long after (or before) its baselines.
     const samples = new Map<Case, Measure[]>();
     for (let round = 0; round < ROUNDS; round++) {
-      for (const c of cases) {
+      for (const c of round % 2 === 0 ? cases : [...cases].reverse()) {
         const m = await load(
           c.servers.map((n) => servers.get(n)!),
           c.path,
@@ -535,9 +536,15 @@ async function main(): Promise<void> {
         maxFds: Math.max(...ms.map((m) => m.maxFds)),
       };
     };
-    const baseline = (server: string, path: string) => {
-      const c = cases.find((x) => x.servers.length === 1 && x.servers[0] === server && x.path === path);
-      return c ? avg(c).reqPerSec : NaN;
+    /**
+     * The median over rounds of (this case's req/s ÷ the baseline's in the same round): this machine's speed
+     * drifts by tens of percent within a minute, which a ratio of medians taken minutes apart would carry.
+     */
+    const ratioTo = (c: Case, server: string, path: string) => {
+      const b = cases.find((x) => x.servers.length === 1 && x.servers[0] === server && x.path === path);
+      if (!b) return NaN;
+      const base = samples.get(b)!;
+      return median(samples.get(c)!.map((m, i) => m.reqPerSec / base[i].reqPerSec));
     };
     const rows: Row[] = cases.map((c) => {
       const a = avg(c);
@@ -549,8 +556,8 @@ async function main(): Promise<void> {
         p50Ms: a.p50Ms,
         p99Ms: a.p99Ms,
         cpuUsPerReq: Math.round(a.cpuUsPerReq),
-        ratioToBare: round2(a.reqPerSec / baseline(c.bare, c.path)),
-        ratioToNoop: round2(a.reqPerSec / baseline(c.noop, c.noop === 'noop-global' ? '/hello' : c.path)),
+        ratioToBare: round2(ratioTo(c, c.bare, c.path)),
+        ratioToNoop: round2(ratioTo(c, c.noop, c.noop === 'noop-global' ? '/hello' : c.path)),
         maxFds: a.maxFds,
         errors: a.errors,
       };
@@ -604,7 +611,7 @@ function printTable(rows: Row[]): void {
   console.log(`\n| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
   for (const l of lines) console.log(`| ${l.join(' | ')} |`);
   console.log(
-    `\n${new Date().toISOString()} · median of ${ROUNDS} rounds × ${DURATION} s · ${CONNECTIONS} connections · node ${process.version}`,
+    `\n${new Date().toISOString()} · median of ${ROUNDS} rounds × ${DURATION} s (ratios: median of the per-round ratios) · ${CONNECTIONS} connections · node ${process.version}`,
   );
 }
 

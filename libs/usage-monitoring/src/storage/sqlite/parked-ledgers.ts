@@ -88,7 +88,8 @@ export class ParkedLedgers {
   private trim(): void {
     for (const [userId, ledger] of this.ledgers) {
       if (this.ledgers.size <= this.options.max) return;
-      if (ledger.isIdle() && !this.withRows.has(ledger) && ledger.parkedRows === 0) {
+      // Never one still closing its database (its last rows may yet come back to it) or with rows to apply.
+      if (ledger.parked && ledger.isIdle() && !this.withRows.has(ledger) && ledger.parkedRows === 0) {
         this.ledgers.delete(userId);
         this.failing.delete(ledger);
       }

@@ -58,9 +58,9 @@ export class UserLedger {
   private inFlight = 0;
   /** Writes handed to the journal and not yet in it (their response may be out after a failed commit). */
   private unjournaled = 0;
-  /** Undefined once parked: the database is closed and journaled rows wait in `parked`. */
+  /** Undefined once parked: the database is closed and journaled rows wait in `parkedQueue`. */
   private writer: SqliteBatchWriter | undefined;
-  private parked: ParkedRow[] = [];
+  private parkedQueue: ParkedRow[] = [];
   private onParked: ((ledger: UserLedger) => void) | undefined;
   /** The last failure to apply this parked user's rows to its file (they are safe in the journal). */
   private applyFailure: Error | null = null;
@@ -140,9 +140,14 @@ export class UserLedger {
     return (this.writer?.pending ?? 0) + this.unjournaled;
   }
 
+  /** Parked, and its database closed (`park` has finished). */
+  get parked(): boolean {
+    return this.writer === undefined;
+  }
+
   /** Journaled rows waiting for this parked user's file. */
   get parkedRows(): number {
-    return this.parked.length;
+    return this.parkedQueue.length;
   }
 
   reserve(req: ReserveRequest): ReserveResult {
@@ -255,7 +260,7 @@ export class UserLedger {
   /** Queues a journaled write for this database; the journal forgets it once this database has it. */
   private apply(write: JournaledWrite, seq: number, retried: boolean): void {
     if (!this.writer) {
-      this.parked.push({ seq, write, retried });
+      this.parkedQueue.push({ seq, write, retried });
       this.onParked!(this);
       return;
     }
@@ -270,7 +275,7 @@ export class UserLedger {
 
   /**
    * Closes the database but keeps the ledger, counters and all (journal mode): later journaled rows wait
-   * in `parked` and `onParked` is told, so that they reach the file in the background (`ParkedLedgers`).
+   * in `parkedQueue` and `onParked` is told, so that they reach the file in the background (`ParkedLedgers`).
    * Rows the database could not commit before closing are parked too.
    */
   async park(onParked: (ledger: UserLedger) => void): Promise<void> {
@@ -282,24 +287,24 @@ export class UserLedger {
     await writer.finalize();
     await this.dataSource!.destroy().catch(() => undefined);
     this.dataSource = undefined;
-    // Rows applied between the drain and now went to `parked` (no writer); these come first.
+    // The writer's leftovers are older than anything parked since the writer went: they go in front.
     if (left.length) {
-      this.parked.unshift(...left.map(parkedRowOf));
+      this.parkedQueue.unshift(...left.map(parkedRowOf));
       this.applyFailure = writer.failure;
     }
-    if (this.parked.length) onParked(this);
+    if (this.parkedQueue.length) onParked(this);
   }
 
   /** Hands the parked rows to the applier. */
   takeParked(): ParkedRow[] {
-    const rows = this.parked;
-    this.parked = [];
+    const rows = this.parkedQueue;
+    this.parkedQueue = [];
     return rows;
   }
 
   /** The applier is done: `left` (rows it could not commit) go back in front, with the failure. */
   unpark(left: ParkedRow[], failure: Error | null): void {
-    if (left.length) this.parked = left.concat(this.parked);
+    if (left.length) this.parkedQueue = left.concat(this.parkedQueue);
     this.applyFailure = failure;
   }
 
@@ -313,7 +318,7 @@ export class UserLedger {
   /** Commits what is queued, then closes the database. Returns false when writes were left uncommitted. */
   async close(): Promise<boolean> {
     // A parked ledger's rows are applied by `ParkedLedgers.flushAll`; what is left stays in the journal.
-    if (!this.writer) return this.parked.length === 0;
+    if (!this.writer) return this.parkedQueue.length === 0;
     const drained = await this.writer.drain();
     // What could not be applied stays in the journal, and is applied before this user is opened again.
     if (!drained && this.journal) this.journal.putBack(this.userId, this.unapplied());
