@@ -66,6 +66,12 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
     { name: 'committed to each user file', env: {} },
     // A 60 s apply delay: at each kill the acknowledged rows are in the journal only.
     { name: 'through the cross-user journal', env: { USAGE_TEST_JOURNAL_MS: '60000' } },
+    // One open database for three users: the others are kept in memory and their rows reach their files
+    // through the background applier (every 20 ms), so kills land during those open–commit–close cycles.
+    {
+      name: 'through the journal, users kept in memory (1 open file, 20 ms apply)',
+      env: { USAGE_TEST_JOURNAL_MS: '20', USAGE_TEST_MAX_OPEN: '1' },
+    },
   ];
   it.each(modes)(
     'SIGKILL under load, 5 runs ($name): every acknowledged request has exactly one ledger row; counters equal the ledger',
