@@ -2,6 +2,7 @@ import { UsageSchema1764201600000 } from './1764201600000-usage-schema';
 import { UsageCounterDeltas1764288000000 } from './1764288000000-usage-counter-deltas';
 import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-batches';
 import { UsageEventDetails1764460800000 } from './1764460800000-usage-event-details';
+import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-reserve-batch-in-memory';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS = [
@@ -9,6 +10,7 @@ export const USAGE_MIGRATIONS = [
   UsageCounterDeltas1764288000000,
   UsageSharedBatches1764374400000,
   UsageEventDetails1764460800000,
+  UsageReserveBatchInMemory1764547200000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */
