@@ -4,12 +4,20 @@
  * Prints one table; exits non-zero only on errors, never on a slow figure.
  */
 import autocannon from 'autocannon';
-import { execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Client } from 'pg';
-import { spawnServer } from '../test/utils/spawn-server';
+import {
+  BODY,
+  CLK_TCK,
+  compile,
+  cpuTicks,
+  dropPgSchema,
+  median,
+  pgSchema,
+  startServer,
+  type Server,
+} from './harness';
 import { prefillLedger } from './prefill';
 
 const args = process.argv.slice(2);
@@ -24,13 +32,6 @@ const WARM_SECONDS = QUICK ? 1 : 2;
 const JOURNAL_APPLY_MS = 1000;
 const ROUNDS = QUICK ? 2 : 5;
 const CONNECTIONS = 50;
-const CLK_TCK = 100;
-
-interface Server {
-  name: string;
-  url: string;
-  child: ChildProcess;
-}
 
 interface Measure {
   reqPerSec: number;
@@ -71,45 +72,6 @@ export interface Row {
   errors: number;
 }
 
-const BODY = JSON.stringify({
-  model: 'gpt-4o-mini',
-  messages: [{ role: 'user', content: 'Say hello to the benchmark' }],
-  max_tokens: 16,
-});
-
-const ROOT = join(__dirname, '..');
-/** Where the servers' JavaScript is compiled to (inside node_modules, so packages resolve from it). */
-const BUILD = join(ROOT, 'node_modules', '.cache', 'usage-bench');
-
-/**
- * Compiles the project once (without type checking: `npm run typecheck` does that) so that each server
- * process starts from JavaScript: ts-node compiling the sources again in every one of a dozen servers cost
- * ~3 s of CPU each, most of `--quick`'s start-up.
- */
-function compile(): void {
-  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  // Incremental: a second run recompiles only what changed.
-  const flags = ['--noCheck', '--noEmit', 'false', '--declaration', 'false'];
-  flags.push('--tsBuildInfoFile', join(BUILD, 'tsbuildinfo'));
-  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), ...flags, '--outDir', BUILD], {
-    stdio: 'inherit',
-  });
-}
-
-async function startServer(name: string, env: Record<string, string>): Promise<Server> {
-  const s = await spawnServer(
-    { ...env, TS_NODE_BASEURL: BUILD },
-    60_000,
-    join(BUILD, 'bench', 'bench-server.js'),
-  );
-  return { name, url: s.url, child: s.child };
-}
-
-function cpuTicks(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return Number(fields[11]) + Number(fields[12]); // utime + stime
-}
-
 /** Open file descriptors of a process that point at SQLite files (database, WAL, shared memory). */
 function fdCount(pid: number): number {
   let n = 0;
@@ -135,7 +97,7 @@ async function load(
   tailMs = 0,
 ): Promise<Measure> {
   const pids = servers.map((s) => s.child.pid!);
-  const before = pids.map(cpuTicks);
+  const before = pids.map((pid) => cpuTicks(pid));
   let maxFds = 0;
   const sampler = setInterval(() => {
     for (const pid of pids) maxFds = Math.max(maxFds, fdCount(pid));
@@ -172,7 +134,7 @@ async function load(
   );
   if (tailMs) await new Promise((resolve) => setTimeout(resolve, tailMs));
   clearInterval(sampler);
-  const after = pids.map(cpuTicks);
+  const after = pids.map((pid) => cpuTicks(pid));
   const total = results.reduce((n, r) => n + r.requests.total, 0);
   const ticks = after.reduce((n, a, i) => n + a - before[i], 0);
   const errors = results.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0);
@@ -228,44 +190,6 @@ async function touchUsers(s: Server, users: number): Promise<void> {
       },
     ],
   });
-}
-
-async function pgSchema(): Promise<string | undefined> {
-  const c = new Client({
-    host: '127.0.0.1',
-    port: 5432,
-    user: 'postgres',
-    database: 'test',
-    connectionTimeoutMillis: 1500,
-  });
-  try {
-    await c.connect();
-    const schema = `usage_bench_${process.pid}`;
-    await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-    await c.query(`CREATE SCHEMA ${schema}`);
-    return schema;
-  } catch {
-    return undefined;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
-
-async function dropPgSchema(schema: string): Promise<void> {
-  const c = new Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' });
-  await c.connect();
-  await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-  await c.end();
-}
-
-/**
- * The median of a mode's rounds (the mean of the middle two for an even count): on a shared 2-core machine
- * one round in a few is disturbed, and a mean would carry the disturbance into the ratios.
- */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 async function main(): Promise<void> {

@@ -1,0 +1,180 @@
+/**
+ * `npm run bench:cpu -- [--rounds R] [--duration S] [--users N] [--tail MS] CASE...`: where a server's CPU
+ * goes, per request. A CASE is a bench-server mode with optional settings, e.g. `metered`, `noop`,
+ * `metered:BENCH_STORE=postgres`, `metered:BENCH_JOURNAL=1000,BENCH_MAX_OPEN=64`, `metered:users=1000`
+ * (`users` overrides `--users` for that case; the other settings are the server's environment).
+ *
+ * Every round starts each case's server afresh (its own data directory or PostgreSQL schema), warms it,
+ * loads it (autocannon, 50 connections, users round-robin) and reads, from `/proc`, the CPU of its main
+ * thread, of its other threads (libuv's pool, where SQLite runs; V8's helpers) and, on PostgreSQL, of the
+ * postgres processes (exited backends included). CPU is read `--tail` ms after the load, so deferred work
+ * (journal applies) counts. Rounds alternate the order of the cases. Prints the medians over rounds, and
+ * each case's req/s against the first case's in the same round (median of those ratios).
+ */
+import autocannon from 'autocannon';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BODY, CLK_TCK, compile, cpuTicks, dropPgSchema, median, pgSchema, startServer } from './harness';
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: number) => {
+  const i = args.indexOf(name);
+  if (i < 0) return fallback;
+  const v = Number(args[i + 1]);
+  if (!Number.isFinite(v) || v < 0) throw new Error(`${name} needs a number (got ${args[i + 1]})`);
+  args.splice(i, 2);
+  return v;
+};
+const ROUNDS = flag('--rounds', 3);
+const DURATION = flag('--duration', 8);
+const USERS = flag('--users', 1);
+const TAIL_MS = flag('--tail', 1500);
+const CASES = args.length ? args : ['noop', 'metered'];
+
+interface Split {
+  reqPerSec: number;
+  main: number;
+  other: number;
+  postgres: number;
+}
+
+function parseCase(spec: string): { mode: string; env: Record<string, string>; users: number } {
+  const [mode, settings] = spec.split(':');
+  const env: Record<string, string> = {};
+  let users = USERS;
+  for (const kv of settings ? settings.split(',') : []) {
+    const [k, v] = kv.split('=');
+    if (!k || v === undefined) throw new Error(`bad setting "${kv}" in case "${spec}" (want NAME=VALUE)`);
+    if (k !== 'users') env[k] = v;
+    else if (Number.isSafeInteger(Number(v)) && Number(v) >= 1) users = Number(v);
+    else throw new Error(`users must be a whole number ≥ 1 in case "${spec}"`);
+  }
+  return { mode, env, users };
+}
+
+/** CPU ticks of every postgres process, with the backends that exited (reaped by the postmaster). */
+function postgresTicks(): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'postgres') continue;
+      n += cpuTicks(Number(pid), undefined, true);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return n;
+}
+
+function threadTicks(pid: number): { main: number; other: number } {
+  let other = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    if (Number(tid) === pid) continue;
+    try {
+      other += cpuTicks(pid, Number(tid));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return { main: cpuTicks(pid, pid), other };
+}
+
+function hammer(url: string, duration: number, users: number) {
+  let next = 0;
+  return autocannon({
+    url,
+    connections: 50,
+    duration,
+    requests: [
+      {
+        method: 'POST',
+        path: '/openai/v1/chat/completions',
+        headers: { 'content-type': 'application/json' },
+        body: BODY,
+        setupRequest: (req: autocannon.Request) => ({
+          ...req,
+          headers: { ...req.headers, authorization: `Bearer bench-user-${next++ % users}` },
+        }),
+      },
+    ],
+  });
+}
+
+async function measure(spec: string, round: number): Promise<Split> {
+  const { mode, env, users } = parseCase(spec);
+  const dir = mkdtempSync(join(tmpdir(), 'usage-cpu-'));
+  const schema = env.BENCH_STORE === 'postgres' ? await pgSchema(`_${round}`) : undefined;
+  if (env.BENCH_STORE === 'postgres' && !schema)
+    throw new Error('PostgreSQL is not answering on 127.0.0.1:5432');
+  const server = await startServer(spec, {
+    ...env,
+    BENCH_MODE: mode,
+    BENCH_DATA_DIR: dir,
+    ...(schema ? { BENCH_SCHEMA: schema } : {}),
+  });
+  try {
+    await hammer(server.url, 2, users); // warm-up (creates every user's database when users ≤ ~3,000)
+    const pid = server.child.pid!;
+    const t0 = threadTicks(pid);
+    const p0 = schema ? postgresTicks() : 0;
+    const r = await hammer(server.url, DURATION, users);
+    if (r.errors + r.timeouts + r.non2xx > 0) {
+      process.stderr.write(`  ${spec}: errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}\n`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, TAIL_MS));
+    const t1 = threadTicks(pid);
+    const p1 = schema ? postgresTicks() : 0;
+    const us = (ticks: number) => (ticks * (1e6 / CLK_TCK)) / r.requests.total;
+    return {
+      reqPerSec: r.requests.average,
+      main: us(t1.main - t0.main),
+      other: us(t1.other - t0.other),
+      postgres: us(p1 - p0),
+    };
+  } finally {
+    server.child.kill('SIGTERM');
+    await new Promise((resolve) => server.child.once('exit', resolve));
+    rmSync(dir, { recursive: true, force: true });
+    if (schema) await dropPgSchema(schema);
+  }
+}
+
+async function main(): Promise<void> {
+  compile();
+  const samples = new Map<string, Split[]>(CASES.map((c) => [c, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const spec of round % 2 === 0 ? CASES : [...CASES].reverse()) {
+      const m = await measure(spec, round);
+      samples.get(spec)!.push(m);
+      process.stderr.write(`round ${round + 1}/${ROUNDS} ${spec}: ${Math.round(m.reqPerSec)} req/s\n`);
+    }
+  }
+  const first = samples.get(CASES[0])!;
+  const head = ['case', 'req/s', 'main µs/req', 'other threads µs/req', 'postgres µs/req', `× ${CASES[0]}`];
+  console.log(`\n| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
+  for (const spec of CASES) {
+    const s = samples.get(spec)!;
+    const med = (f: (x: Split) => number) => Math.round(median(s.map(f)));
+    const ratio = median(s.map((x, i) => x.reqPerSec / first[i].reqPerSec));
+    const pg = s.some((x) => x.postgres > 0) ? String(med((x) => x.postgres)) : '—';
+    const cells = [
+      spec,
+      med((x) => x.reqPerSec),
+      med((x) => x.main),
+      med((x) => x.other),
+      pg,
+      ratio.toFixed(2),
+    ];
+    console.log(`| ${cells.join(' | ')} |`);
+  }
+  console.log(
+    `\n${new Date().toISOString()} · median of ${ROUNDS} rounds × ${DURATION} s · ${USERS} user(s) unless the case says · node ${process.version}`,
+  );
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

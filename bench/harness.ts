@@ -1,0 +1,97 @@
+/** What the benchmark scripts share: the compiled servers, the request, PostgreSQL schemas, medians. */
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Client } from 'pg';
+import { spawnServer } from '../test/utils/spawn-server';
+
+export interface Server {
+  name: string;
+  url: string;
+  child: ChildProcess;
+}
+
+export const BODY = JSON.stringify({
+  model: 'gpt-4o-mini',
+  messages: [{ role: 'user', content: 'Say hello to the benchmark' }],
+  max_tokens: 16,
+});
+
+export const ROOT = join(__dirname, '..');
+/** Where the servers' JavaScript is compiled to (inside node_modules, so packages resolve from it). */
+export const BUILD = join(ROOT, 'node_modules', '.cache', 'usage-bench');
+
+/**
+ * Compiles the project once (without type checking: `npm run typecheck` does that) so that each server
+ * process starts from JavaScript: ts-node compiling the sources again in every one of a dozen servers cost
+ * ~3 s of CPU each, most of `--quick`'s start-up.
+ */
+export function compile(): void {
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  // Incremental: a second run recompiles only what changed.
+  const flags = ['--noCheck', '--noEmit', 'false', '--declaration', 'false'];
+  flags.push('--tsBuildInfoFile', join(BUILD, 'tsbuildinfo'));
+  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.json'), ...flags, '--outDir', BUILD], {
+    stdio: 'inherit',
+  });
+}
+
+export async function startServer(name: string, env: Record<string, string>): Promise<Server> {
+  const s = await spawnServer(
+    { ...env, TS_NODE_BASEURL: BUILD },
+    60_000,
+    join(BUILD, 'bench', 'bench-server.js'),
+  );
+  return { name, url: s.url, child: s.child };
+}
+
+/** Ticks per second of `/proc/<pid>/stat`'s CPU times (USER_HZ). */
+export const CLK_TCK = 100;
+
+/**
+ * CPU ticks a process (or, with `task`, one of its threads) has used: utime + stime; with `reaped`, plus
+ * the children it has waited for (cutime + cstime), e.g. PostgreSQL backends that have exited.
+ */
+export function cpuTicks(pid: number, task?: number, reaped = false): number {
+  const file = task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`;
+  const f = readFileSync(file, 'utf8').split(') ')[1].split(' ');
+  return Number(f[11]) + Number(f[12]) + (reaped ? Number(f[13]) + Number(f[14]) : 0);
+}
+
+export async function pgSchema(suffix = ''): Promise<string | undefined> {
+  const c = new Client({
+    host: '127.0.0.1',
+    port: 5432,
+    user: 'postgres',
+    database: 'test',
+    connectionTimeoutMillis: 1500,
+  });
+  try {
+    await c.connect();
+    const schema = `usage_bench_${process.pid}${suffix}`;
+    await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    await c.query(`CREATE SCHEMA ${schema}`);
+    return schema;
+  } catch {
+    return undefined;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+export async function dropPgSchema(schema: string): Promise<void> {
+  const c = new Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' });
+  await c.connect();
+  await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+  await c.end();
+}
+
+/**
+ * The median of a mode's rounds (the mean of the middle two for an even count): on a shared 2-core machine
+ * one round in a few is disturbed, and a mean would carry the disturbance into the ratios.
+ */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
