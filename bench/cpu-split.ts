@@ -15,7 +15,16 @@ import autocannon from 'autocannon';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BODY, CLK_TCK, compile, cpuTicks, dropPgSchema, median, pgSchema, startServer } from './harness';
+import {
+  CLK_TCK,
+  chatRoundRobin,
+  compile,
+  cpuTicks,
+  dropPgSchema,
+  median,
+  pgSchema,
+  startServer,
+} from './harness';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
@@ -82,24 +91,7 @@ function threadTicks(pid: number): { main: number; other: number } {
 }
 
 function hammer(url: string, duration: number, users: number) {
-  let next = 0;
-  return autocannon({
-    url,
-    connections: 50,
-    duration,
-    requests: [
-      {
-        method: 'POST',
-        path: '/openai/v1/chat/completions',
-        headers: { 'content-type': 'application/json' },
-        body: BODY,
-        setupRequest: (req: autocannon.Request) => ({
-          ...req,
-          headers: { ...req.headers, authorization: `Bearer bench-user-${next++ % users}` },
-        }),
-      },
-    ],
-  });
+  return autocannon({ url, connections: 50, duration, requests: [chatRoundRobin(users)] });
 }
 
 async function measure(spec: string, round: number): Promise<Split> {

@@ -1,4 +1,5 @@
 /** What the benchmark scripts share: the compiled servers, the request, PostgreSQL schemas, medians. */
+import type autocannon from 'autocannon';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +17,21 @@ export const BODY = JSON.stringify({
   messages: [{ role: 'user', content: 'Say hello to the benchmark' }],
   max_tokens: 16,
 });
+
+/** The metered chat request, each one from the next of `users` users in turn (`bench-user-<n>`). */
+export function chatRoundRobin(users: number): autocannon.Request {
+  let next = 0;
+  return {
+    method: 'POST',
+    path: '/openai/v1/chat/completions',
+    headers: { 'content-type': 'application/json' },
+    body: BODY,
+    setupRequest: (req: autocannon.Request) => ({
+      ...req,
+      headers: { ...req.headers, authorization: `Bearer bench-user-${next++ % users}` },
+    }),
+  };
+}
 
 export const ROOT = join(__dirname, '..');
 /** Where the servers' JavaScript is compiled to (inside node_modules, so packages resolve from it). */

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import {
   BODY,
   CLK_TCK,
+  chatRoundRobin,
   compile,
   cpuTicks,
   dropPgSchema,
@@ -172,24 +173,7 @@ async function warm(s: Server, path: string): Promise<void> {
 /** Sends one request per user so every user's database exists before timing starts. */
 async function touchUsers(s: Server, users: number): Promise<void> {
   if (users <= 1) return;
-  let next = 0;
-  await autocannon({
-    url: s.url,
-    connections: 20,
-    amount: users,
-    requests: [
-      {
-        method: 'POST',
-        path: '/openai/v1/chat/completions',
-        headers: { 'content-type': 'application/json' },
-        body: BODY,
-        setupRequest: (req: autocannon.Request) => ({
-          ...req,
-          headers: { ...req.headers, authorization: `Bearer bench-user-${next++ % users}` },
-        }),
-      },
-    ],
-  });
+  await autocannon({ url: s.url, connections: 20, amount: users, requests: [chatRoundRobin(users)] });
 }
 
 async function main(): Promise<void> {
