@@ -1,7 +1,7 @@
 import type { Database } from 'sqlite3';
 import { RETRY_MAX_MS, SqliteBatchWriter } from './sqlite-batch-writer';
-import type { UsageJournal } from './usage-journal';
-import { type ParkedRow, type UserLedger, parkedRowOf } from './user-ledger';
+import { type JournalRow, journalRowOf, pendingOf, type UsageJournal } from './usage-journal';
+import type { UserLedger } from './user-ledger';
 
 /** Files the applier opens at once (each takes a slot of `maxOpenDataSources`). */
 const APPLY_CONCURRENCY = 2;
@@ -29,6 +29,7 @@ export interface ParkedLedgersOptions {
 export class ParkedLedgers {
   /** Insertion order is recency: `get` moves a user to the end. */
   private readonly ledgers = new Map<string, UserLedger>();
+  /** Ledgers with rows to apply, or being applied (never dropped from memory while in here). */
   private readonly withRows = new Set<UserLedger>();
   private readonly failing = new Set<UserLedger>();
   private timer: NodeJS.Timeout | undefined;
@@ -89,7 +90,7 @@ export class ParkedLedgers {
     for (const [userId, ledger] of this.ledgers) {
       if (this.ledgers.size <= this.options.max) return;
       // Never one still closing its database (its last rows may yet come back to it) or with rows to apply.
-      if (ledger.parked && ledger.isIdle() && !this.withRows.has(ledger) && ledger.parkedRows === 0) {
+      if (ledger.parked && ledger.isIdle() && !this.withRows.has(ledger)) {
         this.ledgers.delete(userId);
         this.failing.delete(ledger);
       }
@@ -112,7 +113,6 @@ export class ParkedLedgers {
 
   private async applyNow(): Promise<void> {
     const batch = [...this.withRows];
-    this.withRows.clear();
     let failed = false;
     let next = 0;
     const worker = async () => {
@@ -129,21 +129,22 @@ export class ParkedLedgers {
   /** One open–commit–close of the user's file with every row parked on it; false when they stay parked. */
   private async applyTo(ledger: UserLedger): Promise<boolean> {
     const rows = ledger.takeParked();
-    if (rows.length === 0) return true;
+    if (rows.length === 0) {
+      this.withRows.delete(ledger);
+      return true;
+    }
     const { journal } = this.options;
     let db: Database | undefined;
     let writer: SqliteBatchWriter | undefined;
-    let left: ParkedRow[] = rows;
+    let left: JournalRow[] = rows;
     let failure: Error | null = null;
     try {
       db = await this.options.openFile(ledger.userId);
       writer = new SqliteBatchWriter(db, ledger.userId, () => undefined);
-      for (const { seq, write, retried } of rows) {
-        writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget(seq) });
-      }
+      for (const row of rows) writer.enqueue(pendingOf(row, journal));
       // One attempt: rows it cannot commit stay parked for the next turn (with backoff), freeing the slot.
       await writer.drain(0);
-      left = writer.takeQueued().map(parkedRowOf);
+      left = writer.takeQueued().map(journalRowOf);
       failure = writer.failure;
     } catch (e) {
       failure = e as Error;
@@ -154,11 +155,12 @@ export class ParkedLedgers {
     if (left.length) {
       ledger.unpark(left, failure ?? new Error('usage rows could not be applied'));
       this.failing.add(ledger);
-      this.withRows.add(ledger);
       return false;
     }
     ledger.unpark([], null);
     this.failing.delete(ledger);
+    // Rows parked while this apply ran keep the ledger in the set for the next turn.
+    if (ledger.parkedRows === 0) this.withRows.delete(ledger);
     return true;
   }
 }

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
 import { PreparedStatements } from './prepared-statements';
+import { synchronousPragma } from './user-data-source.factory';
 import { MAX_ROWS_PER_STATEMENT, RETRY_MAX_MS, RETRY_MIN_MS, type PendingWrite } from './sqlite-batch-writer';
 
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
@@ -8,6 +9,29 @@ export const JOURNAL_FILE = '.usage-journal.sqlite';
 
 /** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
 export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts'>;
+
+/** A journaled write on its way to its user's database, with its row number in the journal. */
+export interface JournalRow {
+  seq: number;
+  write: JournaledWrite;
+  /** A previous attempt failed: it is applied in a statement of its own (see `PendingWrite.retried`). */
+  retried?: boolean;
+}
+
+/** The write a user's database commits for a journal row; once committed, the journal forgets the row. */
+export function pendingOf(row: JournalRow, journal: UsageJournal): PendingWrite {
+  const { seq } = row;
+  return { ...row.write, retried: row.retried, journalSeq: seq, committed: () => journal.forget(seq) };
+}
+
+/** A journaled write a user's database did not commit, back as its journal row. */
+export function journalRowOf(w: PendingWrite): JournalRow {
+  return {
+    seq: w.journalSeq!,
+    write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
+    retried: w.retried,
+  };
+}
 
 interface Entry {
   userId: string;
@@ -38,7 +62,7 @@ export class UsageJournal {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private readonly statements: PreparedStatements;
-  private readonly left = new Map<string, { seq: number; write: JournaledWrite }[]>();
+  private readonly left = new Map<string, JournalRow[]>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
@@ -59,7 +83,7 @@ export class UsageJournal {
     try {
       db.configure('busyTimeout', options.busyTimeoutMs);
       await journal.exec(`PRAGMA journal_mode = WAL;
-        PRAGMA synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'};
+        ${synchronousPragma(options.synchronous)};
         CREATE TABLE IF NOT EXISTS usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);`);
       const rows = await new Promise<{ seq: number; entry: string }[]>((resolve, reject) =>
         db.all('SELECT seq, entry FROM usage_journal ORDER BY seq', (e, r) =>
@@ -85,14 +109,14 @@ export class UsageJournal {
   }
 
   /** Takes a user's leftover rows (oldest first); the caller applies them, then `forget`s their seqs. */
-  takeLeftovers(userId: string): { seq: number; write: JournaledWrite }[] {
+  takeLeftovers(userId: string): JournalRow[] {
     const list = this.left.get(userId) ?? [];
     this.left.delete(userId);
     return list;
   }
 
   /** Hands rows back that could not be applied (the user's database was closed before it committed them). */
-  putBack(userId: string, rows: { seq: number; write: JournaledWrite }[]): void {
+  putBack(userId: string, rows: JournalRow[]): void {
     if (rows.length === 0) return;
     this.left.set(userId, [...rows, ...(this.left.get(userId) ?? [])]);
   }

@@ -19,6 +19,11 @@ const QUIET_SQLITE3 = Object.defineProperty(Object.create(sqlite3) as typeof sql
 /** `PRAGMA user_version` of a user database whose schema has every usage migration applied. */
 const SCHEMA_VERSION = USAGE_MIGRATIONS.length;
 
+/** The `PRAGMA synchronous` statement of a `storage.synchronous` setting (user files and the journal). */
+export function synchronousPragma(synchronous: 'normal' | 'full'): string {
+  return `PRAGMA synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`;
+}
+
 export interface UserDataSourceOptions {
   dataDir: string;
   busyTimeoutMs: number;
@@ -79,9 +84,8 @@ export class UserDataSourceFactory {
       );
     });
     db.configure('busyTimeout', this.options.busyTimeoutMs);
-    const synchronous = this.options.synchronous === 'full' ? 'FULL' : 'NORMAL';
     await new Promise<void>((resolve, reject) =>
-      db.exec(`PRAGMA synchronous = ${synchronous}`, (e) => (e ? reject(e) : resolve())),
+      db.exec(synchronousPragma(this.options.synchronous), (e) => (e ? reject(e) : resolve())),
     ).catch(async (e) => {
       await this.closeFile(db);
       throw e;
@@ -127,9 +131,7 @@ export class UserDataSourceFactory {
         await dataSource.runMigrations({ transaction: 'all' });
         await dataSource.query(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       }
-      await dataSource.query(
-        `PRAGMA synchronous = ${this.options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`,
-      );
+      await dataSource.query(synchronousPragma(this.options.synchronous));
     } catch (e) {
       await closeQuietly(dataSource);
       throw e;

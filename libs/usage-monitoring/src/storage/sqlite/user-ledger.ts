@@ -15,28 +15,18 @@ import type {
 } from '../usage-store.interface';
 import { actualOf, crossedThresholds } from '../settlement';
 import { type CounterDelta, type PendingWrite, SqliteBatchWriter } from './sqlite-batch-writer';
-import type { JournaledWrite, UsageJournal } from './usage-journal';
+import {
+  type JournaledWrite,
+  type JournalRow,
+  journalRowOf,
+  pendingOf,
+  type UsageJournal,
+} from './usage-journal';
 
 /** Cross-user batching: the store's journal, and how long a user's journaled rows wait to be applied. */
 export interface LedgerJournal {
   journal: UsageJournal;
   applyDelayMs: number;
-}
-
-/** A journaled row waiting to reach a parked user's file. */
-export interface ParkedRow {
-  seq: number;
-  write: JournaledWrite;
-  retried?: boolean;
-}
-
-/** A queued journaled write, back as the row it came from. */
-export function parkedRowOf(w: PendingWrite): ParkedRow {
-  return {
-    seq: w.journalSeq!,
-    write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
-    retried: w.retried,
-  };
 }
 
 interface Counter {
@@ -60,7 +50,7 @@ export class UserLedger {
   private unjournaled = 0;
   /** Undefined once parked: the database is closed and journaled rows wait in `parkedQueue`. */
   private writer: SqliteBatchWriter | undefined;
-  private parkedQueue: ParkedRow[] = [];
+  private parkedQueue: JournalRow[] = [];
   private onParked: ((ledger: UserLedger) => void) | undefined;
   /** The last failure to apply this parked user's rows to its file (they are safe in the journal). */
   private applyFailure: Error | null = null;
@@ -99,7 +89,7 @@ export class UserLedger {
     if (journal) {
       const left = journal.takeLeftovers(userId);
       // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
-      for (const { seq, write } of left) ledger.apply(write, seq, true);
+      for (const row of left) ledger.apply({ ...row, retried: true });
       if (left.length && !(await writer.drain())) {
         journal.putBack(userId, ledger.unapplied());
         throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
@@ -136,8 +126,9 @@ export class UserLedger {
     return (this.writer?.failure ?? this.applyFailure) !== null;
   }
 
+  /** Writes not yet committed to this database (those not yet in the journal are the journal's `pending`). */
   get pendingWrites(): number {
-    return (this.writer?.pending ?? 0) + this.unjournaled;
+    return this.writer?.pending ?? 0;
   }
 
   /** Parked, and its database closed (`park` has finished). */
@@ -252,25 +243,24 @@ export class UserLedger {
     this.unjournaled++;
     this.journal.append(this.userId, write, done, (seq) => {
       this.unjournaled--;
-      this.apply(write, seq, false);
+      this.apply({ seq, write });
       this.notifyIfIdle();
     });
   }
 
   /** Queues a journaled write for this database; the journal forgets it once this database has it. */
-  private apply(write: JournaledWrite, seq: number, retried: boolean): void {
+  private apply(row: JournalRow): void {
     if (!this.writer) {
-      this.parkedQueue.push({ seq, write, retried });
+      this.parkedQueue.push(row);
       this.onParked!(this);
       return;
     }
-    const journal = this.journal!;
-    this.writer.enqueue({ ...write, retried, journalSeq: seq, committed: () => journal.forget(seq) });
+    this.writer.enqueue(pendingOf(row, this.journal!));
   }
 
   /** Journaled writes this database has not committed. */
-  private unapplied(): ParkedRow[] {
-    return this.writer!.takeQueued().map(parkedRowOf);
+  private unapplied(): JournalRow[] {
+    return this.writer!.takeQueued().map(journalRowOf);
   }
 
   /**
@@ -289,21 +279,21 @@ export class UserLedger {
     this.dataSource = undefined;
     // The writer's leftovers are older than anything parked since the writer went: they go in front.
     if (left.length) {
-      this.parkedQueue.unshift(...left.map(parkedRowOf));
+      this.parkedQueue.unshift(...left.map(journalRowOf));
       this.applyFailure = writer.failure;
     }
     if (this.parkedQueue.length) onParked(this);
   }
 
   /** Hands the parked rows to the applier. */
-  takeParked(): ParkedRow[] {
+  takeParked(): JournalRow[] {
     const rows = this.parkedQueue;
     this.parkedQueue = [];
     return rows;
   }
 
   /** The applier is done: `left` (rows it could not commit) go back in front, with the failure. */
-  unpark(left: ParkedRow[], failure: Error | null): void {
+  unpark(left: JournalRow[], failure: Error | null): void {
     if (left.length) this.parkedQueue = left.concat(this.parkedQueue);
     this.applyFailure = failure;
   }
