@@ -4,7 +4,8 @@
  *              metered-decorator
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
- * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal)
+ * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal),
+ * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite)
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
@@ -151,6 +152,7 @@ function storage(): StorageOptions {
   return {
     dataDir: process.env.BENCH_DATA_DIR ?? './bench-data',
     maxOpenDataSources: Number(process.env.BENCH_MAX_OPEN) || 256,
+    driver: process.env.BENCH_DRIVER === 'better-sqlite3' ? 'better-sqlite3' : 'sqlite3',
     journal: process.env.BENCH_JOURNAL ? { applyDelayMs: Number(process.env.BENCH_JOURNAL) } : false,
   };
 }

@@ -1,27 +1,23 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { Database, OPEN_READONLY } from 'sqlite3';
 import request from 'supertest';
 import { JOURNAL_FILE, PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb, sqliteFiles } from './utils/user-db';
 import { describeSqlite } from './utils/test-store';
+import { openSqliteFile, querySqliteFile } from './utils/sqlite-file';
+import type { SqliteConnection } from '@app/usage-monitoring/storage/sqlite/sqlite-connection';
 
 const chat = { messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20 };
 
 /** Rows in the cross-user journal, grouped by nothing: how many the users' files have not confirmed. */
-function journalRows(dataDir: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const db = new Database(join(dataDir, JOURNAL_FILE), OPEN_READONLY, (err) => {
-      if (err) return reject(err);
-      db.get('SELECT COUNT(*) AS n FROM usage_journal', (e, row: { n: number }) => {
-        db.close();
-        if (e) reject(e);
-        else resolve(row.n);
-      });
-    });
-  });
+async function journalRows(dataDir: string): Promise<number> {
+  const [{ n }] = await querySqliteFile<{ n: number }>(
+    join(dataDir, JOURNAL_FILE),
+    'SELECT COUNT(*) AS n FROM usage_journal',
+  );
+  return n;
 }
 
 const ledgerRows = async (dataDir: string, user: string) =>
@@ -149,7 +145,7 @@ describeSqlite('cross-user journal (storage.journal)', () => {
     const post = (user: string) =>
       request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat);
     const [a, b] = ['plan=hundred;parked-a', 'plan=hundred;parked-b'];
-    let locker: Database | undefined;
+    let locker: SqliteConnection | undefined;
     let closed = false;
     try {
       for (let i = 0; i < 3; i++) expect((await post(a)).status).toBe(200);
@@ -157,10 +153,8 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       expect(store.usersInMemory).toBe(1);
       expect(await ledgerRows(t.dataDir, a)).toBe(3);
       // Another connection holds a's write lock: applying its next rows fails.
-      locker = new Database(join(t.dataDir, userFileName(a)));
-      await new Promise<void>((resolve, reject) =>
-        locker!.exec('BEGIN IMMEDIATE', (e) => (e ? reject(e) : resolve())),
-      );
+      locker = await openSqliteFile(join(t.dataDir, userFileName(a)));
+      await locker.exec('BEGIN IMMEDIATE');
       expect((await post(a)).status).toBe(200); // durable in the journal: acknowledged
       expect((await post(a)).status).toBe(200);
       let refused = 200;
@@ -172,9 +166,7 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       expect((await post(a)).status).toBe(503);
       expect((await post(b)).status).toBe(200); // other users are not held up
       expect(await journalRows(t.dataDir)).toBeGreaterThanOrEqual(2);
-      await new Promise<void>((resolve, reject) =>
-        locker!.exec('ROLLBACK', (e) => (e ? reject(e) : resolve())),
-      );
+      await locker.exec('ROLLBACK');
       let health = 503;
       for (let i = 0; i < 100 && health !== 200; i++) {
         await new Promise((r) => setTimeout(r, 50));
@@ -190,7 +182,7 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       expect(await ledgerRows(t.dataDir, b)).toBe(2);
       expect(await journalRows(t.dataDir)).toBe(0);
     } finally {
-      await new Promise<void>((resolve) => (locker ? locker.close(() => resolve()) : resolve()));
+      await locker?.close();
       if (!closed) await t.close();
       rmSync(dataDir, { recursive: true, force: true });
     }

@@ -1,10 +1,10 @@
 import request from 'supertest';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { GUARDS_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants';
-import { UsageLimitGuard } from '@app/usage-monitoring';
+import { PerUserSqliteStore, UsageLimitGuard } from '@app/usage-monitoring';
 import { bearer, FakeOpenAiController } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
-import { describeStore } from './utils/test-store';
+import { describeStore, SQLITE_DRIVER } from './utils/test-store';
 
 const NOV_15_NOON = Date.UTC(2026, 10, 15, 12, 0, 0);
 const DEC_1 = Date.UTC(2026, 11, 1);
@@ -39,6 +39,11 @@ describeStore('limits', () => {
       expect(guards).toEqual([UsageLimitGuard]);
       expect(Object.keys(args)).toHaveLength(1);
     }
+  });
+
+  it("runs on this project's store and SQLite driver", () => {
+    if (t.store === 'sqlite') expect((t.probe.store as PerUserSqliteStore).driver).toBe(SQLITE_DRIVER);
+    else expect(t.probe.store).not.toBeInstanceOf(PerUserSqliteStore);
   });
 
   it('admits N calls, then answers 429 with the exact body and headers; a new period admits again', async () => {

@@ -124,6 +124,11 @@ describeStore('UsageMonitoringModule wiring', () => {
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: { maxUsersInMemory: 1.5 } } },
       /storage\.journal\.maxUsersInMemory must be an integer ≥ 0 \(got 1\.5\)/,
     ],
+    [
+      'an unknown SQLite driver',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), driver: 'sqlite' } },
+      /storage\.driver must be 'sqlite3' or 'better-sqlite3' \(got "sqlite"\)/,
+    ],
   ];
 
   it.each(badOptions)('refuses to start with %s, naming the option', async (_name, options, message) => {

@@ -23,7 +23,7 @@ import {
   StoreProbe,
   TestAuthGuard,
 } from './test-controllers';
-import { createSchema, dropSchema, pgOptions, STORE } from './test-store';
+import { createSchema, dropSchema, pgOptions, SQLITE_DRIVER, STORE } from './test-store';
 
 export type ModuleStyle = 'forRoot' | 'useFactory' | 'useClass';
 export type Platform = 'express' | 'fastify';
@@ -113,7 +113,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
       ? opts.usage!.storage!
       : schema
         ? { type: 'shared', dataSource: pgOptions(schema, opts.pgPort) }
-        : { ...(given as SqliteStorageOptions), dataDir };
+        : { driver: SQLITE_DRIVER, ...(given as SqliteStorageOptions), dataDir };
   const options: UsageMonitoringModuleOptions = {
     plans: TEST_PLANS,
     plan: planFromUserId,

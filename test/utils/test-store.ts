@@ -6,6 +6,10 @@ import type { DataSourceOptions } from 'typeorm';
 export const STORE: 'sqlite' | 'postgres' =
   process.env.USAGE_TEST_STORE === 'postgres' ? 'postgres' : 'sqlite';
 
+/** The per-user store's SQLite driver in this project (the `e2e-better-sqlite3` project sets it). */
+export const SQLITE_DRIVER: 'sqlite3' | 'better-sqlite3' =
+  process.env.USAGE_TEST_SQLITE_DRIVER === 'better-sqlite3' ? 'better-sqlite3' : 'sqlite3';
+
 /** Whether the PostgreSQL server answered in the global setup. */
 export const PG_UP = process.env.USAGE_TEST_PG === 'up';
 

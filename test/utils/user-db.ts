@@ -1,8 +1,8 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Database, OPEN_READONLY } from 'sqlite3';
 import { sharedUserId, userFileName } from '@app/usage-monitoring';
 import type { TestApp } from './create-test-app';
+import { querySqliteFile } from './sqlite-file';
 import { withClient } from './test-store';
 
 const TABLES = ['usage_counters', 'usage_events', 'api_requests', 'usage_alerts', 'usage_reservations'];
@@ -23,16 +23,7 @@ export function queryUserDb<T = Record<string, unknown>>(
   const file = join(dataDir, userFileName(userId));
   if (!existsSync(file))
     return Promise.reject(new Error(`no database file for user ${JSON.stringify(userId)}`));
-  return new Promise((resolve, reject) => {
-    const db = new Database(file, OPEN_READONLY, (err) => {
-      if (err) return reject(err);
-      db.all(sql, (e, rows) => {
-        db.close();
-        if (e) reject(e);
-        else resolve(rows as T[]);
-      });
-    });
-  });
+  return querySqliteFile<T>(file, sql);
 }
 
 async function queryShared<T>(schema: string, userId: string, sql: string): Promise<T[]> {

@@ -20,6 +20,7 @@ import type { UsageStore } from './storage/usage-store.interface';
 import type { ClockSkew } from './storage/shared/shared-postgres.store';
 import type { ResolvedSharedStorage, SharedStorageOptions } from './storage/shared/shared-store.options';
 import { DataSource } from 'typeorm';
+import { loadBetterSqlite3, type SqliteDriver } from './storage/sqlite/sqlite-connection';
 
 export type ResolvedStorage =
   | {
@@ -28,6 +29,7 @@ export type ResolvedStorage =
       maxOpenDataSources: number;
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
+      driver: SqliteDriver;
       journal?: { applyDelayMs: number; maxUsersInMemory: number };
     }
   | ResolvedSharedStorage
@@ -222,12 +224,18 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
   const synchronous = s.synchronous ?? 'normal';
   if (synchronous !== 'normal' && synchronous !== 'full')
     fail(`storage.synchronous must be 'normal' or 'full'`);
+  const driver = s.driver ?? 'sqlite3';
+  if (driver !== 'sqlite3' && driver !== 'better-sqlite3')
+    fail(`storage.driver must be 'sqlite3' or 'better-sqlite3' (got ${JSON.stringify(driver)})`);
+  // An optional package: missing, it fails here, at start-up, rather than on a user's first request.
+  if (driver === 'better-sqlite3') loadBetterSqlite3();
   return {
     type: 'sqlite',
     dataDir,
     maxOpenDataSources: positiveInt(s.maxOpenDataSources, 'storage.maxOpenDataSources', 64),
     busyTimeoutMs: positiveInt(s.busyTimeoutMs, 'storage.busyTimeoutMs', 2000, 0),
     synchronous,
+    driver,
     journal: resolveJournal(s.journal),
   };
 }

@@ -31,6 +31,15 @@ export interface SqliteStorageOptions {
    */
   synchronous?: 'normal' | 'full';
   /**
+   * The SQLite driver. `'sqlite3'` runs every statement on libuv's thread pool. `'better-sqlite3'` (an
+   * optional package: `npm install better-sqlite3`) runs them on the main thread, which saves the hop
+   * between threads on every group commit but blocks the event loop while a commit runs; its busy wait
+   * would block too, so `busyTimeoutMs` is capped at 20 ms with it (a longer lock fails the commit, which
+   * is retried with backoff while the user gets 503). Same files, same schema: either driver opens them.
+   * @default 'sqlite3'
+   */
+  driver?: 'sqlite3' | 'better-sqlite3';
+  /**
    * Cross-user group commit, for many users active at once. Off, each settlement commits to its user's
    * file before the response is released: one commit per user per turn, so a thousand users each sending
    * a request cost a thousand commits. On, every user's settlements of a turn commit together to one

@@ -8,12 +8,15 @@ import type { MigrationInterface, QueryRunner } from 'typeorm';
  * SQLite's thread, three counter upserts per batch instead of per row. A retried batch's rows conflict
  * on their request ids and are skipped whole, deltas included, so nothing counts twice.
  */
+/** Either SQLite driver (`sqlite3` or `better-sqlite3`): the same file format, the same trigger. */
+const onSqlite = (q: QueryRunner) => ['sqlite', 'better-sqlite3'].includes(q.connection.options.type);
+
 export class UsageCounterDeltas1764288000000 implements MigrationInterface {
   name = 'UsageCounterDeltas1764288000000';
 
   async up(q: QueryRunner): Promise<void> {
     await q.query('ALTER TABLE usage_events ADD COLUMN counter_deltas text');
-    if (q.connection.options.type !== 'sqlite') return;
+    if (!onSqlite(q)) return;
     await q.query(`
       CREATE TRIGGER usage_events_apply AFTER INSERT ON usage_events
       BEGIN
@@ -32,7 +35,7 @@ export class UsageCounterDeltas1764288000000 implements MigrationInterface {
   }
 
   async down(q: QueryRunner): Promise<void> {
-    if (q.connection.options.type === 'sqlite') await q.query('DROP TRIGGER IF EXISTS usage_events_apply');
+    if (onSqlite(q)) await q.query('DROP TRIGGER IF EXISTS usage_events_apply');
     await q.query('ALTER TABLE usage_events DROP COLUMN counter_deltas');
   }
 }

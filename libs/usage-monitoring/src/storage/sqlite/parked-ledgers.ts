@@ -1,5 +1,5 @@
-import type { Database } from 'sqlite3';
 import { RETRY_MAX_MS, SqliteBatchWriter } from './sqlite-batch-writer';
+import type { SqliteConnection } from './sqlite-connection';
 import { type JournalRow, journalRowOf, pendingOf, type UsageJournal } from './usage-journal';
 import type { UserLedger } from './user-ledger';
 
@@ -13,8 +13,7 @@ export interface ParkedLedgersOptions {
   applyDelayMs: number;
   journal: UsageJournal;
   /** Opens an existing user file for writing (never creates one). */
-  openFile: (userId: string) => Promise<Database>;
-  closeFile: (db: Database) => Promise<void>;
+  openFile: (userId: string) => Promise<SqliteConnection>;
   /** Runs `fn` holding one of the cache's open-file slots. */
   withSlot: <T>(fn: () => Promise<T>) => Promise<T>;
 }
@@ -134,7 +133,7 @@ export class ParkedLedgers {
       return true;
     }
     const { journal } = this.options;
-    let db: Database | undefined;
+    let db: SqliteConnection | undefined;
     let writer: SqliteBatchWriter | undefined;
     let left: JournalRow[] = rows;
     let failure: Error | null = null;
@@ -150,7 +149,7 @@ export class ParkedLedgers {
       failure = e as Error;
     } finally {
       await writer?.finalize();
-      if (db) await this.options.closeFile(db).catch(() => undefined);
+      if (db) await db.close().catch(() => undefined);
     }
     if (left.length) {
       ledger.unpark(left, failure ?? new Error('usage rows could not be applied'));

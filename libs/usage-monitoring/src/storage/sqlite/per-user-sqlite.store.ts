@@ -16,6 +16,7 @@ import type {
   UsageStore,
 } from '../usage-store.interface';
 import { DataDirLock } from './data-dir-lock';
+import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
 import { JOURNAL_FILE, UsageJournal } from './usage-journal';
 import { UserLedger } from './user-ledger';
@@ -27,6 +28,8 @@ export interface PerUserSqliteStoreOptions {
   maxOpenDataSources: number;
   busyTimeoutMs: number;
   synchronous: 'normal' | 'full';
+  /** @default 'sqlite3' */
+  driver?: SqliteDriver;
   clock: () => number;
   /**
    * A user whose commit has been running longer than this (ms) is refused new reservations (503) until
@@ -60,6 +63,7 @@ export class PerUserSqliteStore implements UsageStore {
       dataDir: this.dataDir,
       busyTimeoutMs: options.busyTimeoutMs,
       synchronous: options.synchronous,
+      driver: options.driver,
     });
     this.cache = new UserLedgerCache(
       options.maxOpenDataSources,
@@ -72,6 +76,11 @@ export class PerUserSqliteStore implements UsageStore {
   /** Path of a user's database file (always directly inside `dataDir`). */
   filePath(userId: string): string {
     return this.factory.filePath(userId);
+  }
+
+  /** The SQLite driver the user files are opened with. */
+  get driver(): SqliteDriver {
+    return this.factory.driver;
   }
 
   /** How many user databases are open now. */
@@ -90,14 +99,16 @@ export class PerUserSqliteStore implements UsageStore {
     await this.factory.prepareTemplate();
     if (this.options.journal) {
       try {
-        this.journal = await UsageJournal.open(this.dataDir, this.options);
+        this.journal = await UsageJournal.open(this.dataDir, {
+          ...this.options,
+          driver: this.factory.driver,
+        });
         if (this.options.journal.maxUsersInMemory > 0) {
           this.parked = new ParkedLedgers({
             max: this.options.journal.maxUsersInMemory,
             applyDelayMs: this.options.journal.applyDelayMs,
             journal: this.journal,
             openFile: (userId) => this.factory.openFile(userId),
-            closeFile: (db) => this.factory.closeFile(db),
             withSlot: (fn) => this.cache.withSlot(fn),
           });
         }
@@ -218,6 +229,7 @@ export class PerUserSqliteStore implements UsageStore {
       const ledger = await UserLedger.open(
         userId,
         dataSource,
+        this.factory.connectionOf(dataSource),
         this.options.clock(),
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,

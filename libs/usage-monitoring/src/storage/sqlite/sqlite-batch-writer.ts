@@ -1,7 +1,6 @@
-import type { Database } from 'sqlite3';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { withoutNul } from '../settlement';
-import { PreparedStatements } from './prepared-statements';
+import type { SqliteConnection } from './sqlite-connection';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
 
 /** A counter increment implied by a ledger row. */
@@ -86,14 +85,15 @@ export const RETRY_MIN_MS = 50;
 export const RETRY_MAX_MS = 2_000;
 
 /**
- * `INSERT … SELECT` over `json_each(?2)`: a chunk's rows travel as one JSON array bound to one parameter.
+ * `INSERT … SELECT` over `json_each(?)`: a chunk's rows travel as one JSON array bound to one parameter.
  * Binding 23 parameters per row cost ~9.6 µs of main-thread time per row; `JSON.stringify` of the rows
  * ~2.3 µs, for the same total CPU (the parsing moves to SQLite's thread). The user id, the same on every
- * row of a user's database, is bound as `?1` (JSON text cannot carry a NUL through SQLite intact).
+ * row of a user's database, is bound as the first parameter (JSON text cannot carry a NUL through SQLite
+ * intact); it appears once, before `json_each`, so plain `?` placeholders serve both drivers.
  */
 function insertSql(table: string, columns: string[]): string {
-  const picks = columns.map((c, i) => (c === 'user_id' ? '?1' : `value ->> ${i}`)).join(', ');
-  return `INSERT INTO ${table} (${columns.join(', ')}) SELECT ${picks} FROM json_each(?2) WHERE true
+  const picks = columns.map((c, i) => (c === 'user_id' ? '?' : `value ->> ${i}`)).join(', ');
+  return `INSERT INTO ${table} (${columns.join(', ')}) SELECT ${picks} FROM json_each(?) WHERE true
     ON CONFLICT (request_id) DO NOTHING`;
 }
 
@@ -178,14 +178,13 @@ export class SqliteBatchWriter {
   private delayTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private drainWaiters: (() => void)[] = [];
-  private readonly statements: PreparedStatements;
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
   busySince = 0;
 
   constructor(
-    private readonly db: Database,
+    private readonly statements: SqliteConnection,
     /** The user whose database this is: every row carries it. */
     private readonly userId: string,
     private readonly onDrained: () => void,
@@ -194,9 +193,7 @@ export class SqliteBatchWriter {
      * writes already durable elsewhere (the journal): a delayed commit holds many rows.
      */
     private readonly delayMs = 0,
-  ) {
-    this.statements = new PreparedStatements(db);
-  }
+  ) {}
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
   get pending(): number {
@@ -257,7 +254,7 @@ export class SqliteBatchWriter {
   async finalize(): Promise<void> {
     clearTimeout(this.retryTimer);
     clearTimeout(this.delayTimer);
-    await this.statements.finalizeAll();
+    await this.statements.finalizeStatements();
   }
 
   private async flush(): Promise<void> {

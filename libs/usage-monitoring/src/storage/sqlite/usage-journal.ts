@@ -1,6 +1,5 @@
 import { join } from 'node:path';
-import * as sqlite3 from 'sqlite3';
-import { PreparedStatements } from './prepared-statements';
+import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 import { synchronousPragma } from './user-data-source.factory';
 import { MAX_ROWS_PER_STATEMENT, RETRY_MAX_MS, RETRY_MIN_MS, type PendingWrite } from './sqlite-batch-writer';
 
@@ -61,34 +60,29 @@ export class UsageJournal {
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
-  private readonly statements: PreparedStatements;
   private readonly left = new Map<string, JournalRow[]>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
   busySince = 0;
 
-  private constructor(private readonly db: sqlite3.Database) {
-    this.statements = new PreparedStatements(db);
-  }
+  private constructor(private readonly statements: SqliteConnection) {}
 
   static async open(
     dataDir: string,
-    options: { busyTimeoutMs: number; synchronous: 'normal' | 'full' },
+    options: { busyTimeoutMs: number; synchronous: 'normal' | 'full'; driver: SqliteDriver },
   ): Promise<UsageJournal> {
-    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
-      const d = new sqlite3.Database(join(dataDir, JOURNAL_FILE), (e) => (e ? reject(e) : resolve(d)));
-    });
-    const journal = new UsageJournal(db);
-    try {
-      db.configure('busyTimeout', options.busyTimeoutMs);
-      await journal.exec(`PRAGMA journal_mode = WAL;
+    const connection = await openConnection(options.driver, join(dataDir, JOURNAL_FILE), {
+      mustExist: false,
+      busyTimeoutMs: options.busyTimeoutMs,
+      pragmas: `PRAGMA journal_mode = WAL;
         ${synchronousPragma(options.synchronous)};
-        CREATE TABLE IF NOT EXISTS usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);`);
-      const rows = await new Promise<{ seq: number; entry: string }[]>((resolve, reject) =>
-        db.all('SELECT seq, entry FROM usage_journal ORDER BY seq', (e, r) =>
-          e ? reject(e) : resolve(r as never),
-        ),
+        CREATE TABLE IF NOT EXISTS usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);`,
+    });
+    const journal = new UsageJournal(connection);
+    try {
+      const rows = await connection.all<{ seq: number; entry: string }>(
+        'SELECT seq, entry FROM usage_journal ORDER BY seq',
       );
       for (const r of rows) {
         const [userId, write] = JSON.parse(r.entry) as [string, JournaledWrite];
@@ -161,8 +155,7 @@ export class UsageJournal {
 
   async close(): Promise<void> {
     clearTimeout(this.retryTimer);
-    await this.statements.finalizeAll();
-    await new Promise<void>((resolve) => this.db.close(() => resolve()));
+    await this.statements.close().catch(() => undefined);
   }
 
   private schedule(): void {
@@ -232,9 +225,5 @@ export class UsageJournal {
       return;
     }
     this.running = false;
-  }
-
-  private exec(sql: string): Promise<void> {
-    return new Promise((resolve, reject) => this.db.exec(sql, (e) => (e ? reject(e) : resolve())));
   }
 }

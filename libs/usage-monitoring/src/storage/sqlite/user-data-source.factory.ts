@@ -3,8 +3,16 @@ import { copyFile, link, rename, rm, unlink } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
-import { DataSource } from 'typeorm';
+import { DataSource, type DataSourceOptions } from 'typeorm';
 import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '../migrations';
+import {
+  busyTimeoutFor,
+  loadBetterSqlite3,
+  openConnection,
+  type SqliteConnection,
+  type SqliteDriver,
+  wrapConnection,
+} from './sqlite-connection';
 import { userFileName } from './user-file-name';
 
 /**
@@ -28,10 +36,13 @@ export interface UserDataSourceOptions {
   dataDir: string;
   busyTimeoutMs: number;
   synchronous: 'normal' | 'full';
+  /** @default 'sqlite3' */
+  driver?: SqliteDriver;
 }
 
 /**
- * Builds and initialises one user's TypeORM DataSource (`sqlite3` driver): WAL, a busy timeout, and the
+ * Builds and initialises one user's TypeORM DataSource (`sqlite3` or `better-sqlite3` driver): WAL, a busy
+ * timeout (capped for `better-sqlite3`, whose busy wait blocks the event loop), and the
  * schema brought up to date by the usage migrations before the first query.
  *
  * Opening is on the path of a user's first request (and of every LRU miss), so it stays lean: no
@@ -41,8 +52,11 @@ export interface UserDataSourceOptions {
  */
 export class UserDataSourceFactory {
   private template: string | undefined;
+  readonly driver: SqliteDriver;
 
-  constructor(private readonly options: UserDataSourceOptions) {}
+  constructor(private readonly options: UserDataSourceOptions) {
+    this.driver = options.driver ?? 'sqlite3';
+  }
 
   /**
    * Builds (once per schema version) an empty database with every migration applied, inside `dataDir`.
@@ -77,24 +91,20 @@ export class UserDataSourceFactory {
    * Opens an existing user file with the driver alone (no DataSource): for applying journaled rows to a
    * user this process already opened through `create`, so its schema is current. Never creates a file.
    */
-  async openFile(userId: string): Promise<sqlite3.Database> {
-    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
-      const d = new sqlite3.Database(this.filePath(userId), sqlite3.OPEN_READWRITE, (e) =>
-        e ? reject(e) : resolve(d),
-      );
+  openFile(userId: string): Promise<SqliteConnection> {
+    return openConnection(this.driver, this.filePath(userId), {
+      mustExist: true,
+      busyTimeoutMs: this.options.busyTimeoutMs,
+      pragmas: synchronousPragma(this.options.synchronous),
     });
-    db.configure('busyTimeout', this.options.busyTimeoutMs);
-    await new Promise<void>((resolve, reject) =>
-      db.exec(synchronousPragma(this.options.synchronous), (e) => (e ? reject(e) : resolve())),
-    ).catch(async (e) => {
-      await this.closeFile(db);
-      throw e;
-    });
-    return db;
   }
 
-  closeFile(db: sqlite3.Database): Promise<void> {
-    return new Promise((resolve, reject) => db.close((e) => (e ? reject(e) : resolve())));
+  /** The driver connection under a DataSource this factory opened, for statements run past TypeORM. */
+  connectionOf(dataSource: DataSource): SqliteConnection {
+    return wrapConnection(
+      this.driver,
+      (dataSource.driver as unknown as { databaseConnection: unknown }).databaseConnection,
+    );
   }
 
   /** Copies the template to `file` atomically: a temporary copy linked into place, never overwriting. */
@@ -111,18 +121,21 @@ export class UserDataSourceFactory {
   }
 
   private async open(database: string): Promise<DataSource> {
-    const dataSource = new DataSource({
-      type: 'sqlite',
+    const common = {
       database,
       entities: [],
       migrations: USAGE_MIGRATIONS,
       migrationsTableName: USAGE_MIGRATIONS_TABLE,
       migrationsRun: false,
       enableWAL: true,
-      busyTimeout: this.options.busyTimeoutMs,
-      driver: QUIET_SQLITE3,
       logging: false,
-    });
+    };
+    const timeout = busyTimeoutFor(this.driver, this.options.busyTimeoutMs);
+    const options: DataSourceOptions =
+      this.driver === 'better-sqlite3'
+        ? { ...common, type: 'better-sqlite3', timeout, driver: loadBetterSqlite3() }
+        : { ...common, type: 'sqlite', busyTimeout: timeout, driver: QUIET_SQLITE3 };
+    const dataSource = new DataSource(options);
     try {
       await dataSource.initialize();
       const [{ user_version: version }] =
@@ -133,7 +146,7 @@ export class UserDataSourceFactory {
       }
       await dataSource.query(synchronousPragma(this.options.synchronous));
     } catch (e) {
-      await closeQuietly(dataSource);
+      await closeQuietly(dataSource, this.driver);
       throw e;
     }
     return dataSource;
@@ -141,12 +154,14 @@ export class UserDataSourceFactory {
 }
 
 /** Closes a DataSource whatever state a failed initialisation left it in. */
-async function closeQuietly(dataSource: DataSource): Promise<void> {
+async function closeQuietly(dataSource: DataSource, driver: SqliteDriver): Promise<void> {
   if (dataSource.isInitialized) {
     await dataSource.destroy().catch(() => undefined);
     return;
   }
-  const db = (dataSource.driver as unknown as { databaseConnection?: { close(cb: () => void): void } })
-    .databaseConnection;
-  if (db) await new Promise<void>((resolve) => db.close(() => resolve()));
+  const db = (dataSource.driver as unknown as { databaseConnection?: unknown }).databaseConnection;
+  if (db)
+    await wrapConnection(driver, db)
+      .close()
+      .catch(() => undefined);
 }

@@ -1,4 +1,3 @@
-import type { Database } from 'sqlite3';
 import type { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { UsageStoreError } from '../usage-store.error';
@@ -15,6 +14,7 @@ import type {
 } from '../usage-store.interface';
 import { actualOf, crossedThresholds } from '../settlement';
 import { type CounterDelta, type PendingWrite, SqliteBatchWriter } from './sqlite-batch-writer';
+import type { SqliteConnection } from './sqlite-connection';
 import {
   type JournaledWrite,
   type JournalRow,
@@ -71,6 +71,7 @@ export class UserLedger {
   static async open(
     userId: string,
     dataSource: DataSource,
+    connection: SqliteConnection,
     now: number,
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
@@ -78,9 +79,8 @@ export class UserLedger {
   ): Promise<UserLedger> {
     const journal = journaled?.journal;
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
-    const db = (dataSource.driver as unknown as { databaseConnection: Database }).databaseConnection;
     const writer = new SqliteBatchWriter(
-      db,
+      connection,
       userId,
       () => ledger.notifyIfIdle(),
       journaled?.applyDelayMs ?? 0,

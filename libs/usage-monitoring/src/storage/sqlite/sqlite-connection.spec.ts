@@ -1,0 +1,57 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openConnection, type SqliteDriver } from './sqlite-connection';
+
+describe.each<SqliteDriver>(['sqlite3', 'better-sqlite3'])('SqliteConnection over %s', (driver) => {
+  let dir: string;
+  beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'usage-conn-'))));
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('runs bound statements, returns rowids and rows, and rejects (not throws) on SQL errors', async () => {
+    const db = await openConnection(driver, join(dir, 'a.sqlite'), {
+      mustExist: false,
+      busyTimeoutMs: 100,
+      pragmas: 'PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)',
+    });
+    const insert = 'INSERT INTO t (v) SELECT value FROM json_each(?) WHERE true';
+    expect(await db.run(insert, [JSON.stringify(['a', 'b', 'c'])])).toBe(3);
+    const failed = db.run(insert, [JSON.stringify(['d', 'a'])]); // UNIQUE: the statement fails whole
+    await expect(failed).rejects.toThrow(/UNIQUE constraint failed/);
+    // The same SQL text is prepared again after a failure and works.
+    expect(await db.run(insert, [JSON.stringify(['d'])])).toBe(4);
+    expect(await db.all<{ v: string }>('SELECT v FROM t WHERE id > ? ORDER BY id', [1])).toEqual([
+      { v: 'b' },
+      { v: 'c' },
+      { v: 'd' },
+    ]);
+    await expect(db.exec('SELECT * FROM missing')).rejects.toThrow(/no such table/);
+    await db.close();
+  });
+
+  it('never creates a file it was told must exist', async () => {
+    const file = join(dir, 'absent.sqlite');
+    await expect(
+      openConnection(driver, file, {
+        mustExist: true,
+        busyTimeoutMs: 100,
+        pragmas: 'PRAGMA synchronous = NORMAL',
+      }),
+    ).rejects.toThrow(/unable to open database file/);
+  });
+});
+
+describe('loadBetterSqlite3', () => {
+  it('names the option and the package when better-sqlite3 is not installed', () => {
+    jest.isolateModules(() => {
+      jest.doMock('better-sqlite3', () => {
+        throw new Error("Cannot find module 'better-sqlite3'");
+      });
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { loadBetterSqlite3 } = require('./sqlite-connection') as typeof import('./sqlite-connection');
+      expect(() => loadBetterSqlite3()).toThrow(
+        "storage.driver 'better-sqlite3' needs the better-sqlite3 package (npm install better-sqlite3): Cannot find module 'better-sqlite3'",
+      );
+    });
+  });
+});

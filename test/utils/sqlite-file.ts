@@ -1,0 +1,33 @@
+import BetterSqlite3 from 'better-sqlite3';
+import { Database, OPEN_READONLY, OPEN_READWRITE } from 'sqlite3';
+import {
+  type SqliteConnection,
+  wrapConnection,
+} from '@app/usage-monitoring/storage/sqlite/sqlite-connection';
+import { SQLITE_DRIVER } from './test-store';
+
+/**
+ * Opens an existing SQLite file the way an operator's tool would, through the same driver as the app
+ * under test: two copies of SQLite in one process (sqlite3's and better-sqlite3's) do not see each
+ * other's locks, so a test must never mix them on one file.
+ */
+export async function openSqliteFile(file: string, readonly = false): Promise<SqliteConnection> {
+  if (SQLITE_DRIVER === 'better-sqlite3')
+    return wrapConnection('better-sqlite3', new BetterSqlite3(file, { readonly, fileMustExist: true }));
+  const db = await new Promise<Database>((resolve, reject) => {
+    const d = new Database(file, readonly ? OPEN_READONLY : OPEN_READWRITE, (e) =>
+      e ? reject(e) : resolve(d),
+    );
+  });
+  return wrapConnection('sqlite3', db);
+}
+
+/** One read query on a file, opened read-only and closed again. */
+export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]> {
+  const db = await openSqliteFile(file, true);
+  try {
+    return await db.all<T>(sql);
+  } finally {
+    await db.close();
+  }
+}
