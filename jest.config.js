@@ -44,9 +44,18 @@ module.exports = {
       // The suites that exercise the per-user SQLite files again through the better-sqlite3 driver.
       ...common,
       displayName: 'e2e-better-sqlite3',
-      testMatch: ['limits', 'failures', 'faults', 'durability', 'journal', 'lru', 'resources', 'schema'].map(
-        (name) => `<rootDir>/test/${name}.e2e-spec.ts`,
-      ),
+      testMatch: [
+        'limits',
+        'metering',
+        'streaming',
+        'failures',
+        'faults',
+        'durability',
+        'journal',
+        'lru',
+        'resources',
+        'schema',
+      ].map((name) => `<rootDir>/test/${name}.e2e-spec.ts`),
       setupFiles: ['<rootDir>/test/utils/better-sqlite3-mode.ts'],
       setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
     },

@@ -23,6 +23,7 @@ import {
   dropPgSchema,
   median,
   pgSchema,
+  untilQuiet,
   startServer,
 } from './harness';
 
@@ -109,6 +110,7 @@ async function measure(spec: string, round: number): Promise<Split> {
   try {
     await hammer(server.url, 2, users); // warm-up (creates every user's database when users ≤ ~3,000)
     const pid = server.child.pid!;
+    await untilQuiet([pid]); // the warm-up's deferred work (journal applies) is not this measurement's
     const t0 = threadTicks(pid);
     const p0 = schema ? postgresTicks() : 0;
     const r = await hammer(server.url, DURATION, users);
@@ -116,6 +118,7 @@ async function measure(spec: string, round: number): Promise<Split> {
       process.stderr.write(`  ${spec}: errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}\n`);
     }
     await new Promise((resolve) => setTimeout(resolve, TAIL_MS));
+    await untilQuiet([pid]);
     const t1 = threadTicks(pid);
     const p1 = schema ? postgresTicks() : 0;
     const us = (ticks: number) => (ticks * (1e6 / CLK_TCK)) / r.requests.total;

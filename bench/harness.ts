@@ -74,6 +74,26 @@ export function cpuTicks(pid: number, task?: number, reaped = false): number {
   return Number(f[11]) + Number(f[12]) + (reaped ? Number(f[13]) + Number(f[14]) : 0);
 }
 
+/**
+ * Waits until the processes are quiet (at most `QUIET_TICKS` of CPU in a 250 ms window, all together),
+ * at most `maxMs`; resolves with the time waited. Work a server defers past its load (a journal's
+ * applies to users' files) is then counted in its own case, and never runs under the next one.
+ */
+export async function untilQuiet(pids: number[], maxMs = 30_000): Promise<number> {
+  const start = Date.now();
+  const total = () => pids.reduce((n, pid) => n + cpuTicks(pid), 0);
+  let last = total();
+  while (Date.now() - start < maxMs) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const now = total();
+    if (now - last <= QUIET_TICKS) break;
+    last = now;
+  }
+  return Date.now() - start;
+}
+/** CPU ticks (1/CLK_TCK s) in 250 ms below which a server counts as idle: 2 ticks = 8 % of a core. */
+const QUIET_TICKS = 2;
+
 export async function pgSchema(suffix = ''): Promise<string | undefined> {
   const c = new Client({
     host: '127.0.0.1',

@@ -16,6 +16,7 @@ import {
   dropPgSchema,
   median,
   pgSchema,
+  untilQuiet,
   startServer,
   type Server,
 } from './harness';
@@ -134,6 +135,8 @@ async function load(
     ),
   );
   if (tailMs) await new Promise((resolve) => setTimeout(resolve, tailMs));
+  const quietMs = await untilQuiet(pids);
+  if (process.env.BENCH_VERBOSE) process.stderr.write(`  quiet ${quietMs} ms after the load\n`);
   clearInterval(sampler);
   const after = pids.map((pid) => cpuTicks(pid));
   const total = results.reduce((n, r) => n + r.requests.total, 0);
