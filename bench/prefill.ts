@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Database } from 'sqlite3';
+import { v7 as uuidv7 } from 'uuid';
 import { DataSource } from 'typeorm';
 import {
   USAGE_ENTITIES,
@@ -9,7 +10,12 @@ import {
   userFileName,
 } from '@app/usage-monitoring';
 
-/** Creates a user's database with `rows` ledger rows (500 per transaction), before its server starts. */
+/**
+ * Creates a user's database with `rows` ledger rows (500 per transaction), before its server starts. Their
+ * request ids are UUIDv7 of their own (past) times, as the store writes them, so the rows the server adds
+ * land at the end of the primary-key indexes, as they would for a real user with a long history. (Ids
+ * that sort after the server's would put every new row in the middle of those indexes instead.)
+ */
 export async function prefillLedger(dataDir: string, userId: string, rows: number): Promise<void> {
   mkdirSync(dataDir, { recursive: true });
   const file = join(dataDir, userFileName(userId));
@@ -37,7 +43,7 @@ export async function prefillLedger(dataDir: string, userId: string, rows: numbe
        VALUES (?, ?, 'openai', 'gpt-4o-mini', '/openai/v1/chat/completions', 'POST', 200, 12, 3, 4, 1, 100, 200, NULL, NULL, 0, 0, 0, 0, 'ok', 'month:2026-01-01', ?)`,
     );
     for (let j = i; j < Math.min(rows, i + 500); j++) {
-      stmt.run([`prefill-${String(j).padStart(8, '0')}`, userId, start + j]);
+      stmt.run([uuidv7({ msecs: start + j }), userId, start + j]);
     }
     await new Promise<void>((resolve) => stmt.finalize(() => resolve()));
     await run('COMMIT');
