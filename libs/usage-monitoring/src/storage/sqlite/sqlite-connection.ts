@@ -132,6 +132,15 @@ class Sqlite3Connection implements SqliteConnection {
   }
 }
 
+/** Runs a synchronous call as a promise: its result, or its error as a rejection (never a throw). */
+function attempt<T>(call: () => T): Promise<T> {
+  try {
+    return Promise.resolve(call());
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}
+
 /** Synchronous underneath: each call has run (and committed) by the time its promise exists. */
 class BetterSqlite3Connection implements SqliteConnection {
   private readonly statements = new Map<string, BetterSqlite3.Statement>();
@@ -139,34 +148,28 @@ class BetterSqlite3Connection implements SqliteConnection {
   constructor(private readonly db: BetterSqlite3.Database) {}
 
   run(sql: string, params: unknown[]): Promise<number> {
-    try {
+    return attempt(() => {
       let stmt = this.statements.get(sql);
       if (!stmt) {
         stmt = this.db.prepare(sql);
         this.statements.set(sql, stmt);
       }
-      return Promise.resolve(Number(stmt.run(...params).lastInsertRowid));
-    } catch (e) {
-      this.statements.delete(sql);
-      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
-    }
+      try {
+        return Number(stmt.run(...params).lastInsertRowid);
+      } catch (e) {
+        // Prepare again next time, as with sqlite3.
+        this.statements.delete(sql);
+        throw e;
+      }
+    });
   }
 
   all<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-    try {
-      return Promise.resolve(this.db.prepare(sql).all(...params) as T[]);
-    } catch (e) {
-      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
-    }
+    return attempt(() => this.db.prepare(sql).all(...params) as T[]);
   }
 
   exec(sql: string): Promise<void> {
-    try {
-      this.db.exec(sql);
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
-    }
+    return attempt(() => void this.db.exec(sql));
   }
 
   finalizeStatements(): Promise<void> {
@@ -177,11 +180,6 @@ class BetterSqlite3Connection implements SqliteConnection {
 
   close(): Promise<void> {
     this.statements.clear();
-    try {
-      this.db.close();
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
-    }
+    return attempt(() => void this.db.close());
   }
 }
