@@ -1,8 +1,10 @@
 /**
  * `npm run bench:cpu -- [--rounds R] [--duration S] [--users N] [--tail MS] CASE...`: where a server's CPU
  * goes, per request. A CASE is a bench-server mode with optional settings, e.g. `metered`, `noop`,
- * `metered:BENCH_STORE=postgres`, `metered:BENCH_JOURNAL=1000,BENCH_MAX_OPEN=64`, `metered:users=1000`
- * (`users` overrides `--users` for that case; the other settings are the server's environment).
+ * `metered:BENCH_STORE=postgres`, `metered:BENCH_JOURNAL=1000,BENCH_MAX_OPEN=64`, `metered:users=1000`,
+ * `metered:rows=1000000` (`users` overrides `--users` for that case; `rows` starts the hot user with that
+ * many ledger rows, prefilled once and copied into each round's data directory; the other settings are the
+ * server's environment).
  *
  * Every round starts each case's server afresh (its own data directory or PostgreSQL schema), warms it,
  * loads it (autocannon, 50 connections, users round-robin) and reads, from `/proc`, the CPU of its main
@@ -12,7 +14,7 @@
  * each case's req/s against the first case's in the same round (median of those ratios).
  */
 import autocannon from 'autocannon';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -26,6 +28,7 @@ import {
   untilQuiet,
   startServer,
 } from './harness';
+import { prefillLedger } from './prefill';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
@@ -49,18 +52,37 @@ interface Split {
   postgres: number;
 }
 
-function parseCase(spec: string): { mode: string; env: Record<string, string>; users: number } {
+function parseCase(spec: string): { mode: string; env: Record<string, string>; users: number; rows: number } {
   const [mode, settings] = spec.split(':');
   const env: Record<string, string> = {};
   let users = USERS;
+  let rows = 0;
+  const whole = (k: string, v: string, min: number) => {
+    if (Number.isSafeInteger(Number(v)) && Number(v) >= min) return Number(v);
+    throw new Error(`${k} must be a whole number ≥ ${min} in case "${spec}"`);
+  };
   for (const kv of settings ? settings.split(',') : []) {
     const [k, v] = kv.split('=');
     if (!k || v === undefined) throw new Error(`bad setting "${kv}" in case "${spec}" (want NAME=VALUE)`);
-    if (k !== 'users') env[k] = v;
-    else if (Number.isSafeInteger(Number(v)) && Number(v) >= 1) users = Number(v);
-    else throw new Error(`users must be a whole number ≥ 1 in case "${spec}"`);
+    if (k === 'users') users = whole(k, v, 1);
+    else if (k === 'rows') rows = whole(k, v, 0);
+    else env[k] = v;
   }
-  return { mode, env, users };
+  return { mode, env, users, rows };
+}
+
+/** Data directories whose hot user already has N ledger rows, built once per N and copied per round. */
+const prefilled = new Map<number, string>();
+async function prefilledDir(rows: number): Promise<string> {
+  let dir = prefilled.get(rows);
+  if (!dir) {
+    dir = mkdtempSync(join(tmpdir(), 'usage-cpu-rows-'));
+    const t = Date.now();
+    await prefillLedger(dir, 'bench-user-0', rows);
+    process.stderr.write(`prefilled ${rows} ledger rows in ${Math.round((Date.now() - t) / 1000)} s\n`);
+    prefilled.set(rows, dir);
+  }
+  return dir;
 }
 
 /** CPU ticks of every postgres process, with the backends that exited (reaped by the postmaster). */
@@ -96,8 +118,9 @@ function hammer(url: string, duration: number, users: number) {
 }
 
 async function measure(spec: string, round: number): Promise<Split> {
-  const { mode, env, users } = parseCase(spec);
+  const { mode, env, users, rows } = parseCase(spec);
   const dir = mkdtempSync(join(tmpdir(), 'usage-cpu-'));
+  if (rows > 0) cpSync(await prefilledDir(rows), dir, { recursive: true });
   const schema = env.BENCH_STORE === 'postgres' ? await pgSchema(`_${round}`) : undefined;
   if (env.BENCH_STORE === 'postgres' && !schema)
     throw new Error('PostgreSQL is not answering on 127.0.0.1:5432');
@@ -137,6 +160,7 @@ async function measure(spec: string, round: number): Promise<Split> {
 }
 
 async function main(): Promise<void> {
+  CASES.forEach(parseCase); // a bad case fails now, not after minutes of other cases
   compile();
   const samples = new Map<string, Split[]>(CASES.map((c) => [c, []]));
   for (let round = 0; round < ROUNDS; round++) {
@@ -146,6 +170,7 @@ async function main(): Promise<void> {
       process.stderr.write(`round ${round + 1}/${ROUNDS} ${spec}: ${Math.round(m.reqPerSec)} req/s\n`);
     }
   }
+  for (const dir of prefilled.values()) rmSync(dir, { recursive: true, force: true });
   const first = samples.get(CASES[0])!;
   const head = ['case', 'req/s', 'main µs/req', 'other threads µs/req', 'postgres µs/req', `× ${CASES[0]}`];
   console.log(`\n| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
