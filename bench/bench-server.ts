@@ -5,7 +5,7 @@
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
  * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal),
- * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite)
+ * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite), BENCH_LEASES=<requests per lease> (shared PostgreSQL)
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
@@ -147,6 +147,7 @@ function storage(): StorageOptions {
         extra: { options: `-c search_path=${process.env.BENCH_SCHEMA}` },
       },
       poolSize: 16,
+      leases: process.env.BENCH_LEASES ? { requests: Number(process.env.BENCH_LEASES) } : false,
     };
   }
   return {

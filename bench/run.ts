@@ -293,6 +293,23 @@ async function main(): Promise<void> {
       start('pg-b', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
       if (!QUICK) cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] });
       cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] });
+      // Per-instance leases (storage.leases, the default 64 requests' worth each).
+      const leased = {
+        BENCH_MODE: 'metered',
+        BENCH_STORE: 'postgres',
+        BENCH_SCHEMA: schema,
+        BENCH_LEASES: '64',
+      };
+      start('pg-la', leased);
+      start('pg-lb', leased);
+      if (!QUICK)
+        cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×1, leases', servers: ['pg-la'] });
+      cases.push({
+        ...e,
+        mode: 'metered',
+        adapter: 'express, postgres ×2 (sum), leases',
+        servers: ['pg-la', 'pg-lb'],
+      });
       if (!QUICK) {
         cases.push(
           {

@@ -10,6 +10,7 @@ import {
   AI_TEXT_GROUP,
   UsageMonitoringModule,
   type Plan,
+  type SharedStorageOptions,
   type SqliteStorageOptions,
   type StorageOptions,
   type UsageMonitoringModuleOptions,
@@ -38,6 +39,8 @@ export interface TestAppOptions {
   controllers?: Type[];
   /** Force a store; by default the project's (`STORE`), unless `usage.storage` says otherwise. */
   store?: 'sqlite' | 'postgres';
+  /** Further options of the shared store, when the app runs on PostgreSQL. */
+  shared?: Partial<Omit<SharedStorageOptions, 'type' | 'dataSource'>>;
   /** Reuse a PostgreSQL schema (several apps on one shared database). */
   schema?: string;
   /** Connect to PostgreSQL through another port (a proxy the test can cut). */
@@ -112,7 +115,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     given?.type === 'custom' || given?.type === 'shared'
       ? opts.usage!.storage!
       : schema
-        ? { type: 'shared', dataSource: pgOptions(schema, opts.pgPort) }
+        ? { type: 'shared', dataSource: pgOptions(schema, opts.pgPort), ...opts.shared }
         : { driver: SQLITE_DRIVER, ...(given as SqliteStorageOptions), dataDir };
   const options: UsageMonitoringModuleOptions = {
     plans: TEST_PLANS,

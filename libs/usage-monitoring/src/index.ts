@@ -8,6 +8,7 @@ export type {
   UsageMonitoringModuleOptions,
   UsageRequest,
 } from './usage-monitoring.options';
+export type { SharedLeaseOptions } from './storage/shared/shared-store.options';
 export {
   AI_TEXT_GROUP,
   ALERT_THRESHOLDS,

@@ -18,7 +18,12 @@ import {
 import type { UsageAlert } from './alerts/usage-alert.interface';
 import type { UsageStore } from './storage/usage-store.interface';
 import type { ClockSkew } from './storage/shared/shared-postgres.store';
-import type { ResolvedSharedStorage, SharedStorageOptions } from './storage/shared/shared-store.options';
+import type {
+  ResolvedLeases,
+  ResolvedSharedStorage,
+  SharedLeaseOptions,
+  SharedStorageOptions,
+} from './storage/shared/shared-store.options';
 import { DataSource } from 'typeorm';
 import { loadBetterSqlite3, type SqliteDriver } from './storage/sqlite/sqlite-connection';
 
@@ -279,6 +284,7 @@ function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
     fail(`storage.dataSource must be a PostgreSQL DataSource (got ${JSON.stringify(ds.options.type)})`);
   }
   const t = s.timeouts ?? {};
+  const reservationTtlMs = positiveInt(s.reservationTtlMs, 'storage.reservationTtlMs', 900_000);
   return {
     type: 'shared',
     dataSource: s.dataSource,
@@ -287,6 +293,30 @@ function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
     connectMs: positiveInt(t.connectMs, 'storage.timeouts.connectMs', 1000),
     statementMs: positiveInt(t.statementMs, 'storage.timeouts.statementMs', 2000),
     lockMs: positiveInt(t.lockMs, 'storage.timeouts.lockMs', 1000),
-    reservationTtlMs: positiveInt(s.reservationTtlMs, 'storage.reservationTtlMs', 900_000),
+    reservationTtlMs,
+    leases: resolveLeases(s.leases, reservationTtlMs),
   };
+}
+
+function resolveLeases(value: unknown, reservationTtlMs: number): ResolvedLeases | null {
+  if (value === undefined || value === false) return null;
+  const l = value === true ? {} : (value as SharedLeaseOptions);
+  if (!l || typeof l !== 'object' || Array.isArray(l))
+    fail(
+      `storage.leases must be true, false or { requests, holdMs, headroom } (got ${JSON.stringify(value)})`,
+    );
+  for (const key of Object.keys(l)) {
+    if (!['requests', 'holdMs', 'headroom'].includes(key)) fail(`storage.leases.${key} is not an option`);
+  }
+  const resolved = {
+    requests: positiveInt(l.requests, 'storage.leases.requests', 64, 2),
+    holdMs: positiveInt(l.holdMs, 'storage.leases.holdMs', 1000, 10),
+    headroom: positiveInt(l.headroom, 'storage.leases.headroom', 8, 2),
+  };
+  // The sweeper releases a lease row after reservationTtlMs: a live instance must be done admitting by then.
+  if (resolved.holdMs * 2 > reservationTtlMs)
+    fail(
+      `storage.leases.holdMs (${resolved.holdMs}) must be at most half of storage.reservationTtlMs (${reservationTtlMs})`,
+    );
+  return resolved;
 }

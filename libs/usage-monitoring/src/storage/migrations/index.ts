@@ -3,6 +3,7 @@ import { UsageCounterDeltas1764288000000 } from './1764288000000-usage-counter-d
 import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-batches';
 import { UsageEventDetails1764460800000 } from './1764460800000-usage-event-details';
 import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-reserve-batch-in-memory';
+import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS = [
@@ -11,6 +12,7 @@ export const USAGE_MIGRATIONS = [
   UsageSharedBatches1764374400000,
   UsageEventDetails1764460800000,
   UsageReserveBatchInMemory1764547200000,
+  UsageLeases1764633600000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

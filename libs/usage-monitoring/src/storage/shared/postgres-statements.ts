@@ -136,3 +136,35 @@ SELECT (SELECT coalesce(jsonb_agg(request_id), '[]'::jsonb) FROM ev) AS inserted
        (SELECT count(*) FROM rq) AS requests,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('u', user_id, 'p', period_key, 'sc', scope, 'm', metric,
                                                      'used', used)), '[]'::jsonb) FROM upd) AS counters`;
+
+/** Takes a batch of leases in one statement (see the `usage_take_leases` migration): each whole or not at all. */
+export const TAKE_LEASES = `SELECT o_id, o_amount FROM usage_take_leases($1, $2, $3::jsonb)`;
+
+/**
+ * Gives leases back: deletes their rows and takes their amounts out of `reserved`, only for rows still
+ * there (a lease the sweeper already released is never released twice).
+ */
+export const RETURN_LEASES = `
+WITH del AS (
+  DELETE FROM usage_leases WHERE lease_id = ANY($1::text[]) OR expires_at < $2
+  RETURNING user_id, period_key, scope, metric, amount, lease_id = ANY($1::text[]) AS asked
+),
+parts AS (
+  SELECT user_id, period_key, scope, metric, sum(amount)::int8 AS amount FROM del
+  GROUP BY user_id, period_key, scope, metric
+),
+lk AS (
+  SELECT c.user_id, c.period_key, c.scope, c.metric, p.amount
+  FROM usage_counters c
+  JOIN parts p ON c.user_id = p.user_id AND c.period_key = p.period_key AND c.scope = p.scope AND c.metric = p.metric
+  ORDER BY c.user_id, c.period_key, c.scope, c.metric
+  FOR UPDATE OF c
+),
+upd AS (
+  UPDATE usage_counters c
+  SET reserved = greatest(0, c.reserved - l.amount)
+  FROM lk l
+  WHERE c.user_id = l.user_id AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM del WHERE asked) AS returned, (SELECT count(*) FROM del WHERE NOT asked) AS expired`;

@@ -19,6 +19,7 @@ import type {
   UsageStore,
 } from '../usage-store.interface';
 import * as SQL from './postgres-statements';
+import { LeaseBook } from './lease-book';
 import { PgBatcher } from './pg-batcher';
 import { createSharedDataSource, migrate, poolOf, type PgPool } from './shared-data-source';
 import type { ResolvedSharedStorage } from './shared-store.options';
@@ -91,6 +92,9 @@ interface SettleItem {
   alerts: { index: number; threshold: number; used: number }[];
 }
 
+/** Fields of a settlement that stay in this process (not sent with the batch). */
+const LOCAL_FIELDS = new Set(['limits', 'alerts']);
+
 /**
  * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
@@ -132,6 +136,8 @@ function markAlerts(
  * Admission is one locking, all-or-none statement against the counter rows; settlement one statement
  * that moves amounts from `reserved` to `used` and appends the ledger row, idempotently. Reservations
  * are rows too, so those of an instance that died are released by a sweeper after `reservationTtlMs`.
+ * With `storage.leases`, a hot counter's requests are admitted in memory from blocks of quota taken the
+ * same way (see `LeaseBook`); their settlement is the same statement, with no reservation row to delete.
  */
 export class SharedPostgresStore implements UsageStore {
   private readonly logger = new Logger('UsageMonitoring');
@@ -148,6 +154,10 @@ export class SharedPostgresStore implements UsageStore {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private timers: NodeJS.Timeout[] = [];
+  /** Whether the database has the leases table (sweeping expired leases of any instance). */
+  private leaseTable = false;
+  /** Per-instance leases (`storage.leases`), or null. */
+  private readonly leases: LeaseBook | null;
 
   constructor(
     private readonly options: ResolvedSharedStorage,
@@ -155,6 +165,16 @@ export class SharedPostgresStore implements UsageStore {
     private readonly skew?: ClockSkew,
   ) {
     this.owned = !(options.dataSource instanceof DataSource);
+    this.leases = options.leases
+      ? new LeaseBook(
+          options.leases,
+          {
+            take: (items, now, headroom) => this.takeLeases(items, now, headroom),
+            give: (ids) => this.returnLeases(ids),
+          },
+          options.reservationTtlMs,
+        )
+      : null;
   }
 
   async init(): Promise<void> {
@@ -172,14 +192,21 @@ export class SharedPostgresStore implements UsageStore {
     this.dataSource = ds;
     this.pool = poolOf(ds);
     if (this.options.migrationsRun) await migrate(ds);
+    const missing = new Error(
+      'storage.dataSource: the usage tables are missing; add USAGE_MIGRATIONS to your DataSource and run them, or set storage.migrationsRun',
+    );
     try {
       await this.pool.query('SELECT 1 FROM usage_counters LIMIT 0');
       await this.pool.query('SELECT 1 FROM usage_reservations LIMIT 0');
     } catch {
-      throw new Error(
-        'storage.dataSource: the usage tables are missing; add USAGE_MIGRATIONS to your DataSource and run them, or set storage.migrationsRun',
-      );
+      throw missing;
     }
+    // Leases came with a later migration: a database without it is swept of reservations only.
+    this.leaseTable = await this.pool.query('SELECT 1 FROM usage_leases LIMIT 0').then(
+      () => true,
+      () => false,
+    );
+    if (this.leases && !this.leaseTable) throw missing;
     await this.sampleClock();
     const sweep = setInterval(
       () => void this.sweep(),
@@ -189,10 +216,40 @@ export class SharedPostgresStore implements UsageStore {
     sweep.unref();
     clock.unref();
     this.timers = [sweep, clock];
+    if (this.leases) {
+      const leases = this.leases;
+      const tick = setInterval(
+        () => leases.tick(this.clock()),
+        Math.max(10, this.options.leases!.holdMs / 2),
+      );
+      tick.unref();
+      this.timers.push(tick);
+    }
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     const { charges } = req;
+    if (this.leases && charges.length > 0) {
+      const u = sharedUserId(req.userId);
+      // Requests that find a lease spent wait for the next one; a few rounds at most, then the database.
+      let admitted = this.leases.admit(u, req.requestId, charges, req.now);
+      for (let round = 0; !admitted && round < 3; round++) {
+        if (!(await this.leases.take(u, charges, req.now))) break;
+        admitted = this.leases.admit(u, req.requestId, charges, req.now);
+      }
+      if (admitted) {
+        return {
+          admitted: true,
+          reservation: {
+            requestId: req.requestId,
+            userId: req.userId,
+            provider: req.provider,
+            charges,
+            createdAt: req.now,
+          },
+        };
+      }
+    }
     const row = await this.reserveBatcher.submit({
       id: req.requestId,
       u: sharedUserId(req.userId),
@@ -241,6 +298,10 @@ export class SharedPostgresStore implements UsageStore {
 
   async release(reservation: Reservation): Promise<void> {
     const { charges } = reservation;
+    if (this.leases?.holds(reservation.requestId)) {
+      this.leases.done(reservation.requestId, charges);
+      return;
+    }
     await this.pool.query({ name: 'usage_release', text: SQL.RELEASE }, [
       reservation.requestId,
       sharedUserId(reservation.userId),
@@ -303,6 +364,7 @@ export class SharedPostgresStore implements UsageStore {
   private async settleBatch(items: SettleItem[]): Promise<boolean[]> {
     try {
       await this.runSettle(items);
+      this.settled(items);
       return items.map(() => true);
     } catch (e) {
       this.log.error('settle', `usage settlement failed, queued for retry: ${(e as Error).message}`);
@@ -313,9 +375,7 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   private async runSettle(items: SettleItem[]): Promise<void> {
-    const payload = JSON.stringify(items, (k, v: unknown) =>
-      k === 'limits' || k === 'alerts' ? undefined : v,
-    );
+    const payload = JSON.stringify(items, (k, v: unknown) => (LOCAL_FIELDS.has(k) ? undefined : v));
     const { rows } = await this.pool.query<{
       inserted: string[];
       counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
@@ -326,6 +386,33 @@ export class SharedPostgresStore implements UsageStore {
     markAlerts(items, new Set(rows[0].inserted), rows[0].counters);
   }
 
+  /** Settlements committed: the leases they were admitted from may go back once all of theirs have. */
+  private settled(items: SettleItem[]): void {
+    if (this.leases) for (const item of items) this.leases.done(item.id);
+  }
+
+  /** Takes a batch of leases in one statement: the amount granted per asked lease id (0: refused). */
+  private async takeLeases(
+    items: { id: string }[],
+    now: number,
+    headroom: number,
+  ): Promise<Map<string, number>> {
+    try {
+      const { rows } = await this.pool.query<{ o_id: string; o_amount: string | number }>(
+        { name: 'usage_take_leases', text: SQL.TAKE_LEASES },
+        [now, headroom, JSON.stringify(items, (k, v: unknown) => (k === 'at' ? undefined : v))],
+      );
+      return new Map(rows.map((r) => [r.o_id, Number(r.o_amount)]));
+    } catch (e) {
+      throw toStoreError(e);
+    }
+  }
+
+  /** Gives leases back (their amounts out of `reserved`), once each. */
+  private async returnLeases(ids: string[]): Promise<void> {
+    await this.pool.query({ name: 'usage_return_leases', text: SQL.RETURN_LEASES }, [ids, 0]);
+  }
+
   private scheduleRetry(): void {
     if (this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
@@ -333,6 +420,7 @@ export class SharedPostgresStore implements UsageStore {
       const batch = this.retryQueue.splice(0, 256);
       void this.runSettle(batch).then(
         () => {
+          this.settled(batch);
           this.retryDelay = RETRY_MIN_MS;
           if (this.retryQueue.length) this.scheduleRetry();
         },
@@ -422,10 +510,14 @@ export class SharedPostgresStore implements UsageStore {
     for (const t of this.timers) clearInterval(t);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.retryQueue.length) {
-      await this.runSettle(this.retryQueue.splice(0)).catch((e: Error) =>
-        this.logger.error(`closing with usage settlements that could not be committed: ${e.message}`),
+      const batch = this.retryQueue.splice(0);
+      await this.runSettle(batch).then(
+        () => this.settled(batch),
+        (e: Error) =>
+          this.logger.error(`closing with usage settlements that could not be committed: ${e.message}`),
       );
     }
+    await this.leases?.close();
     if (this.owned && this.dataSource?.isInitialized) await this.dataSource.destroy();
   }
 
@@ -438,7 +530,14 @@ export class SharedPostgresStore implements UsageStore {
       );
       const n = Number(rows[0]?.released ?? 0);
       if (n > 0) this.logger.warn(`released ${n} expired reservation(s) left by requests that never settled`);
-      return n;
+      if (!this.leaseTable) return n;
+      const { rows: leases } = await this.pool.query<{ expired: string }>(
+        { name: 'usage_return_leases', text: SQL.RETURN_LEASES },
+        [[], now],
+      );
+      const l = Number(leases[0]?.expired ?? 0);
+      if (l > 0) this.logger.warn(`released ${l} expired lease(s) left by an instance that stopped`);
+      return n + l;
     } catch (e) {
       this.log.warn('sweep', `reservation sweep failed: ${(e as Error).message}`);
       return 0;

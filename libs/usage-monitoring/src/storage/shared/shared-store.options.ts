@@ -31,6 +31,31 @@ export interface SharedStorageOptions {
    * @default 900000 (15 minutes)
    */
   reservationTtlMs?: number;
+  /**
+   * Per-instance leases (opt-in): while a counter has plenty of room, an instance takes a block of it in
+   * one statement and admits requests from that block in memory, one database round trip per block
+   * instead of one per request; ledger rows are still written, batched, before each response. Near a
+   * limit no block is taken and every request is decided by the database, as without leases. Never admits
+   * past a limit; may refuse early, for at most `holdMs` plus the time requests take, while another
+   * instance holds unused quota near the limit (see the README). `true` means `{ requests: 64, holdMs: 1000, headroom: 8 }`.
+   * @default false
+   */
+  leases?: boolean | SharedLeaseOptions;
+}
+
+export interface SharedLeaseOptions {
+  /** Requests' worth of each counter (at the current request's size) one lease takes. @default 64 */
+  requests?: number;
+  /** A lease admits for this long after it was taken, then is given back once its requests settled. @default 1000 */
+  holdMs?: number;
+  /** A lease is taken only while the counter has room for this many leases. @default 8 */
+  headroom?: number;
+}
+
+export interface ResolvedLeases {
+  requests: number;
+  holdMs: number;
+  headroom: number;
 }
 
 export interface ResolvedSharedStorage {
@@ -42,4 +67,6 @@ export interface ResolvedSharedStorage {
   statementMs: number;
   lockMs: number;
   reservationTtlMs: number;
+  /** Null when leases are off. */
+  leases: ResolvedLeases | null;
 }

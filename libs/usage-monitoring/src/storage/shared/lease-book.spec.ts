@@ -1,0 +1,150 @@
+import fc from 'fast-check';
+import type { LimitCharge } from '../usage-store.interface';
+import { LeaseBook, type LeaseDatabase } from './lease-book';
+
+const charge = (amount: number, max = 1_000_000, metric: 'calls' | 'tokens' = 'calls'): LimitCharge => ({
+  limitId: `openai:${metric}:month`,
+  scope: 'openai',
+  metric,
+  period: 'month',
+  periodKey: 'month:2026-11-01',
+  periodStart: 0,
+  periodEnd: 1,
+  max,
+  amount,
+});
+
+/**
+ * The database side as the book sees it: grants every ask in full (or refuses all while `refuse`), and
+ * records what was granted and given back. PostgreSQL's side of it is tested in
+ * `test/shared-leases.e2e-spec.ts`; this checks the book's own bookkeeping under random interleavings.
+ */
+class Ledger implements LeaseDatabase {
+  granted = new Map<string, number>();
+  metricOf = new Map<string, string>();
+  returned: string[] = [];
+  refuse = false;
+  asks = 0;
+  take(items: { id: string; m: string; want: number }[]): Promise<Map<string, number>> {
+    this.asks += items.length;
+    for (const i of items) {
+      this.granted.set(i.id, this.refuse ? 0 : i.want);
+      this.metricOf.set(i.id, i.m);
+    }
+    return Promise.resolve(new Map(items.map((i) => [i.id, this.refuse ? 0 : i.want])));
+  }
+  give(ids: string[]): Promise<void> {
+    this.returned.push(...ids);
+    return Promise.resolve();
+  }
+
+  /** What the database holds in `reserved` for this instance's blocks, per metric. */
+  reserved(metric: string): number {
+    let sum = 0;
+    for (const [id, amount] of this.granted)
+      if (this.metricOf.get(id) === metric && !this.returned.includes(id)) sum += amount;
+    return sum;
+  }
+}
+
+const OPTIONS = { requests: 4, holdMs: 1_000, headroom: 8 };
+
+async function admitOrTake(book: LeaseBook, id: string, charges: LimitCharge[], now: number) {
+  if (book.admit('u', id, charges, now)) return true;
+  return (await book.take('u', charges, now)) && book.admit('u', id, charges, now);
+}
+
+describe('LeaseBook', () => {
+  it('admits from one granted block up to its size, then asks for the next', async () => {
+    const db = new Ledger();
+    const book = new LeaseBook(OPTIONS, db, 60_000);
+    const results: boolean[] = [];
+    for (let i = 0; i < 6; i++) results.push(await admitOrTake(book, `r${i}`, [charge(1)], 0));
+    expect(results).toEqual([true, true, true, true, true, true]);
+    expect(db.asks).toBe(2); // blocks of 4 calls: requests 0–3, then 4–5
+    expect([...db.granted.values()]).toEqual([4, 4]);
+    // The first block is spent but its requests have not settled: it is not given back yet.
+    await new Promise(setImmediate);
+    expect(db.returned).toEqual([]);
+    for (let i = 0; i < 4; i++) book.done(`r${i}`);
+    await new Promise(setImmediate);
+    expect(db.returned).toEqual([[...db.granted.keys()][0]]);
+  });
+
+  it('after a refused ask, asks again for that counter only after holdMs', async () => {
+    const db = new Ledger();
+    db.refuse = true;
+    const book = new LeaseBook(OPTIONS, db, 60_000);
+    expect(await admitOrTake(book, 'a', [charge(1)], 0)).toBe(false);
+    expect(await admitOrTake(book, 'b', [charge(1)], 999)).toBe(false);
+    expect(db.asks).toBe(1);
+    db.refuse = false;
+    book.tick(1_000);
+    expect(await admitOrTake(book, 'c', [charge(1)], 1_000)).toBe(true);
+    expect(db.asks).toBe(2);
+  });
+
+  it('never admits from a block granted under another limit (a changed plan)', async () => {
+    const db = new Ledger();
+    const book = new LeaseBook(OPTIONS, db, 60_000);
+    expect(await admitOrTake(book, 'a', [charge(1, 1_000)], 0)).toBe(true);
+    expect(book.admit('u', 'b', [charge(1, 500)], 0)).toBe(false);
+  });
+
+  it('random interleavings: requests not yet settled are always covered by blocks not yet given back; each block goes back once', async () => {
+    const step = fc.oneof(
+      fc.record({
+        kind: fc.constant('request' as const),
+        amount: fc.integer({ min: 0, max: 3 }),
+        tokens: fc.integer({ min: 0, max: 50 }),
+      }),
+      fc.record({ kind: fc.constant('settle' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('refund' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('tick' as const), advance: fc.integer({ min: 0, max: 700 }) }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { maxLength: 120 }), async (steps) => {
+        const db = new Ledger();
+        const book = new LeaseBook(OPTIONS, db, 60_000);
+        // Admitted from blocks and not yet settled: their usage is not in `used` yet, so the blocks still
+        // reserved in the database must cover them, or another instance could admit into that room.
+        const open: { id: string; charges: LimitCharge[] }[] = [];
+        let now = 0;
+        let n = 0;
+        const inFlight = (metric: string) =>
+          open.reduce(
+            (sum, r) => sum + r.charges.filter((c) => c.metric === metric).reduce((a, c) => a + c.amount, 0),
+            0,
+          );
+        for (const s of steps) {
+          if (s.kind === 'request') {
+            const charges = [charge(s.amount), charge(s.tokens, 1_000_000, 'tokens')];
+            const id = `r${n++}`;
+            if (await admitOrTake(book, id, charges, now)) open.push({ id, charges });
+          } else if (s.kind === 'settle' && open.length) {
+            const [r] = open.splice(s.pick % open.length, 1);
+            book.done(r.id);
+          } else if (s.kind === 'refund' && open.length) {
+            const [r] = open.splice(s.pick % open.length, 1);
+            book.done(r.id, r.charges);
+          } else if (s.kind === 'tick') {
+            now += s.advance;
+            book.tick(now);
+          }
+          await new Promise(setImmediate);
+          for (const metric of ['calls', 'tokens'])
+            expect(inFlight(metric)).toBeLessThanOrEqual(db.reserved(metric));
+          expect(new Set(db.returned).size).toBe(db.returned.length); // each block back once
+        }
+        // Once every request settled and time moved past holdMs, every block went back, once.
+        for (const r of open.splice(0)) book.done(r.id);
+        book.tick(now + OPTIONS.holdMs);
+        await book.close();
+        const grantedIds = [...db.granted].filter(([, amount]) => amount > 0).map(([id]) => id);
+        expect([...db.returned].sort()).toEqual(grantedIds.sort());
+        expect(book.size).toBe(0);
+      }),
+      { numRuns: 200, seed: 20261130 },
+    );
+  });
+});

@@ -1,0 +1,236 @@
+import { newRequestId } from '../../metering/request-id';
+import type { LimitCharge } from '../usage-store.interface';
+import { PgBatcher } from './pg-batcher';
+import type { ResolvedLeases } from './shared-store.options';
+
+/** A block of one counter's quota this instance took, admitting requests from it in memory. */
+interface Lease {
+  id: string;
+  key: string;
+  /** Quota of the block not yet handed to a request. */
+  remaining: number;
+  /** Requests admitted from it whose settlement has not committed yet. */
+  inflight: number;
+  /** It admits until then (instance clock), then is given back once `inflight` is 0. */
+  until: number;
+  retired: boolean;
+}
+
+interface TakeItem {
+  id: string;
+  u: string;
+  p: string;
+  sc: string;
+  m: string;
+  mx: number;
+  e: number;
+  want: number;
+  exp: number;
+  /** When it was asked (instance clock); not sent. */
+  at: number;
+}
+
+/** How the book reaches the database (the shared store's pool, statements and error mapping). */
+export interface LeaseDatabase {
+  take(items: TakeItem[], now: number, headroom: number): Promise<Map<string, number>>;
+  give(ids: string[]): Promise<void>;
+}
+
+/**
+ * One instance's leases (`storage.leases`). Invariants: the quota handed to requests from a lease never
+ * exceeds what the database added to `reserved` for it; a lease goes back (its amount out of `reserved`)
+ * only once every request admitted from it has settled (its usage is in `used`), so other instances
+ * never see room that is really spent; a counter near its limit gets no lease (`headroom`), and after
+ * one refusal none is asked for `holdMs`, so requests there go straight to the per-request statement.
+ */
+export class LeaseBook {
+  /** Counter key → the lease admitting on it now. */
+  private readonly active = new Map<string, Lease>();
+  /** Every lease not yet given back, by id. */
+  private readonly held = new Map<string, Lease>();
+  /** Counter key → the take in flight for it (concurrent requests wait for the same one). */
+  private readonly asking = new Map<string, Promise<void>>();
+  /** Counter key → until when no lease is asked (the last ask was refused). */
+  private readonly refused = new Map<string, number>();
+  /** Request id → the leases it was admitted from. */
+  private readonly byRequest = new Map<string, Lease[]>();
+  /** Leases whose return failed (database unavailable): retried by `tick`. */
+  private unreturned: string[] = [];
+  /** Returns in flight (`close` waits for them). */
+  private readonly giving = new Set<Promise<void>>();
+  private readonly takes: PgBatcher<TakeItem, number>;
+  private readonly gives: PgBatcher<string, void>;
+
+  constructor(
+    private readonly options: ResolvedLeases,
+    private readonly db: LeaseDatabase,
+    private readonly ttlMs: number,
+  ) {
+    this.takes = new PgBatcher<TakeItem, number>(async (items) => {
+      const now = Math.max(...items.map((i) => i.at));
+      const granted = await this.db.take(items, now, this.options.headroom);
+      return items.map((i) => granted.get(i.id) ?? 0);
+    });
+    this.gives = new PgBatcher<string, void>(async (ids) => {
+      try {
+        await this.db.give(ids);
+      } catch {
+        this.unreturned.push(...ids);
+      }
+      return ids.map(() => undefined);
+    });
+  }
+
+  /** Leases not yet given back (for tests and stats). */
+  get size(): number {
+    return this.held.size;
+  }
+
+  /**
+   * Admits a request from this instance's leases, in memory: true when every one of its charges had a
+   * lease with room (all are then charged), false when one had none (nothing is charged).
+   */
+  admit(userId: string, requestId: string, charges: LimitCharge[], now: number): boolean {
+    const leases: Lease[] = [];
+    for (const c of charges) {
+      const lease = this.active.get(counterKey(userId, c));
+      if (!lease || lease.remaining < Math.max(c.amount, 1) || leases.includes(lease)) return false;
+      if (now >= lease.until) {
+        this.retire(lease);
+        return false;
+      }
+      leases.push(lease);
+    }
+    charges.forEach((c, i) => {
+      leases[i].remaining -= c.amount;
+      leases[i].inflight++;
+    });
+    this.byRequest.set(requestId, leases);
+    return true;
+  }
+
+  /**
+   * Asks the database for a lease on every counter of `charges` without one that could admit this
+   * request (one ask per counter at a time; none while a recent ask was refused). Resolves when the asks
+   * are answered: false when a counter has no lease to give (the database decides this request), true
+   * when `admit` may be tried again.
+   */
+  async take(userId: string, charges: LimitCharge[], now: number): Promise<boolean> {
+    const waits: Promise<void>[] = [];
+    for (const c of charges) {
+      const key = counterKey(userId, c);
+      const pending = this.asking.get(key);
+      if (pending) {
+        waits.push(pending);
+        continue;
+      }
+      const current = this.active.get(key);
+      if (current && now < current.until && current.remaining >= Math.max(c.amount, 1)) continue;
+      if ((this.refused.get(key) ?? 0) > now) return false; // no lease here: the database decides
+      if (current) this.retire(current);
+      const want = this.options.requests * Math.max(c.amount, 1);
+      const item: TakeItem = {
+        id: newRequestId(),
+        u: userId,
+        p: c.periodKey,
+        sc: c.scope,
+        m: c.metric,
+        mx: c.max,
+        e: c.periodEnd,
+        want,
+        exp: now + this.ttlMs,
+        at: now,
+      };
+      const ask = this.takes.submit(item).then(
+        (amount) => {
+          if (amount > 0) {
+            const lease: Lease = {
+              id: item.id,
+              key,
+              remaining: amount,
+              inflight: 0,
+              until: now + this.options.holdMs,
+              retired: false,
+            };
+            this.held.set(lease.id, lease);
+            this.active.set(key, lease);
+          } else {
+            this.refused.set(key, now + this.options.holdMs);
+          }
+        },
+        () => undefined, // the database is unavailable: the per-request path reports it
+      );
+      const tracked = ask.finally(() => this.asking.delete(key));
+      this.asking.set(key, tracked);
+      waits.push(tracked);
+    }
+    await Promise.all(waits);
+    return charges.every((c) => this.active.has(counterKey(userId, c)));
+  }
+
+  /** Whether a request was admitted from leases (its settlement then has no reservation row). */
+  holds(requestId: string): boolean {
+    return this.byRequest.has(requestId);
+  }
+
+  /** The request's usage committed (or it was given back unused, `refund`): its leases may go back. */
+  done(requestId: string, charges?: LimitCharge[]): void {
+    const leases = this.byRequest.get(requestId);
+    if (!leases) return;
+    this.byRequest.delete(requestId);
+    leases.forEach((lease, i) => {
+      if (charges) lease.remaining += charges[i].amount;
+      lease.inflight--;
+      if (lease.retired && lease.inflight === 0) this.giveBack(lease);
+    });
+  }
+
+  /**
+   * Retires leases whose time is up, gives back those with nothing in flight and retries failed returns.
+   * Run every `holdMs` or so, so that quota an idle instance holds goes back without new traffic.
+   */
+  tick(now: number): void {
+    for (const lease of this.active.values()) if (now >= lease.until) this.retire(lease);
+    for (const [key, until] of this.refused) if (until <= now) this.refused.delete(key);
+    if (this.unreturned.length) {
+      const ids = this.unreturned;
+      this.unreturned = [];
+      for (const id of ids) this.give(id);
+    }
+  }
+
+  /**
+   * Stops admitting from every lease, then waits (up to `waitMs`) for their requests to settle and for
+   * them to go back. Leases still busy after that are left to the sweeper (after `reservationTtlMs`).
+   */
+  async close(waitMs = 2_000): Promise<void> {
+    for (const lease of [...this.held.values()]) this.retire(lease);
+    const until = Date.now() + waitMs;
+    while ((this.held.size > 0 || this.unreturned.length > 0) && Date.now() < until) {
+      this.tick(Number.MAX_SAFE_INTEGER);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Promise.all(this.giving);
+  }
+
+  private retire(lease: Lease): void {
+    if (lease.retired) return;
+    lease.retired = true;
+    if (this.active.get(lease.key) === lease) this.active.delete(lease.key);
+    if (lease.inflight === 0) this.giveBack(lease);
+  }
+
+  private giveBack(lease: Lease): void {
+    if (this.held.delete(lease.id)) this.give(lease.id);
+  }
+
+  private give(id: string): void {
+    const p = this.gives.submit(id).finally(() => this.giving.delete(p));
+    this.giving.add(p);
+  }
+}
+
+/** A lease's counter, with the limit it was granted under: a changed plan never admits from an old lease. */
+function counterKey(userId: string, c: LimitCharge): string {
+  return JSON.stringify([userId, c.periodKey, c.scope, c.metric, c.max]);
+}
