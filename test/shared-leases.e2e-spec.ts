@@ -4,7 +4,7 @@ import { SharedPostgresStore, UsageMonitoringModule, type Plan } from '@app/usag
 import { createTestApp, TEST_PLANS } from './utils/create-test-app';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { bearer } from './utils/test-controllers';
-import { createSchema, describePostgres, dropSchema, pgOptions, withClient } from './utils/test-store';
+import { createSchema, describePostgres, dropSchema, pgOptions, sql } from './utils/test-store';
 
 const chat = () => ({ messages: [{ role: 'user', content: 'hello there' }], max_tokens: 20 });
 const ROOMY: Plan = {
@@ -16,10 +16,6 @@ const ROOMY: Plan = {
 };
 const PLANS = [...TEST_PLANS, ROOMY];
 
-async function sql<T = Record<string, unknown>>(schema: string, text: string, values: unknown[] = []) {
-  return withClient(async (c) => (await c.query(text, values)).rows as T[], schema);
-}
-
 function tally(codes: number[]): Record<number, number> {
   const t: Record<number, number> = {};
   for (const c of codes) t[c] = (t[c] ?? 0) + 1;
@@ -28,6 +24,10 @@ function tally(codes: number[]): Record<number, number> {
 
 const post = (url: string, user: string) =>
   request(url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat());
+
+/** The user's counter of calls this month: `[{ used, reserved }]`. */
+const callsCounter = (schema: string, user: string) =>
+  sql(schema, "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'", [user]);
 
 /** Polls until `check` holds (or fails with its last value after `ms`). */
 async function eventually<T>(read: () => Promise<T>, check: (v: T) => boolean, ms = 5_000): Promise<T> {
@@ -124,13 +124,7 @@ describePostgres('shared PostgreSQL store with per-instance leases (storage.leas
       }
       expect(first[200] + more).toBe(100);
       await new Promise((r) => setTimeout(r, 600));
-      expect(
-        await sql(
-          schema,
-          "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'",
-          [user],
-        ),
-      ).toEqual([{ used: 100, reserved: 0 }]);
+      expect(await callsCounter(schema, user)).toEqual([{ used: 100, reserved: 0 }]);
       expect(
         await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_events WHERE user_id = $1', [user]),
       ).toEqual([{ n: 100 }]);
@@ -173,26 +167,14 @@ describePostgres('shared PostgreSQL store with per-instance leases (storage.leas
       );
       expect(leases.map((l) => [l.metric, Number(l.amount)])).toEqual([['calls', 10]]);
       await server.stop('SIGKILL');
-      expect(
-        await sql(
-          schema,
-          "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'",
-          [known],
-        ),
-      ).toEqual([{ used: 1, reserved: 10 }]);
+      expect(await callsCounter(schema, known)).toEqual([{ used: 1, reserved: 10 }]);
       const t = await createTestApp({ store: 'postgres', schema, usage: { plans: PLANS } });
       try {
         const store = t.probe.store as SharedPostgresStore;
         expect(await store.sweep(Date.now())).toBe(0); // not expired yet (reservationTtlMs, 15 minutes)
         expect(await store.sweep(Date.now() + 16 * 60_000)).toBe(1);
         expect(await store.sweep(Date.now() + 16 * 60_000)).toBe(0);
-        expect(
-          await sql(
-            schema,
-            "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'",
-            [known],
-          ),
-        ).toEqual([{ used: 1, reserved: 0 }]);
+        expect(await callsCounter(schema, known)).toEqual([{ used: 1, reserved: 0 }]);
       } finally {
         await t.close();
       }
@@ -202,13 +184,7 @@ describePostgres('shared PostgreSQL store with per-instance leases (storage.leas
       expect(await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_leases')).toEqual([{ n: 1 }]);
       await again.stop('SIGTERM');
       expect(await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_leases')).toEqual([{ n: 0 }]);
-      expect(
-        await sql(
-          schema,
-          "SELECT used, reserved FROM usage_counters WHERE user_id = $1 AND metric = 'calls'",
-          [known],
-        ),
-      ).toEqual([{ used: 2, reserved: 0 }]);
+      expect(await callsCounter(schema, known)).toEqual([{ used: 2, reserved: 0 }]);
     } finally {
       await server.stop('SIGKILL');
       await dropSchema(schema);

@@ -4,7 +4,7 @@ import { createTestApp, TEST_PLANS } from './utils/create-test-app';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { TcpProxy } from './utils/tcp-proxy';
 import { bearer } from './utils/test-controllers';
-import { createSchema, describePostgres, dropSchema, PG, withClient } from './utils/test-store';
+import { createSchema, describePostgres, dropSchema, PG, sql } from './utils/test-store';
 
 const chat = (extra: object = {}) => ({
   messages: [{ role: 'user', content: 'hello there' }],
@@ -16,14 +16,6 @@ const EXPECTED_503 = {
   message: 'Unable to validate usage limits right now. Please retry shortly.',
   code: 'USAGE_LIMIT_ENFORCEMENT_UNAVAILABLE',
 };
-
-async function sql<T = Record<string, unknown>>(
-  schema: string,
-  text: string,
-  values: unknown[] = [],
-): Promise<T[]> {
-  return withClient(async (c) => (await c.query(text, values)).rows as T[], schema);
-}
 
 describePostgres('shared PostgreSQL store', () => {
   jest.setTimeout(90_000);

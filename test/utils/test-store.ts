@@ -69,3 +69,12 @@ export async function withClient<T>(fn: (c: Client) => Promise<T>, schema?: stri
     await client.end();
   }
 }
+
+/** Runs one statement in a schema (see `withClient` for how values read). */
+export async function sql<T = Record<string, unknown>>(
+  schema: string,
+  text: string,
+  values: unknown[] = [],
+): Promise<T[]> {
+  return withClient(async (c) => (await c.query(text, values)).rows as T[], schema);
+}

@@ -1,5 +1,5 @@
 import { ALERT_THRESHOLDS } from '../usage-monitoring.constants';
-import type { ActualUsage, LimitCharge } from './usage-store.interface';
+import type { ActualUsage, LimitCharge, ReserveRequest, ReserveResult } from './usage-store.interface';
 
 /** The amount a settlement adds to a counter of the given metric. */
 export function actualOf(actual: ActualUsage, metric: LimitCharge['metric']): number {
@@ -18,4 +18,18 @@ export function crossedThresholds(before: number, after: number, max: number): n
  */
 export function withoutNul(v: string | null): string | null {
   return v !== null && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v;
+}
+
+/** The admitted answer to a reservation request: the reservation is the request's own charges. */
+export function admittedAs(req: ReserveRequest): ReserveResult {
+  return {
+    admitted: true,
+    reservation: {
+      requestId: req.requestId,
+      userId: req.userId,
+      provider: req.provider,
+      charges: req.charges,
+      createdAt: req.now,
+    },
+  };
 }

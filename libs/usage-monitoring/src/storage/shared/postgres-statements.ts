@@ -25,18 +25,11 @@ SET reserved = greatest(0, c.reserved - l.amount)
 FROM lk l
 WHERE c.user_id = $2 AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric`;
 
-/** Releases reservations whose instance never settled them (it died mid-request), once each. */
-export const SWEEP_EXPIRED = `
-WITH expired AS (
-  DELETE FROM usage_reservations WHERE expires_at < $1 RETURNING user_id, charges
-),
-parts AS (
-  SELECT e.user_id, x.p AS period_key, x.sc AS scope, x.m AS metric, sum(x.a)::int8 AS amount
-  FROM expired e
-  CROSS JOIN LATERAL jsonb_to_recordset(e.charges::jsonb) AS x(p text, sc text, m text, a int8)
-  GROUP BY e.user_id, x.p, x.sc, x.m
-),
-lk AS (
+/**
+ * CTEs that take each row of `parts` (user_id, period_key, scope, metric, amount) out of its counter's
+ * `reserved`, locking the counters in key order like every other statement.
+ */
+const UNRESERVE_PARTS = `lk AS (
   SELECT c.user_id, c.period_key, c.scope, c.metric, p.amount
   FROM usage_counters c
   JOIN parts p ON c.user_id = p.user_id AND c.period_key = p.period_key AND c.scope = p.scope AND c.metric = p.metric
@@ -49,7 +42,20 @@ upd AS (
   FROM lk l
   WHERE c.user_id = l.user_id AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric
   RETURNING 1
-)
+)`;
+
+/** Releases reservations whose instance never settled them (it died mid-request), once each. */
+export const SWEEP_EXPIRED = `
+WITH expired AS (
+  DELETE FROM usage_reservations WHERE expires_at < $1 RETURNING user_id, charges
+),
+parts AS (
+  SELECT e.user_id, x.p AS period_key, x.sc AS scope, x.m AS metric, sum(x.a)::int8 AS amount
+  FROM expired e
+  CROSS JOIN LATERAL jsonb_to_recordset(e.charges::jsonb) AS x(p text, sc text, m text, a int8)
+  GROUP BY e.user_id, x.p, x.sc, x.m
+),
+${UNRESERVE_PARTS}
 SELECT (SELECT count(*) FROM expired) AS released`;
 
 export const INSERT_ALERT = `
@@ -153,18 +159,5 @@ parts AS (
   SELECT user_id, period_key, scope, metric, sum(amount)::int8 AS amount FROM del
   GROUP BY user_id, period_key, scope, metric
 ),
-lk AS (
-  SELECT c.user_id, c.period_key, c.scope, c.metric, p.amount
-  FROM usage_counters c
-  JOIN parts p ON c.user_id = p.user_id AND c.period_key = p.period_key AND c.scope = p.scope AND c.metric = p.metric
-  ORDER BY c.user_id, c.period_key, c.scope, c.metric
-  FOR UPDATE OF c
-),
-upd AS (
-  UPDATE usage_counters c
-  SET reserved = greatest(0, c.reserved - l.amount)
-  FROM lk l
-  WHERE c.user_id = l.user_id AND c.period_key = l.period_key AND c.scope = l.scope AND c.metric = l.metric
-  RETURNING 1
-)
+${UNRESERVE_PARTS}
 SELECT (SELECT count(*) FROM del WHERE asked) AS returned, (SELECT count(*) FROM del WHERE NOT asked) AS expired`;

@@ -3,7 +3,7 @@ import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
-import { actualOf, crossedThresholds, withoutNul } from '../settlement';
+import { actualOf, admittedAs, crossedThresholds, withoutNul } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
 import type {
   ApiRequestRecord,
@@ -232,23 +232,12 @@ export class SharedPostgresStore implements UsageStore {
     if (this.leases && charges.length > 0) {
       const u = sharedUserId(req.userId);
       // Requests that find a lease spent wait for the next one; a few rounds at most, then the database.
-      let admitted = this.leases.admit(u, req.requestId, charges, req.now);
-      for (let round = 0; !admitted && round < 3; round++) {
+      let fromLease = this.leases.admit(u, req.requestId, charges, req.now);
+      for (let round = 0; !fromLease && round < 3; round++) {
         if (!(await this.leases.take(u, charges, req.now))) break;
-        admitted = this.leases.admit(u, req.requestId, charges, req.now);
+        fromLease = this.leases.admit(u, req.requestId, charges, req.now);
       }
-      if (admitted) {
-        return {
-          admitted: true,
-          reservation: {
-            requestId: req.requestId,
-            userId: req.userId,
-            provider: req.provider,
-            charges,
-            createdAt: req.now,
-          },
-        };
-      }
+      if (fromLease) return admittedAs(req);
     }
     const row = await this.reserveBatcher.submit({
       id: req.requestId,
@@ -266,18 +255,7 @@ export class SharedPostgresStore implements UsageStore {
         e: c.periodEnd,
       })),
     });
-    if (row.o_pass) {
-      return {
-        admitted: true,
-        reservation: {
-          requestId: req.requestId,
-          userId: req.userId,
-          provider: req.provider,
-          charges,
-          createdAt: req.now,
-        },
-      };
-    }
+    if (row.o_pass) return admittedAs(req);
     return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
   }
 

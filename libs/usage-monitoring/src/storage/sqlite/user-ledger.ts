@@ -12,7 +12,7 @@ import type {
   Settlement,
   SettleResult,
 } from '../usage-store.interface';
-import { actualOf, crossedThresholds } from '../settlement';
+import { actualOf, admittedAs, crossedThresholds } from '../settlement';
 import { type CounterDelta, type PendingWrite, SqliteBatchWriter } from './sqlite-batch-writer';
 import type { SqliteConnection } from './sqlite-connection';
 import {
@@ -162,16 +162,7 @@ export class UserLedger {
     }
     for (const c of charges) this.counter(c, req.now).reserved += c.amount;
     this.inFlight++;
-    return {
-      admitted: true,
-      reservation: {
-        requestId: req.requestId,
-        userId: req.userId,
-        provider: req.provider,
-        charges,
-        createdAt: req.now,
-      },
-    };
+    return admittedAs(req);
   }
 
   release(reservation: Reservation): void {
