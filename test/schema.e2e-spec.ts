@@ -1,6 +1,18 @@
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { DataSource, type DataSourceOptions } from 'typeorm';
 import { USAGE_ENTITIES, USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring';
-import { createSchema, describeStore, dropSchema, pgOptions, SQLITE_DRIVER, STORE } from './utils/test-store';
+import { createTestApp } from './utils/create-test-app';
+import {
+  createSchema,
+  describeSqlite,
+  describeStore,
+  dropSchema,
+  pgOptions,
+  SQLITE_DRIVER,
+  STORE,
+} from './utils/test-store';
 
 describeStore('schema', () => {
   it('the entities describe exactly what the migrations create (no pending schema change)', async () => {
@@ -34,6 +46,25 @@ describeStore('schema', () => {
     } finally {
       await ds.destroy();
       if (schema) await dropSchema(schema);
+    }
+  });
+});
+
+describeSqlite('schema template (per-user SQLite)', () => {
+  it('start-up builds the template of the current schema version and removes those of other versions', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'usage-template-'));
+    writeFileSync(join(dataDir, '.usage-schema-v1'), 'a template an earlier release left');
+    writeFileSync(join(dataDir, '.usage-schema-notes'), 'not a template: kept');
+    const t = await createTestApp({ usage: { storage: { dataDir } } });
+    try {
+      expect(
+        readdirSync(dataDir)
+          .filter((n) => n.startsWith('.usage-schema'))
+          .sort(),
+      ).toEqual(['.usage-schema-notes', `.usage-schema-v${USAGE_MIGRATIONS.length}`]);
+    } finally {
+      await t.close();
+      rmSync(dataDir, { recursive: true, force: true });
     }
   });
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, link, rename, rm, unlink } from 'node:fs/promises';
+import { copyFile, link, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as sqlite3 from 'sqlite3';
@@ -74,6 +74,12 @@ export class UserDataSourceFactory {
       await rename(building, path);
     }
     this.template = path;
+    // Templates of other schema versions (left by an earlier release) are never used again.
+    for (const name of await readdir(this.options.dataDir)) {
+      const version = /^\.usage-schema-v(\d+)$/.exec(name)?.[1];
+      if (version !== undefined && Number(version) !== SCHEMA_VERSION)
+        await rm(join(this.options.dataDir, name), { force: true });
+    }
   }
 
   /** The file a user's database lives in; always directly inside `dataDir`. */
