@@ -58,6 +58,7 @@ export class LeaseBook {
   private unreturned: string[] = [];
   /** Returns in flight (`close` waits for them). */
   private readonly giving = new Set<Promise<void>>();
+  private timer: NodeJS.Timeout | undefined;
   private readonly takes: PgBatcher<TakeItem, number>;
   private readonly gives: PgBatcher<string, void>;
 
@@ -168,21 +169,26 @@ export class LeaseBook {
     return charges.every((c) => this.active.has(counterKey(userId, c)));
   }
 
-  /** Whether a request was admitted from leases (its settlement then has no reservation row). */
-  holds(requestId: string): boolean {
-    return this.byRequest.has(requestId);
-  }
-
-  /** The request's usage committed (or it was given back unused, `refund`): its leases may go back. */
-  done(requestId: string, charges?: LimitCharge[]): void {
+  /**
+   * The request's usage committed, or (with `refund`, its charges) it was given back unused: its leases
+   * may go back. False when the request was not admitted from leases.
+   */
+  done(requestId: string, refund?: LimitCharge[]): boolean {
     const leases = this.byRequest.get(requestId);
-    if (!leases) return;
+    if (!leases) return false;
     this.byRequest.delete(requestId);
     leases.forEach((lease, i) => {
-      if (charges) lease.remaining += charges[i].amount;
+      if (refund) lease.remaining += refund[i].amount;
       lease.inflight--;
       if (lease.retired && lease.inflight === 0) this.giveBack(lease);
     });
+    return true;
+  }
+
+  /** Runs `tick` every half `holdMs` (an unref'd timer) until `close`. */
+  start(clock: () => number): void {
+    this.timer = setInterval(() => this.tick(clock()), Math.max(10, this.options.holdMs / 2));
+    this.timer.unref();
   }
 
   /**
@@ -204,6 +210,7 @@ export class LeaseBook {
    * them to go back. Leases still busy after that are left to the sweeper (after `reservationTtlMs`).
    */
   async close(waitMs = 2_000): Promise<void> {
+    clearInterval(this.timer);
     for (const lease of [...this.held.values()]) this.retire(lease);
     const until = Date.now() + waitMs;
     while ((this.held.size > 0 || this.unreturned.length > 0) && Date.now() < until) {

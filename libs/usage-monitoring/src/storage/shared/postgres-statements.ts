@@ -147,17 +147,17 @@ SELECT (SELECT coalesce(jsonb_agg(request_id), '[]'::jsonb) FROM ev) AS inserted
 export const TAKE_LEASES = `SELECT o_id, o_amount FROM usage_take_leases($1, $2, $3::jsonb)`;
 
 /**
- * Gives leases back: deletes their rows and takes their amounts out of `reserved`, only for rows still
- * there (a lease the sweeper already released is never released twice).
+ * Gives leases back — those named in $1 and those expired before $2 (the sweeper's call) — deleting their
+ * rows and taking their amounts out of `reserved`, only for rows still there: a lease is released once.
  */
 export const RETURN_LEASES = `
 WITH del AS (
   DELETE FROM usage_leases WHERE lease_id = ANY($1::text[]) OR expires_at < $2
-  RETURNING user_id, period_key, scope, metric, amount, lease_id = ANY($1::text[]) AS asked
+  RETURNING user_id, period_key, scope, metric, amount
 ),
 parts AS (
   SELECT user_id, period_key, scope, metric, sum(amount)::int8 AS amount FROM del
   GROUP BY user_id, period_key, scope, metric
 ),
 ${UNRESERVE_PARTS}
-SELECT (SELECT count(*) FROM del WHERE asked) AS returned, (SELECT count(*) FROM del WHERE NOT asked) AS expired`;
+SELECT (SELECT count(*) FROM del) AS released`;

@@ -92,9 +92,6 @@ interface SettleItem {
   alerts: { index: number; threshold: number; used: number }[];
 }
 
-/** Fields of a settlement that stay in this process (not sent with the batch). */
-const LOCAL_FIELDS = new Set(['limits', 'alerts']);
-
 /**
  * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
@@ -216,15 +213,7 @@ export class SharedPostgresStore implements UsageStore {
     sweep.unref();
     clock.unref();
     this.timers = [sweep, clock];
-    if (this.leases) {
-      const leases = this.leases;
-      const tick = setInterval(
-        () => leases.tick(this.clock()),
-        Math.max(10, this.options.leases!.holdMs / 2),
-      );
-      tick.unref();
-      this.timers.push(tick);
-    }
+    this.leases?.start(this.clock);
   }
 
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
@@ -276,10 +265,7 @@ export class SharedPostgresStore implements UsageStore {
 
   async release(reservation: Reservation): Promise<void> {
     const { charges } = reservation;
-    if (this.leases?.holds(reservation.requestId)) {
-      this.leases.done(reservation.requestId, charges);
-      return;
-    }
+    if (this.leases?.done(reservation.requestId, charges)) return; // given back to its lease, in memory
     await this.pool.query({ name: 'usage_release', text: SQL.RELEASE }, [
       reservation.requestId,
       sharedUserId(reservation.userId),
@@ -353,7 +339,9 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   private async runSettle(items: SettleItem[]): Promise<void> {
-    const payload = JSON.stringify(items, (k, v: unknown) => (LOCAL_FIELDS.has(k) ? undefined : v));
+    const payload = JSON.stringify(items, (k, v: unknown) =>
+      k === 'limits' || k === 'alerts' ? undefined : v,
+    );
     const { rows } = await this.pool.query<{
       inserted: string[];
       counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
@@ -509,11 +497,11 @@ export class SharedPostgresStore implements UsageStore {
       const n = Number(rows[0]?.released ?? 0);
       if (n > 0) this.logger.warn(`released ${n} expired reservation(s) left by requests that never settled`);
       if (!this.leaseTable) return n;
-      const { rows: leases } = await this.pool.query<{ expired: string }>(
+      const { rows: leases } = await this.pool.query<{ released: string }>(
         { name: 'usage_return_leases', text: SQL.RETURN_LEASES },
         [[], now],
       );
-      const l = Number(leases[0]?.expired ?? 0);
+      const l = Number(leases[0]?.released ?? 0);
       if (l > 0) this.logger.warn(`released ${l} expired lease(s) left by an instance that stopped`);
       return n + l;
     } catch (e) {
