@@ -1,6 +1,6 @@
 /**
- * Unit specs live beside the code in libs/; end-to-end specs in test/, run once per store, and the
- * request-level ones once more through the `@UsageMetered()` binding.
+ * Unit specs live beside the code in libs/; end-to-end specs in test/, run once per store (and the
+ * per-user SQLite ones once more through the better-sqlite3 driver).
  */
 const common = {
   rootDir: __dirname,
@@ -20,24 +20,6 @@ module.exports = {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
-      setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
-    },
-    {
-      // The same request-level suites again through the opt-in `@UsageMetered()` binding.
-      ...common,
-      displayName: 'e2e-decorator',
-      testMatch: [
-        'limits',
-        'metering',
-        'identity',
-        'failures',
-        'bad-input',
-        'logging',
-        'streaming',
-        'lru',
-        'journal',
-      ].map((name) => `<rootDir>/test/${name}.e2e-spec.ts`),
-      setupFiles: ['<rootDir>/test/utils/decorator-binding.ts'],
       setupFilesAfterEnv: ['<rootDir>/test/utils/retry-once.ts'],
     },
     {

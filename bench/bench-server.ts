@@ -1,7 +1,6 @@
 /**
  * One benchmark server, configured by environment, in its own process:
- * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered |
- *              metered-decorator
+ * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
  * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal),
@@ -21,6 +20,7 @@ import {
   UseInterceptors,
   type CallHandler,
   type CanActivate,
+  type DynamicModule,
   type ExecutionContext,
   type NestInterceptor,
   type Type,
@@ -30,14 +30,14 @@ import { FastifyAdapter } from '@nestjs/platform-fastify';
 import { ThrottlerGuard, ThrottlerModule } from '@nestjs/throttler';
 import type { Observable } from 'rxjs';
 import {
-  AI_TEXT_GROUP,
   Metered,
   MeteringInterceptor,
   UsageLimitGuard,
-  UsageMetered,
   UsageMonitoringModule,
   type StorageOptions,
 } from '@app/usage-monitoring';
+import { AI_TEXT_GROUP } from '@app/usage-monitoring/usage-monitoring.constants';
+import { USAGE_STORE } from '@app/usage-monitoring/usage-monitoring.internal-constants';
 
 const mode = process.env.BENCH_MODE ?? 'bare';
 const platform = process.env.BENCH_PLATFORM ?? 'express';
@@ -75,17 +75,6 @@ function chatController(decorate: (target: Type) => void): Type {
   }
   decorate(ChatController);
   return ChatController;
-}
-
-/** The opt-in binding: `@UsageMetered()` on the handler instead of a guard and an interceptor. */
-@Controller('openai/v1')
-class DecoratedChatController {
-  @Post('chat/completions')
-  @HttpCode(200)
-  @UsageMetered({ provider: 'openai' })
-  chat(@Body() _body: unknown) {
-    return ANSWER;
-  }
 }
 
 @Controller('hello')
@@ -134,7 +123,6 @@ const nullStore = {
 };
 
 function storage(): StorageOptions {
-  if (process.env.BENCH_STORE === 'null') return { type: 'custom', store: nullStore as never };
   if (process.env.BENCH_STORE === 'postgres') {
     return {
       type: 'shared',
@@ -159,20 +147,33 @@ function storage(): StorageOptions {
 }
 
 const usageModule = () =>
-  UsageMonitoringModule.forRoot({
-    plans: [
-      {
-        name: 'bench',
-        limits: [
-          { metric: 'calls', scope: AI_TEXT_GROUP, period: 'month', max: 1e12 },
-          { metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 1e15 },
-          { metric: 'cost', scope: '*', period: 'month', max: 1e6 },
-        ],
-      },
-    ],
-    enforcementTimeoutMs: 5000,
-    storage: storage(),
-  });
+  withNullStore(
+    UsageMonitoringModule.forRoot({
+      plans: [
+        {
+          name: 'bench',
+          limits: [
+            { metric: 'calls', scope: AI_TEXT_GROUP, period: 'month', max: 1e12 },
+            { metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 1e15 },
+            { metric: 'cost', scope: '*', period: 'month', max: 1e6 },
+          ],
+        },
+      ],
+      enforcementTimeoutMs: 5000,
+      storage: storage(),
+    }),
+  );
+
+/** `BENCH_STORE=null`: the module's store provider replaced by `nullStore` (an experiment, not a mode). */
+function withNullStore(module: DynamicModule): DynamicModule {
+  if (process.env.BENCH_STORE !== 'null') return module;
+  const providers = (module.providers ?? []).map((p) =>
+    typeof p === 'object' && 'provide' in p && p.provide === USAGE_STORE
+      ? { provide: USAGE_STORE, useValue: nullStore }
+      : p,
+  );
+  return { ...module, providers };
+}
 
 function moduleFor(): Type {
   const imports: unknown[] = [];
@@ -209,10 +210,6 @@ function moduleFor(): Type {
         { provide: APP_INTERCEPTOR, useClass: MeteringInterceptor },
       );
       controllers = [chatController(() => undefined), HelloController];
-      break;
-    case 'metered-decorator':
-      imports.push(usageModule());
-      controllers = [DecoratedChatController, HelloController];
       break;
     case 'unmetered-controller':
     case 'metered':

@@ -3,12 +3,9 @@ import { join } from 'node:path';
 import { Database } from 'sqlite3';
 import { v7 as uuidv7 } from 'uuid';
 import { DataSource } from 'typeorm';
-import {
-  USAGE_ENTITIES,
-  USAGE_MIGRATIONS,
-  USAGE_MIGRATIONS_TABLE,
-  userFileName,
-} from '@app/usage-monitoring';
+import { USAGE_ENTITIES, USAGE_MIGRATIONS } from '@app/usage-monitoring';
+import { USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring/storage/migrations';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 
 /**
  * Creates a user's database with `rows` ledger rows (500 per transaction), before its server starts. Their

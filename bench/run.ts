@@ -241,30 +241,12 @@ async function main(): Promise<void> {
     }
     if (want('metered')) {
       start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
-      start('sqlite-d', { BENCH_MODE: 'metered-decorator', BENCH_DATA_DIR: join(tmp, 'sqlite-d') });
       start('b3', { BENCH_MODE: 'metered', BENCH_DRIVER: 'better-sqlite3', BENCH_DATA_DIR: join(tmp, 'b3') });
       cases.push(
         { ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] },
-        {
-          ...e,
-          mode: 'metered, @UsageMetered() binding',
-          adapter: 'express, sqlite3',
-          servers: ['sqlite-d'],
-        },
         { ...e, mode: 'metered', adapter: 'express, better-sqlite3', servers: ['b3'] },
       );
       if (!QUICK) {
-        start('b3-d', {
-          BENCH_MODE: 'metered-decorator',
-          BENCH_DRIVER: 'better-sqlite3',
-          BENCH_DATA_DIR: join(tmp, 'b3-d'),
-        });
-        cases.push({
-          ...e,
-          mode: 'metered, @UsageMetered() binding',
-          adapter: 'express, better-sqlite3',
-          servers: ['b3-d'],
-        });
         start('sqlite-j', {
           BENCH_MODE: 'metered',
           BENCH_DATA_DIR: join(tmp, 'sqlite-j'),
@@ -344,26 +326,13 @@ async function main(): Promise<void> {
         { ...f, mode: 'metered', adapter: 'fastify, sqlite3', servers: ['f-sqlite'] },
       );
       if (!QUICK) {
-        start('f-sqlite-d', {
-          BENCH_MODE: 'metered-decorator',
-          BENCH_PLATFORM: 'fastify',
-          BENCH_DATA_DIR: join(tmp, 'f-sqlite-d'),
-        });
         start('f-b3', {
           BENCH_MODE: 'metered',
           BENCH_PLATFORM: 'fastify',
           BENCH_DRIVER: 'better-sqlite3',
           BENCH_DATA_DIR: join(tmp, 'f-b3'),
         });
-        cases.push(
-          {
-            ...f,
-            mode: 'metered, @UsageMetered() binding',
-            adapter: 'fastify, sqlite3',
-            servers: ['f-sqlite-d'],
-          },
-          { ...f, mode: 'metered', adapter: 'fastify, better-sqlite3', servers: ['f-b3'] },
-        );
+        cases.push({ ...f, mode: 'metered', adapter: 'fastify, better-sqlite3', servers: ['f-b3'] });
       }
     }
     if (want('users')) {

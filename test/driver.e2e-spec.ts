@@ -1,6 +1,6 @@
 import { rmSync } from 'node:fs';
 import request from 'supertest';
-import { PerUserSqliteStore } from '@app/usage-monitoring';
+import { PerUserSqliteStore } from '@app/usage-monitoring/storage/sqlite/per-user-sqlite.store';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { describeSqlite } from './utils/test-store';

@@ -1,7 +1,10 @@
 import { Agent } from 'node:http';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { JOURNAL_FILE, PerUserSqliteStore, UsageService, userFileName } from '@app/usage-monitoring';
+import { UsageService } from '@app/usage-monitoring';
+import { JOURNAL_FILE } from '@app/usage-monitoring/storage/sqlite/usage-journal';
+import { PerUserSqliteStore } from '@app/usage-monitoring/storage/sqlite/per-user-sqlite.store';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
 import { postMarked } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';

@@ -1,5 +1,6 @@
 import request from 'supertest';
-import { EMERGENCY_FAIL_OPEN_ENV, ENFORCEMENT_UNAVAILABLE_BODY, UsageService } from '@app/usage-monitoring';
+import { ENFORCEMENT_UNAVAILABLE_BODY, UsageService } from '@app/usage-monitoring';
+import { EMERGENCY_FAIL_OPEN_ENV } from '@app/usage-monitoring/usage-monitoring.constants';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { breakDataDir } from './utils/faults';
 import { bearer } from './utils/test-controllers';

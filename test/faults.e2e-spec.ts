@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { Agent } from 'node:http';
 import { join } from 'node:path';
-import { userFileName } from '@app/usage-monitoring';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import { tempDataDir } from './utils/create-test-app';
 import { postMarked } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';

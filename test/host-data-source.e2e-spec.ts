@@ -8,10 +8,10 @@ import {
   MeteringInterceptor,
   USAGE_ENTITIES,
   USAGE_MIGRATIONS,
-  USAGE_MIGRATIONS_TABLE,
   UsageLimitGuard,
   UsageMonitoringModule,
 } from '@app/usage-monitoring';
+import { USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring/storage/migrations';
 import { TEST_PLANS } from './utils/create-test-app';
 import { createSchema, describePostgres, dropSchema, pgOptions, withClient } from './utils/test-store';
 

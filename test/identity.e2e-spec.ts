@@ -1,7 +1,8 @@
 import request from 'supertest';
 import { readdirSync, realpathSync } from 'node:fs';
 import { join, sep } from 'node:path';
-import { sharedUserId, userFileName } from '@app/usage-monitoring';
+import { sharedUserId } from '@app/usage-monitoring/storage/shared/shared-user-id';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { hasUserData, queryUserDb, sqliteFiles } from './utils/user-db';

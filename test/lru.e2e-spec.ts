@@ -1,5 +1,6 @@
 import request from 'supertest';
-import { PerUserSqliteStore, UsageService } from '@app/usage-monitoring';
+import { UsageService } from '@app/usage-monitoring';
+import { PerUserSqliteStore } from '@app/usage-monitoring/storage/sqlite/per-user-sqlite.store';
 import { createTestApp } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb, sqliteFiles } from './utils/user-db';

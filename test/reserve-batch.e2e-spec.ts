@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { DataSource } from 'typeorm';
-import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring';
+import { USAGE_MIGRATIONS } from '@app/usage-monitoring';
+import { USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring/storage/migrations';
 import { createSchema, describePostgres, dropSchema, pgOptions } from './utils/test-store';
 
 interface Charge {

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
 import { Agent } from 'node:http';
 import { join, sep } from 'node:path';
-import { userFileName } from '@app/usage-monitoring';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import { tempDataDir } from './utils/create-test-app';
 import { postStatus } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';

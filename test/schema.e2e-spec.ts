@@ -2,7 +2,8 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DataSource, type DataSourceOptions } from 'typeorm';
-import { USAGE_ENTITIES, USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring';
+import { USAGE_ENTITIES, USAGE_MIGRATIONS } from '@app/usage-monitoring';
+import { USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring/storage/migrations';
 import { createTestApp } from './utils/create-test-app';
 import {
   createSchema,

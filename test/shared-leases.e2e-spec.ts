@@ -1,6 +1,7 @@
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
-import { SharedPostgresStore, UsageMonitoringModule, type Plan } from '@app/usage-monitoring';
+import { UsageMonitoringModule, type Plan } from '@app/usage-monitoring';
+import { SharedPostgresStore } from '@app/usage-monitoring/storage/shared/shared-postgres.store';
 import { createTestApp, TEST_PLANS } from './utils/create-test-app';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { bearer } from './utils/test-controllers';

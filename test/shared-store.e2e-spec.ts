@@ -1,5 +1,7 @@
 import request from 'supertest';
-import { EMERGENCY_FAIL_OPEN_ENV, SharedPostgresStore, UsageService, type Plan } from '@app/usage-monitoring';
+import { UsageService, type Plan } from '@app/usage-monitoring';
+import { EMERGENCY_FAIL_OPEN_ENV } from '@app/usage-monitoring/usage-monitoring.constants';
+import { SharedPostgresStore } from '@app/usage-monitoring/storage/shared/shared-postgres.store';
 import { createTestApp, TEST_PLANS } from './utils/create-test-app';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { TcpProxy } from './utils/tcp-proxy';

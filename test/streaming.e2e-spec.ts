@@ -11,7 +11,8 @@ import {
   type MessageEvent,
 } from '@nestjs/common';
 import { interval, map, take, type Observable } from 'rxjs';
-import { CATALOG_VERSION, Metered } from '@app/usage-monitoring';
+import { Metered } from '@app/usage-monitoring';
+import { CATALOG_VERSION } from '@app/usage-monitoring/pricing/catalog';
 import { createTestApp, type TestApp } from './utils/create-test-app';
 import { bearer, MeteringBound } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';

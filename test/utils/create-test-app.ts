@@ -7,7 +7,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  AI_TEXT_GROUP,
   UsageMonitoringModule,
   type Plan,
   type SharedStorageOptions,
@@ -15,6 +14,7 @@ import {
   type StorageOptions,
   type UsageMonitoringModuleOptions,
 } from '@app/usage-monitoring';
+import { AI_TEXT_GROUP } from '@app/usage-monitoring/usage-monitoring.constants';
 import {
   DetectedController,
   FakeAnthropicController,

@@ -11,16 +11,9 @@ import {
   type CanActivate,
   type ExecutionContext,
 } from '@nestjs/common';
-import {
-  InjectUsageStore,
-  Metered,
-  MeteringInterceptor,
-  SkipMetering,
-  UsageLimitGuard,
-  UsageMetered,
-  type UsageStore,
-} from '@app/usage-monitoring';
-import { PATH_METADATA } from '@nestjs/common/constants';
+import { Metered, MeteringInterceptor, SkipMetering, UsageLimitGuard } from '@app/usage-monitoring';
+import { InjectUsageStore } from '@app/usage-monitoring/decorators/inject.decorators';
+import type { UsageStore } from '@app/usage-monitoring/storage/usage-store.interface';
 
 /** Test authentication: `Authorization: Bearer <base64url(user id)>` (any id, any character). */
 @Injectable()
@@ -38,27 +31,11 @@ export class TestAuthGuard implements CanActivate {
 
 export const bearer = (userId: string) => `Bearer ${Buffer.from(userId, 'utf8').toString('base64url')}`;
 
-/** `USAGE_TEST_BINDING=decorator` runs the suites through the opt-in `@UsageMetered()` binding. */
-const DECORATOR_BINDING = process.env.USAGE_TEST_BINDING === 'decorator';
-
-/**
- * Binds metering to a test controller: `UsageLimitGuard` + `MeteringInterceptor` (the default), or
- * `@UsageMetered()` on each of its routes, so the same tests prove both bindings.
- */
+/** Binds metering to a test controller: `UsageLimitGuard` + `MeteringInterceptor`. */
 export function MeteringBound(): ClassDecorator {
   return (target) => {
-    if (!DECORATOR_BINDING) {
-      UseGuards(UsageLimitGuard)(target);
-      UseInterceptors(MeteringInterceptor)(target);
-      return;
-    }
-    const proto = target.prototype as object;
-    for (const name of Object.getOwnPropertyNames(proto)) {
-      const d = Object.getOwnPropertyDescriptor(proto, name)!;
-      if (name === 'constructor' || !Reflect.hasMetadata(PATH_METADATA, d.value as object)) continue;
-      UsageMetered()(proto, name, d);
-      Object.defineProperty(proto, name, d);
-    }
+    UseGuards(UsageLimitGuard)(target);
+    UseInterceptors(MeteringInterceptor)(target);
   };
 }
 

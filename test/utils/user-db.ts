@@ -1,6 +1,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { sharedUserId, userFileName } from '@app/usage-monitoring';
+import { sharedUserId } from '@app/usage-monitoring/storage/shared/shared-user-id';
+import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import type { TestApp } from './create-test-app';
 import { querySqliteFile } from './sqlite-file';
 import { withClient } from './test-store';

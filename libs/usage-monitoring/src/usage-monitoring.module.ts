@@ -1,6 +1,7 @@
 import {
   Inject,
   Module,
+  type ConfigurableModuleAsyncOptions,
   type DynamicModule,
   type OnApplicationShutdown,
   type OnModuleInit,
@@ -18,15 +19,10 @@ import { PerUserSqliteStore } from './storage/sqlite/per-user-sqlite.store';
 import { SharedPostgresStore } from './storage/shared/shared-postgres.store';
 import type { UsageStore } from './storage/usage-store.interface';
 import { UsageService } from './usage/usage.service';
-import {
-  ASYNC_OPTIONS_TYPE,
-  ConfigurableModuleClass,
-  MODULE_OPTIONS_TOKEN,
-  OPTIONS_TYPE,
-} from './usage-monitoring.module-definition';
+import { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN } from './usage-monitoring.module-definition';
 import { NORMALIZED_OPTIONS, USAGE_STORE } from './usage-monitoring.internal-constants';
 import { normalizeOptions, type NormalizedUsageOptions } from './usage-monitoring.normalized-options';
-import type { UsageMonitoringModuleOptions } from './usage-monitoring.options';
+import type { UsageMonitoringModuleExtras, UsageMonitoringModuleOptions } from './usage-monitoring.options';
 
 const providers: Provider[] = [
   {
@@ -37,11 +33,9 @@ const providers: Provider[] = [
   {
     provide: USAGE_STORE,
     useFactory: ({ storage, clock, clockSkew, enforcementTimeoutMs }: NormalizedUsageOptions): UsageStore =>
-      storage.type === 'custom'
-        ? storage.store
-        : storage.type === 'shared'
-          ? new SharedPostgresStore(storage, clock, clockSkew)
-          : new PerUserSqliteStore({ ...storage, clock, stallMs: enforcementTimeoutMs }),
+      storage.type === 'shared'
+        ? new SharedPostgresStore(storage, clock, clockSkew)
+        : new PerUserSqliteStore({ ...storage, clock, stallMs: enforcementTimeoutMs }),
     inject: [NORMALIZED_OPTIONS],
   },
   EnforcementMetrics,
@@ -82,15 +76,26 @@ export class UsageMonitoringModule
   extends ConfigurableModuleClass
   implements OnModuleInit, OnApplicationShutdown
 {
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(@Inject(USAGE_STORE) private readonly store: UsageStore) {
     super();
   }
 
-  static override forRoot(options: typeof OPTIONS_TYPE): DynamicModule {
+  /** Configures the module with options known at import time. */
+  static override forRoot(
+    options: UsageMonitoringModuleOptions & UsageMonitoringModuleExtras,
+  ): DynamicModule {
     return withController(super.forRoot(options), options.healthController);
   }
 
-  static override forRootAsync(options: typeof ASYNC_OPTIONS_TYPE): DynamicModule {
+  /**
+   * Configures the module with options from a factory (`useFactory` + `inject`), a class (`useClass`,
+   * implementing `createUsageMonitoringOptions()`) or an existing provider (`useExisting`).
+   */
+  static override forRootAsync(
+    options: ConfigurableModuleAsyncOptions<UsageMonitoringModuleOptions, 'createUsageMonitoringOptions'> &
+      UsageMonitoringModuleExtras,
+  ): DynamicModule {
     return withController(super.forRootAsync(options), options.healthController);
   }
 

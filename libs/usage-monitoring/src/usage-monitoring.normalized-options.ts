@@ -16,7 +16,6 @@ import {
   ProviderDetector,
 } from './providers/provider-detector';
 import type { UsageAlert } from './alerts/usage-alert.interface';
-import type { UsageStore } from './storage/usage-store.interface';
 import type { ClockSkew } from './storage/shared/shared-postgres.store';
 import type {
   ResolvedLeases,
@@ -37,8 +36,7 @@ export type ResolvedStorage =
       driver: SqliteDriver;
       journal?: { applyDelayMs: number; maxUsersInMemory: number };
     }
-  | ResolvedSharedStorage
-  | { type: 'custom'; store: UsageStore };
+  | ResolvedSharedStorage;
 
 /** Options after validation and defaults, computed once at module init. */
 export interface NormalizedUsageOptions {
@@ -211,18 +209,9 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
 function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage {
   const s = options.storage ?? {};
   if (typeof s !== 'object' || s === null) fail("storage must be an object, e.g. { dataDir: './data' }");
-  if (s.type === 'custom') {
-    const store = s.store as Partial<UsageStore> | undefined;
-    if (!store || typeof store.reserve !== 'function' || typeof store.settle !== 'function') {
-      fail("storage.store must implement UsageStore when storage.type is 'custom'");
-    }
-    return { type: 'custom', store: s.store };
-  }
   if (s.type === 'shared') return resolveShared(s);
   if (s.type !== undefined && s.type !== 'sqlite') {
-    fail(
-      `storage.type must be 'sqlite', 'shared' or 'custom' (got ${JSON.stringify((s as { type: unknown }).type)})`,
-    );
+    fail(`storage.type must be 'sqlite' or 'shared' (got ${JSON.stringify((s as { type: unknown }).type)})`);
   }
   const dataDir = s.dataDir ?? './data';
   if (typeof dataDir !== 'string' || dataDir.trim() === '') fail('storage.dataDir must be a non-empty path');

@@ -1,11 +1,11 @@
 import type { Limit, Plan, PlanAssignment } from './plans/plan.interface';
 import type { PriceOverride } from './pricing/price.interface';
-import type { UsageStore } from './storage/usage-store.interface';
 import type { UsageAlert } from './alerts/usage-alert.interface';
 import type { SharedStorageOptions } from './storage/shared/shared-store.options';
 
 /** Per-user SQLite storage (the default): one database file per user under `dataDir`. */
 export interface SqliteStorageOptions {
+  /** @default 'sqlite' */
   type?: 'sqlite';
   /**
    * Folder that holds one SQLite file per user. Created if missing. One live process owns it
@@ -58,22 +58,20 @@ export interface SqliteStorageOptions {
   journal?: boolean | { applyDelayMs?: number; maxUsersInMemory?: number };
 }
 
-/** A store you built yourself (for example a subclass, or another engine behind the `UsageStore` seam). */
-export interface CustomStorageOptions {
-  type: 'custom';
-  store: UsageStore;
-}
-
-export type StorageOptions = SqliteStorageOptions | SharedStorageOptions | CustomStorageOptions;
-export type { SharedStorageOptions };
+/** Where usage lives: one SQLite file per user (the default), or a shared PostgreSQL database. */
+export type StorageOptions = SqliteStorageOptions | SharedStorageOptions;
 
 /** Anything with headers and an optional authenticated principal; Express and Fastify requests both fit. */
 export interface UsageRequest {
+  /** The authenticated principal your authentication set (`request.user`). */
   user?: unknown;
+  /** Request headers, lower-case names. */
   headers: Record<string, string | string[] | undefined>;
+  /** Whatever else the platform's request object carries. */
   [key: string]: unknown;
 }
 
+/** Options of `UsageMonitoringModule.forRoot()` / `forRootAsync()`. Only `plans` is required. */
 export interface UsageMonitoringModuleOptions {
   /**
    * The plan catalog. Limits are data: an absent limit is unlimited, `max: 0` allows nothing.

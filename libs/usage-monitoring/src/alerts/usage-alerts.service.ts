@@ -23,8 +23,10 @@ export class UsageAlerts {
   /** Every alert, as it fires. */
   readonly alerts$: Observable<UsageAlert> = this.subject.asObservable();
 
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(@Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions) {}
 
+  /** @internal Called with the alerts a settlement crossed (already stored). */
   publish(alerts: readonly UsageAlert[]): void {
     for (const a of alerts) {
       this.logger.warn(

@@ -1,5 +1,6 @@
 import { Reflector } from '@nestjs/core';
 
+/** What `@Metered()` says of a handler or controller. */
 export interface MeteredOptions {
   /** Provider name, matched against plan limit scopes and provider groups. */
   provider: string;

@@ -3,8 +3,11 @@ import type { EnforcementFailureReason } from '../usage-monitoring.constants';
 
 /** Read-only view of enforcement failures, by `reason:provider`. */
 export interface EnforcementStats {
+  /** Requests answered 503 (or let through by fail-open), by `reason:provider`. */
   failures: Record<string, number>;
+  /** Requests let through while enforcement was unavailable (`USAGE_LIMITS_EMERGENCY_FAIL_OPEN`), by provider. */
   failOpen: Record<string, number>;
+  /** Settlements that could not be recorded (the requests themselves were not failed). */
   trackingFailures: number;
 }
 

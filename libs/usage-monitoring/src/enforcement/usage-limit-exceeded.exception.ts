@@ -1,28 +1,33 @@
 import { HttpException, HttpStatus } from '@nestjs/common';
 import { microsToUsd } from '../pricing/money';
 import type { ExceededLimit } from '../storage/usage-store.interface';
-import { USAGE_LIMIT_CODES, type UsageLimitCode } from '../usage-monitoring.constants';
+import { USAGE_LIMIT_CODES } from '../usage-monitoring.constants';
+import { rateLimitHeaders } from './rate-limit-headers';
 
-export const USAGE_LIMIT_EXCEEDED_ERROR = 'Usage limit exceeded';
-
-/** Details of the limit that refused a request, in the units a person reads (USD for cost). */
-export interface UsageInfo {
-  metric: 'calls' | 'tokens' | 'cost';
-  scope: string;
-  period: string;
-  current: number;
-  limit: number;
-  percentage: number;
-  reset_at: string;
-}
-
-/** Body of a 429. */
+/** Body of a 429: the fields of the system this library replaces, plus a stable `code`. */
 export interface UsageLimitExceededBody {
-  error: typeof USAGE_LIMIT_EXCEEDED_ERROR;
+  /** Always `'Usage limit exceeded'`. */
+  error: 'Usage limit exceeded';
+  /** A sentence for people: which limit, how much of it is used, when it resets. */
   message: string;
-  code: UsageLimitCode;
+  /** Which metric tripped; one of `USAGE_LIMIT_CODES`. */
+  code: (typeof USAGE_LIMIT_CODES)[keyof typeof USAGE_LIMIT_CODES];
+  /** The provider the request was metered for. */
   provider: string;
-  usage_info: UsageInfo;
+  /** The limit that tripped, in the units a person reads (US dollars for cost). */
+  usage_info: {
+    metric: 'calls' | 'tokens' | 'cost';
+    /** A provider, a provider group or `'*'`. */
+    scope: string;
+    period: 'month' | 'day' | 'hour' | 'minute';
+    /** Used plus reserved by requests in flight. */
+    current: number;
+    limit: number;
+    /** `current` in percent of `limit`, two decimals; a limit of 0 reads as 100. */
+    percentage: number;
+    /** ISO 8601 time the period ends. */
+    reset_at: string;
+  };
 }
 
 const PERIOD_ADJECTIVE = { month: 'Monthly', day: 'Daily', hour: 'Hourly', minute: 'Per-minute' } as const;
@@ -33,38 +38,62 @@ export function percentageOf(used: number, max: number): number {
   return Math.round((used / max) * 10_000) / 100;
 }
 
-/** 429 Too Many Requests with the body of the design: original fields plus a stable `code`. */
+/**
+ * 429 Too Many Requests: a limit of the user's plan has no room for this request. `UsageLimitGuard` sends
+ * `headers` (`Retry-After`, `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*`, `x-should-retry`) with it.
+ */
 export class UsageLimitExceededException extends HttpException {
   constructor(
-    readonly exceeded: ExceededLimit,
-    readonly provider: string,
+    body: UsageLimitExceededBody,
+    /** The rate-limit response headers of this refusal. */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
-    super(UsageLimitExceededException.body(exceeded, provider), HttpStatus.TOO_MANY_REQUESTS);
+    super(body, HttpStatus.TOO_MANY_REQUESTS);
   }
 
-  static body({ charge, used: settled, reserved }: ExceededLimit, provider: string): UsageLimitExceededBody {
-    // What counts against the limit: settled usage plus what requests in flight hold.
-    const used = settled + reserved;
-    const isCost = charge.metric === 'cost';
-    const current = isCost ? microsToUsd(used) : used;
-    const limit = isCost ? microsToUsd(charge.max) : charge.max;
-    const shown = (n: number) => (isCost ? `$${n.toFixed(6)}` : String(n));
-    const resetAt = new Date(charge.periodEnd).toISOString();
-    const what = charge.max === 0 ? 'allows none' : `reached (${shown(current)} of ${shown(limit)} used)`;
-    return {
-      error: USAGE_LIMIT_EXCEEDED_ERROR,
-      message: `${PERIOD_ADJECTIVE[charge.period]} ${charge.metric} limit for ${charge.scope} ${what}. It resets at ${resetAt}.`,
-      code: USAGE_LIMIT_CODES[charge.metric],
-      provider,
-      usage_info: {
-        metric: charge.metric,
-        scope: charge.scope,
-        period: charge.period,
-        current,
-        limit,
-        percentage: percentageOf(used, charge.max),
-        reset_at: resetAt,
-      },
-    };
+  /** The 429 body. */
+  override getResponse(): UsageLimitExceededBody {
+    return super.getResponse() as UsageLimitExceededBody;
   }
+}
+
+/** The refusal of a request for the limit `exceeded`, at `now`. */
+export function limitExceeded(
+  exceeded: ExceededLimit,
+  provider: string,
+  now: number,
+): UsageLimitExceededException {
+  return new UsageLimitExceededException(
+    limitExceededBody(exceeded, provider),
+    rateLimitHeaders(exceeded, now),
+  );
+}
+
+function limitExceededBody(
+  { charge, used: settled, reserved }: ExceededLimit,
+  provider: string,
+): UsageLimitExceededBody {
+  // What counts against the limit: settled usage plus what requests in flight hold.
+  const used = settled + reserved;
+  const isCost = charge.metric === 'cost';
+  const current = isCost ? microsToUsd(used) : used;
+  const limit = isCost ? microsToUsd(charge.max) : charge.max;
+  const shown = (n: number) => (isCost ? `$${n.toFixed(6)}` : String(n));
+  const resetAt = new Date(charge.periodEnd).toISOString();
+  const what = charge.max === 0 ? 'allows none' : `reached (${shown(current)} of ${shown(limit)} used)`;
+  return {
+    error: 'Usage limit exceeded',
+    message: `${PERIOD_ADJECTIVE[charge.period]} ${charge.metric} limit for ${charge.scope} ${what}. It resets at ${resetAt}.`,
+    code: USAGE_LIMIT_CODES[charge.metric],
+    provider,
+    usage_info: {
+      metric: charge.metric,
+      scope: charge.scope,
+      period: charge.period,
+      current,
+      limit,
+      percentage: percentageOf(used, charge.max),
+      reset_at: resetAt,
+    },
+  };
 }

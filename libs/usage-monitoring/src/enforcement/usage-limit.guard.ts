@@ -29,10 +29,10 @@ import {
 } from './enforcement-unavailable.exception';
 import { EnforcementMetrics } from './enforcement-metrics';
 import type { MeteringContext } from './metering-context';
-import { rateLimitHeaders, setHeaders } from './rate-limit-headers';
+import { setHeaders } from './rate-limit-headers';
 import { ThrottledLogger } from './throttled-logger';
 import { UnknownModelException } from './unknown-model.exception';
-import { UsageLimitExceededException } from './usage-limit-exceeded.exception';
+import { limitExceeded, UsageLimitExceededException } from './usage-limit-exceeded.exception';
 
 interface RouteMetering {
   skip: boolean;
@@ -60,19 +60,21 @@ const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
  */
 @Injectable()
 export class UsageLimitGuard implements CanActivate {
-  protected readonly logger = new Logger(UsageLimitGuard.name);
+  private readonly logger = new Logger(UsageLimitGuard.name);
   private readonly throttledLog = new ThrottledLogger(this.logger);
   private readonly routes = new WeakMap<object, WeakMap<object, RouteMetering>>();
   private readonly periods = new PeriodClock();
 
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(
-    @Inject(NORMALIZED_OPTIONS) protected readonly options: NormalizedUsageOptions,
-    @Inject(USAGE_STORE) protected readonly store: UsageStore,
-    protected readonly reflector: Reflector,
-    protected readonly metrics: EnforcementMetrics,
-    protected readonly stats: RollingStats,
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) private readonly store: UsageStore,
+    private readonly reflector: Reflector,
+    private readonly metrics: EnforcementMetrics,
+    private readonly stats: RollingStats,
   ) {}
 
+  /** Passes unmetered requests; reserves for metered ones, or throws the 401, 429 or 503. */
   canActivate(context: ExecutionContext): boolean | Promise<boolean> {
     if (context.getType() !== 'http') return true;
     const route = this.route(context);
@@ -84,19 +86,19 @@ export class UsageLimitGuard implements CanActivate {
   }
 
   /** The provider of a request: `@Metered` wins, else detection over path and User-Agent. */
-  protected getProvider(request: HttpRequest, metered: MeteredOptions | undefined): string | undefined {
+  protected getProvider(request: UsageRequest, metered: MeteredOptions | undefined): string | undefined {
     if (metered) return metered.provider;
     const detector = this.options.detector;
     if (!detector) return undefined;
     const ua = request.headers['user-agent'];
-    return detector.detect(pathOf(request), typeof ua === 'string' ? ua : undefined);
+    return detector.detect(pathOf(request as HttpRequest), typeof ua === 'string' ? ua : undefined);
   }
 
   /**
    * The user to charge: the authenticated principal (through the `userId` option), else the one trusted
    * header when configured. Client-supplied ids are never consulted otherwise.
    */
-  protected getUserId(request: HttpRequest): string | undefined {
+  protected getUserId(request: UsageRequest): string | undefined {
     let id = this.options.userId(request);
     if (id === undefined && this.options.trustedUserHeader) {
       const h = request.headers[this.options.trustedUserHeader];
@@ -106,15 +108,13 @@ export class UsageLimitGuard implements CanActivate {
     return id;
   }
 
-  protected throwLimitExceeded(
-    context: ExecutionContext,
-    exception: UsageLimitExceededException,
-    now: number,
-  ): never {
-    setHeaders(context.switchToHttp().getResponse(), rateLimitHeaders(exception.exceeded, now));
+  /** Refuses a request over a limit: sets the exception's rate-limit headers, then throws the 429. */
+  protected throwLimitExceeded(context: ExecutionContext, exception: UsageLimitExceededException): never {
+    setHeaders(context.switchToHttp().getResponse(), exception.headers);
     throw exception;
   }
 
+  /** Refuses a request the store could not decide in time: `Retry-After`, then the 503. */
   protected throwUnavailable(context: ExecutionContext): never {
     setHeaders(context.switchToHttp().getResponse(), {
       'Retry-After': String(ENFORCEMENT_RETRY_AFTER_SECONDS),
@@ -160,11 +160,7 @@ export class UsageLimitGuard implements CanActivate {
     const admit = (result: ReserveResult): boolean => {
       if (!result.admitted) {
         this.stats.record(429);
-        return this.throwLimitExceeded(
-          context,
-          new UsageLimitExceededException(result.exceeded, provider),
-          now,
-        );
+        return this.throwLimitExceeded(context, limitExceeded(result.exceeded, provider, now));
       }
       const metering: MeteringContext = {
         reservation: result.reservation,

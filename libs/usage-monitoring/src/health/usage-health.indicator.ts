@@ -17,11 +17,13 @@ import { USAGE_STORE } from '../usage-monitoring.internal-constants';
  */
 @Injectable()
 export class UsageHealthIndicator {
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(
     private readonly indicators: HealthIndicatorService,
     @Inject(USAGE_STORE) private readonly store: UsageStore,
   ) {}
 
+  /** `up` when the usage store can decide requests, else `down` with a coarse reason (never a path or DSN). */
   async isHealthy<K extends string = 'usage_store'>(
     key: K = 'usage_store' as K,
   ): Promise<HealthIndicatorResult<K>> {

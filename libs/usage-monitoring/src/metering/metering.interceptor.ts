@@ -8,7 +8,6 @@ import {
   type ExecutionContext,
   type NestInterceptor,
 } from '@nestjs/common';
-import { HTTP_CODE_METADATA, SSE_METADATA } from '@nestjs/common/constants';
 import { Transform } from 'node:stream';
 import { createParser } from 'eventsource-parser';
 import { Observable, tap } from 'rxjs';
@@ -23,6 +22,7 @@ import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-opti
 import type { UsageRequest } from '../usage-monitoring.options';
 import { newRequestId } from './request-id';
 import { pathOf } from './request-path';
+import { routeInfoOf, type RouteInfo } from './route-metadata';
 import { StreamUsage } from './stream-usage';
 import type { MeasuredUsage } from './usage-extractor';
 
@@ -36,11 +36,6 @@ type HttpRequest = UsageRequest & {
 };
 
 type Outcome = UsageEventRecord['outcome'];
-
-interface RouteInfo {
-  sse: boolean;
-  httpCode: number | undefined;
-}
 
 const ZERO_USAGE: MeasuredUsage = {
   inputTokens: 0,
@@ -59,18 +54,20 @@ const ZERO_USAGE: MeasuredUsage = {
  */
 @Injectable()
 export class MeteringInterceptor implements NestInterceptor {
-  protected readonly logger = new Logger(MeteringInterceptor.name);
+  private readonly logger = new Logger(MeteringInterceptor.name);
   private readonly throttledLog = new ThrottledLogger(this.logger);
   private readonly routes = new WeakMap<object, RouteInfo>();
 
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(
-    @Inject(NORMALIZED_OPTIONS) protected readonly options: NormalizedUsageOptions,
-    @Inject(USAGE_STORE) protected readonly store: UsageStore,
-    protected readonly stats: RollingStats,
-    protected readonly alerts: UsageAlerts,
-    protected readonly metrics: EnforcementMetrics,
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) private readonly store: UsageStore,
+    private readonly stats: RollingStats,
+    private readonly alerts: UsageAlerts,
+    private readonly metrics: EnforcementMetrics,
   ) {}
 
+  /** Settles a metered request after its handler; passes anything else through. */
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
     if (context.getType() !== 'http') return next.handle();
     const request = context.switchToHttp().getRequest<HttpRequest>();
@@ -336,10 +333,7 @@ export class MeteringInterceptor implements NestInterceptor {
     const handler = context.getHandler();
     let info = this.routes.get(handler);
     if (!info) {
-      info = {
-        sse: Boolean(Reflect.getMetadata(SSE_METADATA, handler)),
-        httpCode: Reflect.getMetadata(HTTP_CODE_METADATA, handler) as number | undefined,
-      };
+      info = routeInfoOf(handler);
       this.routes.set(handler, info);
     }
     return info;

@@ -1,4 +1,6 @@
+/** What a limit counts: requests, tokens (input + output), or cost in US dollars. */
 export type LimitMetric = 'calls' | 'tokens' | 'cost';
+/** The calendar period a limit counts over, in UTC (monthly periods may follow a billing anchor day). */
 export type PeriodUnit = 'month' | 'day' | 'hour' | 'minute';
 
 /**
@@ -8,6 +10,7 @@ export type PeriodUnit = 'month' | 'day' | 'hour' | 'minute';
  * @example { metric: 'cost', scope: '*', period: 'month', max: 2 } // $2.00
  */
 export interface Limit {
+  /** What the limit counts. */
   metric: LimitMetric;
   /** A provider name, a provider group name (see `providerGroups`) or `'*'` for every provider. */
   scope: string;
@@ -17,8 +20,15 @@ export interface Limit {
   max: number;
 }
 
+/**
+ * A plan of the catalog (`plans` option); which plan a user is on comes from the `plan(userId)` option.
+ *
+ * @example { name: 'free', limits: [{ metric: 'calls', scope: 'ai_text', period: 'month', max: 50 }] }
+ */
 export interface Plan {
+  /** The name `plan(userId)` answers with. */
   name: string;
+  /** Every limit that applies to a user on this plan; an empty list is unlimited. */
   limits: Limit[];
 }
 

@@ -14,6 +14,7 @@ import type { LimitUsage, UsageReport } from './usage-report.interface';
  */
 @Injectable()
 export class UsageService {
+  /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(
     @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
     @Inject(USAGE_STORE) private readonly store: UsageStore,

@@ -5,7 +5,7 @@ import { UsageEventEntity } from './usage-event.entity';
 import { UsageReservationEntity } from './usage-reservation.entity';
 
 /** Every entity of the usage schema, for a DataSource's `entities`. */
-export const USAGE_ENTITIES = [
+export const USAGE_ENTITIES: (new () => object)[] = [
   UsageCounterEntity,
   UsageEventEntity,
   ApiRequestEntity,

@@ -1,3 +1,4 @@
+import type { MigrationInterface } from 'typeorm';
 import { UsageSchema1764201600000 } from './1764201600000-usage-schema';
 import { UsageCounterDeltas1764288000000 } from './1764288000000-usage-counter-deltas';
 import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-batches';
@@ -6,7 +7,7 @@ import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-re
 import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
 
 /** The usage schema's migrations, oldest first. */
-export const USAGE_MIGRATIONS = [
+export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageSchema1764201600000,
   UsageCounterDeltas1764288000000,
   UsageSharedBatches1764374400000,

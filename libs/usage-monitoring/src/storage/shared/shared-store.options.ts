@@ -2,6 +2,7 @@ import type { DataSource, DataSourceOptions } from 'typeorm';
 
 /** Shared-database storage: every instance enforces one set of limits exactly (PostgreSQL). */
 export interface SharedStorageOptions {
+  /** Selects the shared store. */
   type: 'shared';
   /**
    * TypeORM options for a PostgreSQL database (the module creates, migrates and closes the DataSource),
@@ -40,17 +41,20 @@ export interface SharedStorageOptions {
    * instance holds unused quota near the limit (see the README). `true` means `{ requests: 64, holdMs: 1000, headroom: 8 }`.
    * @default false
    */
-  leases?: boolean | SharedLeaseOptions;
+  leases?:
+    | boolean
+    | {
+        /** Requests' worth of each counter (at the current request's size) one lease takes. @default 64 */
+        requests?: number;
+        /** A lease admits for this long after it was taken, then is given back once its requests settled. @default 1000 */
+        holdMs?: number;
+        /** A lease is taken only while the counter has room for this many leases. @default 8 */
+        headroom?: number;
+      };
 }
 
-export interface SharedLeaseOptions {
-  /** Requests' worth of each counter (at the current request's size) one lease takes. @default 64 */
-  requests?: number;
-  /** A lease admits for this long after it was taken, then is given back once its requests settled. @default 1000 */
-  holdMs?: number;
-  /** A lease is taken only while the counter has room for this many leases. @default 8 */
-  headroom?: number;
-}
+/** The `leases` object form. */
+export type SharedLeaseOptions = Exclude<SharedStorageOptions['leases'], boolean | undefined>;
 
 export interface ResolvedLeases {
   requests: number;

@@ -45,16 +45,34 @@ describe.each<SqliteDriver>(['sqlite3', 'better-sqlite3'])('SqliteConnection ove
   });
 });
 
-describe('loadBetterSqlite3', () => {
-  it('names the option and the package when better-sqlite3 is not installed', () => {
+describe('loading the optional driver packages', () => {
+  it.each([
+    ['sqlite3', 'loadSqlite3'],
+    ['better-sqlite3', 'loadBetterSqlite3'],
+  ] as const)('names the option and the package when %s is not installed', (driver, loader) => {
     jest.isolateModules(() => {
-      jest.doMock('better-sqlite3', () => {
-        throw new Error("Cannot find module 'better-sqlite3'");
+      jest.doMock(driver, () => {
+        throw Object.assign(new Error(`Cannot find module '${driver}'`), { code: 'MODULE_NOT_FOUND' });
       });
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const { loadBetterSqlite3 } = require('./sqlite-connection') as typeof import('./sqlite-connection');
-      expect(() => loadBetterSqlite3()).toThrow(
-        "storage.driver 'better-sqlite3' needs the better-sqlite3 package (npm install better-sqlite3): Cannot find module 'better-sqlite3'",
+      const loaders = require('./sqlite-connection') as typeof import('./sqlite-connection');
+      expect(() => loaders[loader]()).toThrow(
+        `storage.driver '${driver}' (the per-user SQLite store, storage.type 'sqlite', is the default) ` +
+          `needs the ${driver} package: npm install ${driver}. Or use the other driver (storage.driver), ` +
+          `or the shared PostgreSQL store (storage: { type: 'shared', dataSource }).`,
+      );
+    });
+  });
+
+  it('passes on the reason when the package is installed but cannot load', () => {
+    jest.isolateModules(() => {
+      jest.doMock('sqlite3', () => {
+        throw new Error('node_sqlite3.node: invalid ELF header');
+      });
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { loadSqlite3 } = require('./sqlite-connection') as typeof import('./sqlite-connection');
+      expect(() => loadSqlite3()).toThrow(
+        'needs the sqlite3 package: it failed to load: node_sqlite3.node: invalid ELF header.',
       );
     });
   });

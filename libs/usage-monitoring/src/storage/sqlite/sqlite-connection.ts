@@ -1,5 +1,5 @@
 import type BetterSqlite3 from 'better-sqlite3';
-import * as sqlite3 from 'sqlite3';
+import type * as Sqlite3 from 'sqlite3';
 
 /** The SQLite driver of the per-user store (`storage.driver`). */
 export type SqliteDriver = 'sqlite3' | 'better-sqlite3';
@@ -32,23 +32,40 @@ export function busyTimeoutFor(driver: SqliteDriver, busyTimeoutMs: number): num
   return driver === 'better-sqlite3' ? Math.min(busyTimeoutMs, BETTER_SQLITE3_MAX_BUSY_MS) : busyTimeoutMs;
 }
 
-/** Loads `better-sqlite3`, which is an optional dependency: a clear error when it is not installed. */
-export function loadBetterSqlite3(): typeof BetterSqlite3 {
+/**
+ * Loads a driver package. Both are optional peers of this library, loaded only when the per-user store
+ * uses them, so a PostgreSQL-only app needs neither: a missing one fails start-up naming the package and
+ * the option that asked for it.
+ */
+function loadDriver<T>(driver: SqliteDriver): T {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('better-sqlite3') as typeof BetterSqlite3;
+    return require(driver) as T;
   } catch (e) {
+    const missing = (e as { code?: string }).code === 'MODULE_NOT_FOUND';
     throw new Error(
-      `storage.driver 'better-sqlite3' needs the better-sqlite3 package (npm install better-sqlite3): ${(e as Error).message}`,
+      `storage.driver '${driver}' (the per-user SQLite store, storage.type 'sqlite', is the default) ` +
+        `needs the ${driver} package: ${missing ? `npm install ${driver}` : `it failed to load: ${(e as Error).message}`}. ` +
+        `Or use the other driver (storage.driver), or the shared PostgreSQL store (storage: { type: 'shared', dataSource }).`,
     );
   }
+}
+
+/** The `sqlite3` package, loaded at the first use. */
+export function loadSqlite3(): typeof Sqlite3 {
+  return loadDriver<typeof Sqlite3>('sqlite3');
+}
+
+/** The `better-sqlite3` package, loaded at the first use. */
+export function loadBetterSqlite3(): typeof BetterSqlite3 {
+  return loadDriver<typeof BetterSqlite3>('better-sqlite3');
 }
 
 /** Wraps a driver's open connection (e.g. a TypeORM DataSource's `driver.databaseConnection`). */
 export function wrapConnection(driver: SqliteDriver, db: unknown): SqliteConnection {
   return driver === 'better-sqlite3'
     ? new BetterSqlite3Connection(db as BetterSqlite3.Database)
-    : new Sqlite3Connection(db as sqlite3.Database);
+    : new Sqlite3Connection(db as Sqlite3.Database);
 }
 
 /**
@@ -68,8 +85,9 @@ export async function openConnection(
       new Database(path, { fileMustExist: options.mustExist, timeout }),
     );
   } else {
+    const sqlite3 = loadSqlite3();
     const mode = sqlite3.OPEN_READWRITE | (options.mustExist ? 0 : sqlite3.OPEN_CREATE);
-    const db = await new Promise<sqlite3.Database>((resolve, reject) => {
+    const db = await new Promise<Sqlite3.Database>((resolve, reject) => {
       const d = new sqlite3.Database(path, mode, (e) => (e ? reject(e) : resolve(d)));
     });
     db.configure('busyTimeout', timeout);
@@ -85,9 +103,9 @@ export async function openConnection(
 }
 
 class Sqlite3Connection implements SqliteConnection {
-  private readonly statements = new Map<string, sqlite3.Statement>();
+  private readonly statements = new Map<string, Sqlite3.Statement>();
 
-  constructor(private readonly db: sqlite3.Database) {}
+  constructor(private readonly db: Sqlite3.Database) {}
 
   run(sql: string, params: unknown[]): Promise<number> {
     let stmt = this.statements.get(sql);
@@ -100,7 +118,7 @@ class Sqlite3Connection implements SqliteConnection {
     const s = stmt;
     const statements = this.statements;
     return new Promise((resolve, reject) =>
-      s.run(params, function (this: sqlite3.RunResult, err: Error | null) {
+      s.run(params, function (this: Sqlite3.RunResult, err: Error | null) {
         if (!err) return resolve(this.lastID);
         // Prepare again next time: the failure may have been the statement's (e.g. a database replaced).
         if (statements.get(sql) === s) statements.delete(sql);

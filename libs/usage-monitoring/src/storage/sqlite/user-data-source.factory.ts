@@ -2,12 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { copyFile, link, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import * as sqlite3 from 'sqlite3';
+import type * as Sqlite3 from 'sqlite3';
 import { DataSource, type DataSourceOptions } from 'typeorm';
 import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '../migrations';
 import {
   busyTimeoutFor,
   loadBetterSqlite3,
+  loadSqlite3,
   openConnection,
   type SqliteConnection,
   type SqliteDriver,
@@ -20,9 +21,12 @@ import { userFileName } from './user-file-name';
  * `util.inspect` its arguments: tens of microseconds per statement. The driver we hand it answers
  * `verbose()` with itself, so statements run unwrapped.
  */
-const QUIET_SQLITE3 = Object.defineProperty(Object.create(sqlite3) as typeof sqlite3, 'verbose', {
-  value: () => QUIET_SQLITE3,
-});
+function quiet(sqlite3: typeof Sqlite3): typeof Sqlite3 {
+  const driver = Object.defineProperty(Object.create(sqlite3) as typeof Sqlite3, 'verbose', {
+    value: () => driver,
+  });
+  return driver;
+}
 
 /** `PRAGMA user_version` of a user database whose schema has every usage migration applied. */
 const SCHEMA_VERSION = USAGE_MIGRATIONS.length;
@@ -54,8 +58,12 @@ export class UserDataSourceFactory {
   private template: string | undefined;
   readonly driver: SqliteDriver;
 
+  /** The driver package, loaded here so that a missing one fails start-up, not a user's first request. */
+  private readonly driverModule: unknown;
+
   constructor(private readonly options: UserDataSourceOptions) {
     this.driver = options.driver ?? 'sqlite3';
+    this.driverModule = this.driver === 'better-sqlite3' ? loadBetterSqlite3() : quiet(loadSqlite3());
   }
 
   /**
@@ -139,8 +147,8 @@ export class UserDataSourceFactory {
     const timeout = busyTimeoutFor(this.driver, this.options.busyTimeoutMs);
     const options: DataSourceOptions =
       this.driver === 'better-sqlite3'
-        ? { ...common, type: 'better-sqlite3', timeout, driver: loadBetterSqlite3() }
-        : { ...common, type: 'sqlite', busyTimeout: timeout, driver: QUIET_SQLITE3 };
+        ? { ...common, type: 'better-sqlite3', timeout, driver: this.driverModule }
+        : { ...common, type: 'sqlite', busyTimeout: timeout, driver: this.driverModule };
     const dataSource = new DataSource(options);
     try {
       await dataSource.initialize();
