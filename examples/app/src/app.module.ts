@@ -1,0 +1,22 @@
+import { Module } from '@nestjs/common';
+import { APP_GUARD } from '@nestjs/core';
+import { UsageMonitoringModule, type StorageOptions } from 'nestjs-usage-monitoring';
+import { AuthGuard } from './auth.guard.js';
+import { ChatController } from './chat.controller.js';
+
+/** `USAGE_DATABASE_URL` set: the shared PostgreSQL store; otherwise one SQLite file per user. */
+const storage: StorageOptions = process.env.USAGE_DATABASE_URL
+  ? { type: 'shared', dataSource: { type: 'postgres', url: process.env.USAGE_DATABASE_URL } }
+  : { dataDir: process.env.USAGE_DATA_DIR ?? './data' };
+
+@Module({
+  imports: [
+    UsageMonitoringModule.forRoot({
+      plans: [{ name: 'starter', limits: [{ metric: 'calls', scope: 'openai', period: 'month', max: 5 }] }],
+      storage,
+    }),
+  ],
+  controllers: [ChatController],
+  providers: [{ provide: APP_GUARD, useClass: AuthGuard }],
+})
+export class AppModule {}

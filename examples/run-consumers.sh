@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Consumer tests: packs the library, installs the tarball into each consumer app in a temporary folder
+# outside the workspace (each app from its own lockfile, no path back into the repository), builds it with
+# its own TypeScript and runs examples/smoke.mjs against it:
+#   consumer-nest11  Nest 11, CommonJS, per-user SQLite (sqlite3), Express and Fastify
+#   consumer-nest12  Nest 12, ESM, PostgreSQL only (sqlite3 absent: the default store must refuse to start,
+#                    naming the package), then with sqlite3 added, per-user SQLite; Express and Fastify
+# PostgreSQL must answer on 127.0.0.1:5432 (SMOKE_PG_URL to change it). Usage: run-consumers.sh [nest11] [nest12]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/usage-consumers.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+npm_q=(--no-audit --no-fund --loglevel=error)
+
+npm --prefix "$root" run --silent build:lib
+tarball="$work/$(cd "$root/libs/usage-monitoring" && npm pack --silent --pack-destination "$work" | tail -n 1)"
+echo "packed $(basename "$tarball") ($(tar -tzf "$tarball" | wc -l) files)"
+
+# prepare <app>: a copy of the app outside the workspace, installed from its lockfile plus the tarball.
+prepare() {
+  local dir="$work/$1"
+  cp -r "$root/examples/$1" "$dir"
+  cp -r "$root/examples/app/src" "$dir/src"
+  cp "$root/examples/smoke.mjs" "$dir/"
+  if grep -rnE "@app/|\.\./libs|usage-monitoring/src" "$dir/src" "$dir/package.json" "$dir/tsconfig.json"; then
+    echo "$1 reaches into the workspace instead of using the package" >&2
+    return 1
+  fi
+  local started=$SECONDS
+  (cd "$dir" && npm ci "${npm_q[@]}" && npm install "${npm_q[@]}" "$tarball" && npm run --silent build)
+  echo "$1: installed and built in $((SECONDS - started)) s"
+}
+
+smoke() { (cd "$work/$1" && shift && node smoke.mjs "$@"); }
+
+nest11() {
+  prepare consumer-nest11
+  smoke consumer-nest11 run express sqlite
+  smoke consumer-nest11 run fastify sqlite
+}
+
+nest12() {
+  prepare consumer-nest12
+  smoke consumer-nest12 missing-driver sqlite3
+  smoke consumer-nest12 run express postgres
+  smoke consumer-nest12 run fastify postgres
+  local started=$SECONDS
+  (cd "$work/consumer-nest12" && npm install "${npm_q[@]}" sqlite3@5.1.7)
+  echo "consumer-nest12: sqlite3 added in $((SECONDS - started)) s"
+  smoke consumer-nest12 run express sqlite
+  smoke consumer-nest12 run fastify sqlite
+}
+
+# Both apps by default; `run-consumers.sh nest12` runs one.
+apps=("$@")
+[ ${#apps[@]} -gt 0 ] || apps=(nest11 nest12)
+for app in "${apps[@]}"; do
+  case "$app" in
+    nest11 | nest12) "$app" ;;
+    *) echo "unknown consumer app: $app (nest11, nest12)" >&2 && exit 2 ;;
+  esac
+done
+echo "consumer tests passed"

@@ -1,0 +1,301 @@
+// Smoke test of a consumer app that installed the packed nestjs-usage-monitoring. Run from the app's
+// folder after `npm run build`, so that `sqlite3` and `pg` resolve from the app's own node_modules:
+//
+//   node smoke.mjs run <express|fastify> <sqlite|postgres>
+//   node smoke.mjs missing-driver sqlite3
+//
+// `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
+// POST /v1/chat/completions (whose handler calls the official `openai` SDK) for a user whose plan allows
+// 5 calls a month, and checks: 5 × 200, then the documented 429 body and headers without a sixth
+// upstream call; GET /health/usage; after a graceful stop, one ledger row per call with the upstream's
+// token counts. `missing-driver` checks that start-up fails, naming the package to install.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+
+const require = createRequire(join(process.cwd(), 'package.json'));
+const PG_URL = process.env.SMOKE_PG_URL ?? 'postgres://postgres@127.0.0.1:5432';
+const USAGE = { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 };
+
+const [mode, ...args] = process.argv.slice(2);
+const name = `${basename(process.cwd())}: ${mode} ${args.join(' ')}`;
+try {
+  if (mode === 'run') await run(args[0], args[1]);
+  else if (mode === 'missing-driver') await missingDriver(args[0]);
+  else throw new Error(`unknown mode ${mode}`);
+  console.log(`ok   ${name}`);
+} catch (e) {
+  console.error(`FAIL ${name}\n${e?.stack ?? e}`);
+  process.exit(1);
+}
+
+async function run(adapter, storage) {
+  assert.ok(['express', 'fastify'].includes(adapter), `adapter: ${adapter}`);
+  const upstream = await fakeOpenAi();
+  const db = storage === 'postgres' ? await freshDatabase() : undefined;
+  const dataDir = mkdtempSync(join(tmpdir(), 'usage-smoke-'));
+  const env = {
+    HTTP_ADAPTER: adapter,
+    OPENAI_BASE_URL: `${upstream.url}/v1`,
+    ...(db ? { USAGE_DATABASE_URL: db.url } : { USAGE_DATA_DIR: dataDir }),
+  };
+  const app = await startApp(env);
+  try {
+    const user = `smoke-${adapter}`;
+    const chat = () =>
+      fetch(`${app.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${user}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model: 'gpt-4o-mini',
+          messages: [{ role: 'user', content: 'Say hi' }],
+          max_tokens: 16,
+        }),
+      });
+
+    for (let i = 1; i <= 5; i++) {
+      const res = await chat();
+      assert.equal(res.status, 200, `call ${i}: ${await res.clone().text()}`);
+      const body = await res.json();
+      assert.equal(body.object, 'chat.completion');
+      assert.deepEqual(body.usage, USAGE);
+    }
+
+    const refused = await chat();
+    assert.equal(refused.status, 429);
+    const now = Date.now();
+    const d = new Date(now);
+    const start = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1);
+    const end = Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1);
+    const resetAt = new Date(end).toISOString();
+    assert.deepEqual(await refused.json(), {
+      error: 'Usage limit exceeded',
+      message: `Monthly calls limit for openai reached (5 of 5 used). It resets at ${resetAt}.`,
+      code: 'USAGE_LIMIT_CALLS',
+      provider: 'openai',
+      usage_info: {
+        metric: 'calls',
+        scope: 'openai',
+        period: 'month',
+        current: 5,
+        limit: 5,
+        percentage: 100,
+        reset_at: resetAt,
+      },
+    });
+    const h = (n) => refused.headers.get(n);
+    const retryAfter = Number(h('retry-after'));
+    assert.ok(Math.abs(retryAfter - (end - now) / 1000) < 5, `Retry-After ${retryAfter}`);
+    assert.equal(h('ratelimit-policy'), `"openai:calls:month";q=5;w=${(end - start) / 1000}`);
+    assert.equal(h('ratelimit'), `"openai:calls:month";r=0;t=${retryAfter}`);
+    assert.equal(h('x-ratelimit-limit'), '5');
+    assert.equal(h('x-ratelimit-remaining'), '0');
+    assert.equal(h('x-ratelimit-reset'), String(retryAfter));
+    assert.equal(h('x-should-retry'), retryAfter > 60 ? 'false' : null);
+    assert.equal(upstream.calls(), 5, 'the refused call must not reach the upstream');
+
+    const health = await fetch(`${app.url}/health/usage`);
+    assert.equal(health.status, 200);
+    const stats = await health.json();
+    assert.equal(stats.status, 'ok');
+    assert.deepEqual(stats.details, { usage_store: { status: 'up' } });
+    assert.equal(stats.usage.status, 'healthy');
+    assert.equal(stats.usage.recent_requests, 6);
+    assert.equal(stats.usage.recent_errors, 0);
+
+    // Nest's shutdown hooks run on SIGTERM, then re-raise it: the process ends by that signal.
+    assert.ok(['0', 'SIGTERM'].includes(String(await app.stop())), 'graceful stop');
+    const rows = db ? await db.rows(user) : await sqliteRows(dataDir);
+    assert.deepEqual(
+      rows.map((r) => ({ ...r, estimated: Boolean(r.estimated) })),
+      Array.from({ length: 5 }, () => ({
+        provider: 'openai',
+        model: 'gpt-4o-mini',
+        status_code: 200,
+        input_tokens: 11,
+        output_tokens: 7,
+        estimated: false,
+        outcome: 'ok',
+      })),
+    );
+  } finally {
+    await app.stop();
+    upstream.close();
+    await db?.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function missingDriver(driver) {
+  assert.throws(() => require.resolve(driver), `${driver} must not be installed for this check`);
+  const dataDir = mkdtempSync(join(tmpdir(), 'usage-smoke-'));
+  try {
+    const { code, output } = await runToExit({ USAGE_DATA_DIR: dataDir });
+    assert.notEqual(code, 0, `start-up must fail without ${driver}:\n${output}`);
+    assert.ok(!output.includes('LISTENING'), output);
+    assert.ok(
+      output.includes(`storage.driver '${driver}'`) && output.includes(`npm install ${driver}`),
+      `the error names the option and the package:\n${output}`,
+    );
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+function fakeOpenAi() {
+  let calls = 0;
+  const server = createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c) => (raw += c));
+    req.on('end', () => {
+      if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
+        res.writeHead(404).end();
+        return;
+      }
+      calls++;
+      const { model } = JSON.parse(raw);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          id: `chatcmpl-smoke-${calls}`,
+          object: 'chat.completion',
+          created: Math.floor(Date.now() / 1000),
+          model,
+          choices: [
+            {
+              index: 0,
+              message: { role: 'assistant', content: 'Hi!' },
+              finish_reason: 'stop',
+              logprobs: null,
+            },
+          ],
+          usage: USAGE,
+        }),
+      );
+    });
+  });
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        calls: () => calls,
+        close: () => server.close(),
+      }),
+    ),
+  );
+}
+
+function spawnApp(env) {
+  return spawn(process.execPath, ['dist/main.js'], {
+    env: { ...process.env, PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+function runToExit(env) {
+  const child = spawnApp(env);
+  let output = '';
+  child.stdout.on('data', (c) => (output += c));
+  child.stderr.on('data', (c) => (output += c));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  return new Promise((resolve) =>
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output });
+    }),
+  );
+}
+
+function startApp(env) {
+  const child = spawnApp(env);
+  let output = '';
+  let exited;
+  const exit = new Promise((resolve) =>
+    child.on('exit', (code, signal) => resolve((exited = code ?? signal))),
+  );
+  const stop = () => {
+    if (exited === undefined) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      void exit.then(() => clearTimeout(timer));
+    }
+    return exit;
+  };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the app did not start within 30 s:\n${output}`));
+    }, 30_000);
+    const onData = (chunk) => {
+      output += chunk;
+      const port = /LISTENING (\d+)/.exec(output)?.[1];
+      if (port) {
+        clearTimeout(timer);
+        resolve({ url: `http://127.0.0.1:${port}`, stop });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    void exit.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`the app exited (${code}) before listening:\n${output}`));
+    });
+  });
+}
+
+async function freshDatabase() {
+  const { Client } = require('pg');
+  const name = `usage_smoke_${process.pid}_${Date.now()}`;
+  const admin = async (sql) => {
+    const client = new Client({ connectionString: `${PG_URL}/postgres` });
+    await client.connect();
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${name}`);
+  const url = `${PG_URL}/${name}`;
+  return {
+    url,
+    async rows(user) {
+      const client = new Client({ connectionString: url });
+      await client.connect();
+      try {
+        const { rows } = await client.query(
+          `SELECT provider, model, status_code, input_tokens::int AS input_tokens,
+                  output_tokens::int AS output_tokens, estimated, outcome
+             FROM usage_events WHERE user_id = $1 ORDER BY occurred_at`,
+          [user],
+        );
+        return rows;
+      } finally {
+        await client.end();
+      }
+    },
+    drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
+  };
+}
+
+async function sqliteRows(dataDir) {
+  const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
+  assert.equal(files.length, 1, `one user file: ${files}`);
+  const sqlite3 = require('sqlite3');
+  const db = new sqlite3.Database(join(dataDir, files[0]), sqlite3.OPEN_READONLY);
+  try {
+    return await new Promise((resolve, reject) =>
+      db.all(
+        `SELECT provider, model, status_code, input_tokens, output_tokens, estimated, outcome
+           FROM usage_events ORDER BY occurred_at`,
+        (e, rows) => (e ? reject(e) : resolve(rows)),
+      ),
+    );
+  } finally {
+    db.close();
+  }
+}
