@@ -182,6 +182,18 @@ describeStore('limits', () => {
     expect(res.headers['ratelimit-policy']).toBe('"*:cost:month";q=2000000;w=2592000');
   });
 
+  it('says when the request alone may cost more than remains, and names max_tokens as the way to ask for less', async () => {
+    // gpt-4o at $10 per 1M output tokens: the default 1,024 output tokens are estimated at $0.01024 > $0.01.
+    const body = { model: 'gpt-4o', messages: [{ role: 'user', content: 'hello there' }] };
+    const res = await post('plan=cents;c', undefined, body);
+    expect(res.status).toBe(429);
+    expect(res.body.code).toBe('USAGE_LIMIT_COST');
+    expect(res.body.message).toMatch(
+      /^This request may cost up to \$0\.0102\d\d; \$0\.010000 remains of the monthly cost limit for \* \(\$0\.000000 of \$0\.010000 used\)\. Ask for fewer output tokens \(max_tokens\) to need less\. It resets at 2026-12-01T00:00:00\.000Z\.$/,
+    );
+    expect((await post('plan=cents;c', undefined, { ...body, max_tokens: 100 })).status).toBe(200);
+  });
+
   it('per-request providers have their own counter', async () => {
     const user = 'searcher';
     for (let i = 0; i < 3; i++) expect((await post(user, '/tavily/search', { query: 'q' })).status).toBe(200);

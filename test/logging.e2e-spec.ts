@@ -1,25 +1,8 @@
-import type { LoggerService } from '@nestjs/common';
 import request from 'supertest';
 import { createTestApp, planFromUserId, type TestApp } from './utils/create-test-app';
+import { CapturingLogger } from './utils/capturing-logger';
 import { bearer } from './utils/test-controllers';
 import { describeStore } from './utils/test-store';
-
-/** Collects every line Nest and the library log, as it would reach a terminal or a log shipper. */
-class CapturingLogger implements LoggerService {
-  readonly lines: string[] = [];
-  private add =
-    (level: string) =>
-    (message: unknown, ...rest: unknown[]) => {
-      this.lines.push(
-        `${level} ${[message, ...rest].map((m) => (typeof m === 'string' ? m : JSON.stringify(m))).join(' ')}`,
-      );
-    };
-  log = this.add('LOG');
-  error = this.add('ERROR');
-  warn = this.add('WARN');
-  debug = this.add('DEBUG');
-  verbose = this.add('VERBOSE');
-}
 
 // Control characters a hostile client may put in the values that reach log lines: a forged log line
 // after a newline, terminal escape sequences, a carriage return that hides what came before.
@@ -33,7 +16,7 @@ describeStore('log lines', () => {
     t = await createTestApp({
       logger,
       usage: {
-        unknownModels: 'default-price',
+        unknownModels: 'highest-price',
         // The host's plan function returns a name the catalog does not have (from its own data).
         plan: (id) => (id.startsWith('hostile-plan') ? `p-${HOSTILE}` : planFromUserId(id)),
       },

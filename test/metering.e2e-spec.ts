@@ -86,7 +86,7 @@ describeStore('metering', () => {
     expect(rows).toEqual([{ status_code: 502, outcome: 'error', input_tokens: 0, output_tokens: 0 }]);
   });
 
-  it('detects providers by path and User-Agent; unmetered and skipped routes open no database', async () => {
+  it('detects providers by whole path segments; unmetered routes open no database', async () => {
     expect((await post('detected', chat(), '/detect/openai/complete')).status).toBe(200);
     const rows = await queryUserDb(t, 'detected', 'SELECT provider, endpoint FROM usage_events');
     expect(rows).toEqual([{ provider: 'openai', endpoint: '/detect/openai/complete' }]);
@@ -97,15 +97,58 @@ describeStore('metering', () => {
     expect(
       (await request(t.url).get('/openai/v1/models').set('authorization', bearer('plain-user'))).status,
     ).toBe(200);
+    // `gpt` and `openai` inside a longer segment name no provider.
+    expect(
+      (
+        await request(t.url)
+          .get('/detect/settings/gpt-preferences')
+          .set('authorization', bearer('plain-user'))
+      ).body,
+    ).toEqual({ ok: true });
     expect(await hasUserData(t, 'plain-user')).toBe(false);
+  });
 
-    const viaUa = await request(t.url)
-      .get('/detect/plain')
-      .set('user-agent', 'OpenAI/JS 4.77.0')
-      .set('authorization', bearer('ua-user'));
-    expect(viaUa.status).toBe(200);
-    const uaRows = await queryUserDb(t, 'ua-user', 'SELECT provider, method, status_code FROM usage_events');
-    expect(uaRows).toEqual([{ provider: 'openai', method: 'GET', status_code: 200 }]);
+  it('never lets the client’s User-Agent decide, unless the host turns it on', async () => {
+    const get = (app: TestApp, user: string, ua: string) =>
+      request(app.url).get('/detect/plain').set('user-agent', ua).set('authorization', bearer(user));
+    expect((await get(t, 'ua-sdk', 'OpenAI/JS 4.77.0')).status).toBe(200);
+    expect((await get(t, 'ua-curl', 'curl/8.5.0')).status).toBe(200);
+    expect((await get(t, 'ua-bot', 'Mozilla/5.0 (compatible; GPTBot/1.2)')).status).toBe(200);
+    expect(await hasUserData(t, 'ua-sdk')).toBe(false);
+    expect(await hasUserData(t, 'ua-curl')).toBe(false);
+    expect(await hasUserData(t, 'ua-bot')).toBe(false);
+
+    const opted = await createTestApp({ usage: { detectProviders: 'path-and-user-agent' } });
+    try {
+      expect((await get(opted, 'ua-sdk', 'OpenAI/JS 4.77.0')).status).toBe(200);
+      expect((await get(opted, 'ua-curl', 'curl/8.5.0')).status).toBe(200);
+      const rows = await queryUserDb(opted, 'ua-sdk', 'SELECT provider, method FROM usage_events');
+      expect(rows).toEqual([{ provider: 'openai', method: 'GET' }]);
+      expect(await hasUserData(opted, 'ua-curl')).toBe(false);
+    } finally {
+      await opted.close();
+    }
+  });
+
+  it('charges a model the price book does not know at its provider’s highest known price, flagged', async () => {
+    const res = await post(
+      'new-model',
+      chat({ model: 'my-new-model-2027', report: { prompt: 1000, completion: 1000 } }),
+    );
+    expect(res.status).toBe(200);
+    const rows = await queryUserDb(
+      t,
+      'new-model',
+      'SELECT model, cost_micros, price_version FROM usage_events',
+    );
+    // o1-pro's $150 / $600 per 1M tokens: 1,000 tokens each way cost $0.75, not gpt-4o-mini's $0.00075.
+    expect(rows).toEqual([
+      {
+        model: 'my-new-model-2027',
+        cost_micros: 750_000,
+        price_version: expect.stringMatching(/^highest:openai:genai-prices@/),
+      },
+    ]);
   });
 
   it('alerts once per threshold: 80 % at the 4th of 5 calls, 90 % and 100 % at the 5th', async () => {

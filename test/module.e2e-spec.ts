@@ -2,7 +2,8 @@ import { Test } from '@nestjs/testing';
 import request from 'supertest';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { UsageMonitoringModule, type UsageMonitoringModuleOptions } from '@app/usage-monitoring';
+import { Controller, Injectable, Module, Post } from '@nestjs/common';
+import { Metered, UsageMonitoringModule, type UsageMonitoringModuleOptions } from '@app/usage-monitoring';
 import {
   createTestApp,
   tempDataDir,
@@ -11,7 +12,8 @@ import {
   type Platform,
 } from './utils/create-test-app';
 import { bearer } from './utils/test-controllers';
-import { describeStore, STORE } from './utils/test-store';
+import { describeStore, SQLITE_DRIVER, STORE } from './utils/test-store';
+import { CapturingLogger } from './utils/capturing-logger';
 
 const itSqlite = STORE === 'sqlite' ? it : it.skip;
 import { queryUserDb } from './utils/user-db';
@@ -48,6 +50,29 @@ describeStore('UsageMonitoringModule wiring', () => {
     } finally {
       await t.close();
     }
+  });
+
+  it('logs one start-up line: store and where (no credentials), plans, detection, fail-open state', async () => {
+    const logger = new CapturingLogger();
+    const t = await createTestApp({ logger });
+    await t.close();
+    const lines = logger.lines.filter((l) => l.includes('plans (default'));
+    const rest =
+      '7 plans (default "free"); providers detected by path; enforcement fails closed UsageMonitoring';
+    expect(lines).toEqual([
+      t.store === 'sqlite'
+        ? `LOG per-user SQLite store in ${JSON.stringify(t.dataDir)} (${SQLITE_DRIVER}, at most 64 open files); ${rest}`
+        : `LOG shared PostgreSQL store at 127.0.0.1:5432/test; ${rest}`,
+    ]);
+
+    const failOpen = new CapturingLogger();
+    const open = await createTestApp({ logger: failOpen, usage: { emergencyFailOpen: true } });
+    await open.close();
+    expect(failOpen.lines.filter((l) => l.includes('plans (default'))).toEqual([
+      expect.stringMatching(
+        /^WARN .*; enforcement FAILS OPEN \(USAGE_LIMITS_EMERGENCY_FAIL_OPEN\) UsageMonitoring$/,
+      ),
+    ]);
   });
 
   it('can leave out the health controller', async () => {
@@ -122,7 +147,7 @@ describeStore('UsageMonitoringModule wiring', () => {
     [
       'an unknown SQLite driver',
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), driver: 'sqlite' } },
-      /storage\.driver must be 'sqlite3' or 'better-sqlite3' \(got "sqlite"\)/,
+      /storage\.driver must be one of 'sqlite3', 'better-sqlite3' \(got "sqlite"; did you mean 'sqlite3'\?\)/,
     ],
   ];
 
@@ -136,6 +161,104 @@ describeStore('UsageMonitoringModule wiring', () => {
       ],
     }).compile();
     await expect(build).rejects.toThrow(message);
+  });
+
+  /** Builds the module with `options` through each way of configuring it. */
+  const buildWith = (style: ModuleStyle | 'useExisting', options: object) => {
+    const usage = options as UsageMonitoringModuleOptions;
+    @Injectable()
+    class OptionsClass {
+      createUsageMonitoringOptions() {
+        return usage;
+      }
+    }
+    @Module({ providers: [OptionsClass], exports: [OptionsClass] })
+    class OptionsModule {}
+    const module =
+      style === 'forRoot'
+        ? UsageMonitoringModule.forRoot(usage)
+        : style === 'useFactory'
+          ? UsageMonitoringModule.forRootAsync({ useFactory: async () => usage })
+          : style === 'useClass'
+            ? UsageMonitoringModule.forRootAsync({ useClass: OptionsClass })
+            : UsageMonitoringModule.forRootAsync({ imports: [OptionsModule], useExisting: OptionsClass });
+    return Test.createTestingModule({ imports: [module] }).compile();
+  };
+  const storage = () => ({ dataDir: tempDataDir() });
+  const typos: [string, object, string][] = [
+    [
+      'a misspelt top-level option',
+      { plans: TEST_PLANS, storage: storage(), defaultMaxOutputToken: 100 },
+      'defaultMaxOutputToken is not an option (did you mean defaultMaxOutputTokens?)',
+    ],
+    [
+      'an option in the wrong case',
+      { plans: TEST_PLANS, storage: storage(), enforcementTimeoutMS: 100 },
+      'enforcementTimeoutMS is not an option (did you mean enforcementTimeoutMs?)',
+    ],
+    [
+      'a misspelt storage option',
+      { plans: TEST_PLANS, storage: { dataDirr: tempDataDir() } },
+      'storage.dataDirr is not an option (did you mean storage.dataDir?)',
+    ],
+    [
+      'a misspelt limit field',
+      {
+        plans: [{ name: 'p', limits: [{ metric: 'calls', scope: '*', max: 1, perod: 'day' }] }],
+        storage: storage(),
+      },
+      'plans[0].limits[0].perod is not an option (did you mean plans[0].limits[0].period?)',
+    ],
+    [
+      'a number read from configuration as a string',
+      { plans: TEST_PLANS, storage: storage(), enforcementTimeoutMs: '250' },
+      'enforcementTimeoutMs must be an integer ≥ 1 (got the string "250": convert numbers read from configuration with Number())',
+    ],
+    [
+      'a limit read from configuration as a string',
+      { plans: [{ name: 'p', limits: [{ metric: 'cost', scope: '*', max: '2' }] }], storage: storage() },
+      'plans[0].limits[0].max must be a finite, non-negative number of US dollars (got the string "2": convert numbers read from configuration with Number())',
+    ],
+  ];
+  describe.each(['forRoot', 'useFactory', 'useClass', 'useExisting'] as const)('through %s', (style) => {
+    it.each(typos)('refuses %s, suggesting the fix', async (_name, options, message) => {
+      await expect(buildWith(style, options)).rejects.toThrow(`UsageMonitoringModule: ${message}`);
+    });
+  });
+
+  it('refuses a limit whose scope names no provider, group or *, and knows the providers of @Metered routes', async () => {
+    const typo = await Test.createTestingModule({
+      imports: [
+        UsageMonitoringModule.forRoot({
+          plans: [{ name: 'p', limits: [{ metric: 'calls', scope: 'opnai', max: 1 }] }],
+          storage: storage(),
+        }),
+      ],
+    }).compile();
+    await expect(typo.init()).rejects.toThrow(
+      `UsageMonitoringModule: plans[0].limits[0].scope "opnai" names no provider, provider group or '*' (did you mean "openai"?)`,
+    );
+    await typo.close().catch(() => undefined);
+
+    @Controller('acme')
+    @Metered({ provider: 'acme-llm' })
+    class AcmeController {
+      @Post()
+      call() {
+        return {};
+      }
+    }
+    const own = await Test.createTestingModule({
+      imports: [
+        UsageMonitoringModule.forRoot({
+          plans: [{ name: 'p', limits: [{ metric: 'calls', scope: 'acme-llm', max: 1 }] }],
+          storage: storage(),
+        }),
+      ],
+      controllers: [AcmeController],
+    }).compile();
+    await expect(own.init()).resolves.toBe(own);
+    await own.close();
   });
 
   itSqlite('refuses a dataDir that is a file', async () => {

@@ -1,5 +1,12 @@
 import type { NestExpressApplication } from '@nestjs/platform-express';
-import { Injectable, Module, type INestApplication, type Type, type LoggerService } from '@nestjs/common';
+import {
+  Injectable,
+  Module,
+  type INestApplication,
+  type LoggerService,
+  type Provider,
+  type Type,
+} from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
@@ -37,6 +44,10 @@ export interface TestAppOptions {
   healthController?: boolean;
   /** Extra controllers. */
   controllers?: Type[];
+  /** Extra providers of the app module, registered after the test authentication guard. */
+  providers?: Provider[];
+  /** Register the test authentication as a global guard (default); `false` when `providers` does. */
+  authGuard?: boolean;
   /** Force a store; by default the project's (`STORE`), unless `usage.storage` says otherwise. */
   store?: 'sqlite' | 'postgres';
   /** Further options of the shared store, when the app runs on PostgreSQL. */
@@ -84,6 +95,7 @@ export const TEST_PLANS: Plan[] = [
   },
   { name: 'tokens', limits: [{ metric: 'tokens', scope: AI_TEXT_GROUP, period: 'month', max: 10_000 }] },
   { name: 'zero', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 0 }] },
+  { name: 'cents', limits: [{ metric: 'cost', scope: '*', period: 'month', max: 0.01 }] },
   { name: 'unlimited', limits: [] },
   { name: 'big', limits: [{ metric: 'calls', scope: '*', period: 'month', max: 1_000_000_000 }] },
 ];
@@ -149,7 +161,11 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
       MarkedController,
       ...(opts.controllers ?? []),
     ],
-    providers: [{ provide: APP_GUARD, useClass: TestAuthGuard }, StoreProbe],
+    providers: [
+      ...(opts.authGuard === false ? [] : [{ provide: APP_GUARD, useClass: TestAuthGuard }]),
+      StoreProbe,
+      ...(opts.providers ?? []),
+    ],
   })
   class TestAppModule {}
 

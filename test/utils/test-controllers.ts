@@ -41,6 +41,8 @@ export function MeteringBound(): ClassDecorator {
 
 /** What a test request may ask the fake provider to do. */
 export interface FakeChatBody {
+  /** Echoed in the response, as providers do. */
+  model?: string;
   messages?: { role: string; content: string }[];
   max_tokens?: number;
   /** Tokens to report as used; omit `usage` entirely with `omitUsage`. */
@@ -60,7 +62,7 @@ async function chatAnswer(body: FakeChatBody) {
   return {
     id: 'chatcmpl-test',
     object: 'chat.completion',
-    model: 'gpt-4o-mini',
+    model: body?.model ?? 'gpt-4o-mini',
     choices: [{ index: 0, message: { role: 'assistant', content: reply }, finish_reason: 'stop' }],
     ...(body?.omitUsage
       ? {}
@@ -130,6 +132,11 @@ export class DetectedController {
 
   @Get('plain')
   plain() {
+    return { ok: true };
+  }
+
+  @Get('settings/gpt-preferences')
+  preferences() {
     return { ok: true };
   }
 }

@@ -14,6 +14,7 @@ export const EMERGENCY_FAIL_OPEN_ENV = 'USAGE_LIMITS_EMERGENCY_FAIL_OPEN';
 
 /** Reasons an enforcement failure is counted under (`reason:provider`). */
 export const ENFORCEMENT_FAILURE_REASONS = [
+  'plan_lookup_failed',
   'database_session_unavailable',
   'missing_usage_tables',
   'database_init_failed',

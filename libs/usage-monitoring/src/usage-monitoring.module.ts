@@ -1,5 +1,6 @@
 import {
   Inject,
+  Logger,
   Module,
   type ConfigurableModuleAsyncOptions,
   type DynamicModule,
@@ -7,7 +8,10 @@ import {
   type OnModuleInit,
   type Provider,
 } from '@nestjs/common';
+import { DiscoveryModule, DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { TerminusModule } from '@nestjs/terminus';
+import { Metered } from './decorators/metered.decorator';
+import { startupSummary } from './startup-summary';
 import { UsageAlerts } from './alerts/usage-alerts.service';
 import { EnforcementMetrics } from './enforcement/enforcement-metrics';
 import { UsageLimitGuard } from './enforcement/usage-limit.guard';
@@ -32,11 +36,19 @@ const providers: Provider[] = [
   },
   {
     provide: USAGE_STORE,
-    useFactory: ({ storage, clock, clockSkew, enforcementTimeoutMs }: NormalizedUsageOptions): UsageStore =>
+    useFactory: (
+      { storage, clock, clockSkew, enforcementTimeoutMs }: NormalizedUsageOptions,
+      metrics: EnforcementMetrics,
+    ): UsageStore =>
       storage.type === 'shared'
         ? new SharedPostgresStore(storage, clock, clockSkew)
-        : new PerUserSqliteStore({ ...storage, clock, stallMs: enforcementTimeoutMs }),
-    inject: [NORMALIZED_OPTIONS],
+        : new PerUserSqliteStore({
+            ...storage,
+            clock,
+            stallMs: enforcementTimeoutMs,
+            onReservationsReleased: (n) => metrics.recordReleasedByTtl(n),
+          }),
+    inject: [NORMALIZED_OPTIONS, EnforcementMetrics],
   },
   EnforcementMetrics,
   RollingStats,
@@ -57,7 +69,7 @@ const providers: Provider[] = [
  * ```
  */
 @Module({
-  imports: [TerminusModule],
+  imports: [TerminusModule, DiscoveryModule],
   providers,
   exports: [
     MODULE_OPTIONS_TOKEN,
@@ -76,8 +88,16 @@ export class UsageMonitoringModule
   extends ConfigurableModuleClass
   implements OnModuleInit, OnApplicationShutdown
 {
+  private readonly logger = new Logger('UsageMonitoring');
+
   /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
-  constructor(@Inject(USAGE_STORE) private readonly store: UsageStore) {
+  constructor(
+    @Inject(USAGE_STORE) private readonly store: UsageStore,
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    private readonly discovery: DiscoveryService,
+    private readonly scanner: MetadataScanner,
+    private readonly reflector: Reflector,
+  ) {
     super();
   }
 
@@ -100,7 +120,33 @@ export class UsageMonitoringModule
   }
 
   async onModuleInit(): Promise<void> {
+    try {
+      this.options.catalog.checkScopes(new Set([...this.options.knownProviders, ...this.meteredProviders()]));
+    } catch (e) {
+      throw new Error(`UsageMonitoringModule: ${(e as Error).message}`);
+    }
     await this.store.init?.();
+    const summary = startupSummary(this.options);
+    if (this.options.emergencyFailOpen) this.logger.warn(summary);
+    else this.logger.log(summary);
+  }
+
+  /** The providers `@Metered` names on the app's controllers and their handlers (inherited ones too). */
+  private meteredProviders(): string[] {
+    const found: string[] = [];
+    for (const { metatype } of this.discovery.getControllers()) {
+      if (typeof metatype !== 'function') continue;
+      const proto = metatype.prototype as object;
+      const handlers = this.scanner
+        .getAllMethodNames(proto)
+        .map((name) => (proto as Record<string, unknown>)[name]);
+      for (const target of [metatype, ...handlers]) {
+        if (typeof target !== 'function') continue;
+        const provider = this.reflector.get(Metered, target)?.provider;
+        if (provider) found.push(provider);
+      }
+    }
+    return found;
   }
 
   async onApplicationShutdown(): Promise<void> {

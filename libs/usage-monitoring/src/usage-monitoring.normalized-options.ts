@@ -1,4 +1,5 @@
 import { AI_TEXT_GROUP, EMERGENCY_FAIL_OPEN_ENV } from './usage-monitoring.constants';
+import { checkOptionKeys, oneOf, shown } from './options-validation';
 import type {
   SqliteStorageOptions,
   UsageMonitoringModuleOptions,
@@ -6,10 +7,11 @@ import type {
 } from './usage-monitoring.options';
 import { UsageExtractor } from './metering/usage-extractor';
 import { PlanCatalog } from './plans/plan-catalog';
+import { PlanLookup } from './plans/plan-lookup';
 import { PlanResolver } from './plans/plan-resolver';
 import type { PlanAssignment } from './plans/plan.interface';
 import { DEFAULT_MODELS, DEFAULT_PRICES } from './pricing/default-prices';
-import { PriceBook } from './pricing/price-book';
+import { PriceBook, UNKNOWN_MODEL_POLICIES } from './pricing/price-book';
 import {
   DEFAULT_IGNORED_PATH_PREFIXES,
   DEFAULT_PROVIDER_PATTERNS,
@@ -35,12 +37,15 @@ export type ResolvedStorage =
       synchronous: 'normal' | 'full';
       driver: SqliteDriver;
       journal?: { applyDelayMs: number; maxUsersInMemory: number };
+      reservationTtlMs: number;
     }
   | ResolvedSharedStorage;
 
 /** Options after validation and defaults, computed once at module init. */
 export interface NormalizedUsageOptions {
   catalog: PlanCatalog;
+  /** Providers named by the defaults and the options; start-up adds those of `@Metered` routes. */
+  knownProviders: ReadonlySet<string>;
   providerGroups: Readonly<Record<string, readonly string[]>>;
   defaultPlan: string;
   plans: PlanResolver;
@@ -82,10 +87,19 @@ function fail(message: string): never {
   throw new Error(`UsageMonitoringModule: ${message}`);
 }
 
+/** Runs a check that throws a bare message, prefixing it as every option error is. */
+function checked<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+}
+
 function positiveInt(value: unknown, name: string, fallback: number, min = 1): number {
   if (value === undefined) return fallback;
   if (!Number.isSafeInteger(value) || (value as number) < min)
-    fail(`${name} must be an integer ≥ ${min} (got ${JSON.stringify(value)})`);
+    fail(`${name} must be an integer ≥ ${min} (got ${shown(value)})`);
   return value as number;
 }
 
@@ -98,6 +112,7 @@ function fn<T>(value: unknown, name: string): T | undefined {
 /** Validates the options and fills in defaults. Throws an error naming the option to fix. */
 export function normalizeOptions(options: UsageMonitoringModuleOptions): NormalizedUsageOptions {
   if (!options || typeof options !== 'object') fail('options are required ({ plans, ... })');
+  checked(() => checkOptionKeys(options));
   const groups = options.providerGroups ?? DEFAULT_PROVIDER_GROUPS;
   if (typeof groups !== 'object' || groups === null)
     fail('providerGroups must be an object of provider name arrays');
@@ -117,6 +132,13 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
     fail(`defaultPlan "${defaultPlan}" is not in plans (${catalog.names.join(', ')})`);
 
   const planFn = fn<NormalizedUsageOptions['resolvePlan']>(options.plan, 'plan');
+  const planLookup =
+    planFn &&
+    new PlanLookup(
+      planFn,
+      positiveInt(options.planCacheMs, 'planCacheMs', 60_000, 0),
+      positiveInt(options.planTimeoutMs, 'planTimeoutMs', 1000),
+    );
   const userIdFn = fn<NormalizedUsageOptions['userId']>(options.userId, 'userId') ?? defaultUserId;
   const storage = resolveStorage(options);
   const userClock = fn<() => number>(options.clock, 'clock');
@@ -131,9 +153,9 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
   ) {
     fail('trustedUserHeader must be a header name such as "x-user-id"');
   }
-  const anonymous = options.anonymous ?? 'deny';
-  if (anonymous !== 'deny' && anonymous !== 'allow')
-    fail(`anonymous must be 'deny' or 'allow' (got ${JSON.stringify(anonymous)})`);
+  const anonymous = checked(() =>
+    oneOf(options.anonymous ?? 'deny', ['deny', 'allow'] as const, 'anonymous'),
+  );
   const anonymousUserId = options.anonymousUserId ?? '__anonymous__';
   if (typeof anonymousUserId !== 'string' || anonymousUserId === '')
     fail('anonymousUserId must be a non-empty string');
@@ -156,16 +178,18 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
   const ignored = options.ignoredPathPrefixes ?? DEFAULT_IGNORED_PATH_PREFIXES;
   if (!Array.isArray(ignored) || ignored.some((p) => typeof p !== 'string'))
     fail('ignoredPathPrefixes must be an array of strings');
-  const detector = options.detectProviders === false ? undefined : new ProviderDetector(patterns, ignored);
+  const detection = checked(() =>
+    oneOf(
+      options.detectProviders ?? 'path',
+      ['path', 'path-and-user-agent', false] as const,
+      'detectProviders',
+    ),
+  );
+  const detector = detection === false ? undefined : new ProviderDetector(patterns, ignored, detection);
 
   let priceBook: PriceBook;
   try {
-    const policy = options.unknownModels ?? 'default-price';
-    if (!['deny', 'allow-unpriced', 'default-price'].includes(policy)) {
-      throw new Error(
-        `unknownModels must be 'deny', 'allow-unpriced' or 'default-price' (got ${JSON.stringify(policy)})`,
-      );
-    }
+    const policy = oneOf(options.unknownModels ?? 'highest-price', UNKNOWN_MODEL_POLICIES, 'unknownModels');
     if (options.priceCatalog !== undefined && typeof options.priceCatalog !== 'boolean')
       throw new Error(`priceCatalog must be a boolean (got ${JSON.stringify(options.priceCatalog)})`);
     if (options.prices !== undefined && (options.prices === null || typeof options.prices !== 'object'))
@@ -183,10 +207,18 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
 
   return {
     catalog,
+    knownProviders: new Set([
+      ...Object.keys(DEFAULT_PROVIDER_PATTERNS),
+      ...Object.keys(options.providerPatterns ?? {}),
+      ...Object.keys(DEFAULT_MODELS),
+      ...Object.keys(options.defaultModels ?? {}),
+      ...Object.keys(DEFAULT_PRICES),
+      ...Object.values(groups).flat(),
+    ]),
     providerGroups: groups,
     defaultPlan,
     plans: new PlanResolver(catalog, defaultPlan),
-    resolvePlan: planFn ?? (() => defaultPlan),
+    resolvePlan: planLookup ? (id) => planLookup.lookup(id) : () => defaultPlan,
     userId: userIdFn,
     trustedUserHeader: options.trustedUserHeader?.toLowerCase(),
     anonymous,
@@ -210,17 +242,17 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
   const s = options.storage ?? {};
   if (typeof s !== 'object' || s === null) fail("storage must be an object, e.g. { dataDir: './data' }");
   if (s.type === 'shared') return resolveShared(s);
-  if (s.type !== undefined && s.type !== 'sqlite') {
-    fail(`storage.type must be 'sqlite' or 'shared' (got ${JSON.stringify((s as { type: unknown }).type)})`);
-  }
+  checked(() =>
+    oneOf((s as { type?: unknown }).type ?? 'sqlite', ['sqlite', 'shared'] as const, 'storage.type'),
+  );
   const dataDir = s.dataDir ?? './data';
   if (typeof dataDir !== 'string' || dataDir.trim() === '') fail('storage.dataDir must be a non-empty path');
-  const synchronous = s.synchronous ?? 'normal';
-  if (synchronous !== 'normal' && synchronous !== 'full')
-    fail(`storage.synchronous must be 'normal' or 'full'`);
-  const driver = s.driver ?? 'sqlite3';
-  if (driver !== 'sqlite3' && driver !== 'better-sqlite3')
-    fail(`storage.driver must be 'sqlite3' or 'better-sqlite3' (got ${JSON.stringify(driver)})`);
+  const synchronous = checked(() =>
+    oneOf(s.synchronous ?? 'normal', ['normal', 'full'] as const, 'storage.synchronous'),
+  );
+  const driver = checked(() =>
+    oneOf(s.driver ?? 'sqlite3', ['sqlite3', 'better-sqlite3'] as const, 'storage.driver'),
+  );
   // An optional package: missing, it fails here, at start-up, rather than on a user's first request.
   if (driver === 'better-sqlite3') loadBetterSqlite3();
   return {
@@ -231,6 +263,7 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     synchronous,
     driver,
     journal: resolveJournal(s.journal),
+    reservationTtlMs: positiveInt(s.reservationTtlMs, 'storage.reservationTtlMs', 900_000),
   };
 }
 
@@ -294,9 +327,6 @@ function resolveLeases(value: unknown, reservationTtlMs: number): ResolvedLeases
     fail(
       `storage.leases must be true, false or { requests, holdMs, headroom } (got ${JSON.stringify(value)})`,
     );
-  for (const key of Object.keys(l)) {
-    if (!['requests', 'holdMs', 'headroom'].includes(key)) fail(`storage.leases.${key} is not an option`);
-  }
   const resolved = {
     requests: positiveInt(l.requests, 'storage.leases.requests', 64, 2),
     holdMs: positiveInt(l.holdMs, 'storage.leases.holdMs', 1000, 10),

@@ -56,6 +56,13 @@ export interface SqliteStorageOptions {
    * @default false
    */
   journal?: boolean | { applyDelayMs?: number; maxUsersInMemory?: number };
+  /**
+   * A reservation not settled after this long (a handler that never completed, a stalled upstream stream)
+   * is released, so that it stops holding quota and its user's database slot; counted in
+   * `UsageService.enforcementStats().releasedByTtl` and logged. A settlement arriving later is still recorded.
+   * @default 900000 (15 minutes)
+   */
+  reservationTtlMs?: number;
 }
 
 /** Where usage lives: one SQLite file per user (the default), or a shared PostgreSQL database. */
@@ -89,6 +96,18 @@ export interface UsageMonitoringModuleOptions {
    */
   plan?: (userId: string) => PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
   /**
+   * How long an answer of `plan(userId)` is kept (per user; `0`: ask on every metered request). A plan
+   * change reaches enforcement within this time.
+   * @default 60000
+   */
+  planCacheMs?: number;
+  /**
+   * How long a metered request waits for `plan(userId)`: then it is answered 503, counted as
+   * `plan_lookup_failed` (apart from the store's `enforcementTimeoutMs`).
+   * @default 1000
+   */
+  planTimeoutMs?: number;
+  /**
    * Named groups of providers that share a counter when a limit's `scope` names the group.
    * @default { ai_text: ['gemini', 'openai', 'anthropic', 'mistral'] }
    */
@@ -119,19 +138,23 @@ export interface UsageMonitoringModuleOptions {
   /** @default '__anonymous__' */
   anonymousUserId?: string;
   /**
-   * Provider detection by regular expression over path and User-Agent, for routes without `@Metered`.
-   * Merged over the defaults; set a provider to `null` to drop its default pattern.
-   * @default gemini `gemini|google.*ai`, openai `openai|gpt|chatgpt`, anthropic `anthropic|claude`,
-   * mistral `mistral`, tavily `tavily`, serper `serper`, metaphor `metaphor|/exa`, firecrawl `firecrawl`
+   * Provider detection for routes without `@Metered`: a regular expression per provider that must match
+   * one whole segment of the request's path, case-insensitively (`'openai|gpt'` meters `/api/OpenAI/chat`
+   * and `/gpt/complete`, not `/settings/gpt-preferences`). Merged over the defaults; set a provider to
+   * `null` to drop its default pattern.
+   * @default gemini `gemini|google-?(gen)?ai`, openai `openai|chatgpt|gpt`, anthropic `anthropic|claude`,
+   * mistral `mistral|mistralai`, tavily `tavily`, serper `serper`, metaphor `metaphor|exa`, firecrawl `firecrawl`
    */
   providerPatterns?: Record<string, string | RegExp | null>;
   /**
-   * Detect providers from the path and User-Agent at all (`false`: only `@Metered` routes are metered).
-   * @default true
+   * What provider detection looks at: `'path'`; `'path-and-user-agent'` also matches the patterns anywhere
+   * in the User-Agent when no path segment matched (a header the client controls: only behind a gateway
+   * that sets it); `false`: no detection, only `@Metered` routes are metered.
+   * @default 'path'
    */
-  detectProviders?: boolean;
+  detectProviders?: 'path' | 'path-and-user-agent' | false;
   /**
-   * Path prefixes never metered by detection.
+   * Path prefixes never metered by detection (compared case-insensitively).
    * @default ['/api/onboarding/', '/api/subscription/']
    */
   ignoredPathPrefixes?: string[];
@@ -167,12 +190,14 @@ export interface UsageMonitoringModuleOptions {
    */
   priceCatalog?: boolean;
   /**
-   * A model the price book does not know: `'default-price'` prices it as the provider's default model,
-   * `'allow-unpriced'` records its tokens at no token cost (both warn once per model), `'deny'` refuses
-   * requests naming it with 400 `USAGE_UNKNOWN_MODEL` before they reach the provider.
-   * @default 'default-price'
+   * A model the price book does not know (one released after the bundled catalog): `'highest-price'`
+   * prices it at the highest rates of any known model of its provider, so it is never cheaper than a known
+   * one (its ledger rows' price version reads `highest:<provider>:…`); `'allow-unpriced'` records its
+   * tokens at no token cost (both warn once per model); `'deny'` refuses requests naming it with 400
+   * `USAGE_UNKNOWN_MODEL` before they reach the provider. Add the model to `prices` to charge its own price.
+   * @default 'highest-price'
    */
-  unknownModels?: 'deny' | 'allow-unpriced' | 'default-price';
+  unknownModels?: 'highest-price' | 'deny' | 'allow-unpriced';
   /**
    * Model assumed when a request names none, by provider.
    * @default { gemini: 'gemini-2.5-flash', openai: 'gpt-4o-mini', anthropic: 'claude-3.5-sonnet', mistral: 'mistral-small-latest' }

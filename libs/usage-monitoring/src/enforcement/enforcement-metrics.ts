@@ -9,6 +9,8 @@ export interface EnforcementStats {
   failOpen: Record<string, number>;
   /** Settlements that could not be recorded (the requests themselves were not failed). */
   trackingFailures: number;
+  /** Reservations released because no settlement came within `storage.reservationTtlMs` (per-user store). */
+  releasedByTtl: number;
 }
 
 /** Counts enforcement failures and fail-open passes so they can be read (stats, metrics). */
@@ -17,6 +19,7 @@ export class EnforcementMetrics {
   private readonly failures = new Map<string, number>();
   private readonly failOpen = new Map<string, number>();
   private tracking = 0;
+  private releasedByTtl = 0;
 
   recordFailure(reason: EnforcementFailureReason, provider: string): void {
     const key = `${reason}:${provider}`;
@@ -32,11 +35,17 @@ export class EnforcementMetrics {
     this.tracking++;
   }
 
+  /** Reservations the TTL sweep released. */
+  recordReleasedByTtl(count: number): void {
+    this.releasedByTtl += count;
+  }
+
   snapshot(): EnforcementStats {
     return {
       failures: Object.fromEntries(this.failures),
       failOpen: Object.fromEntries(this.failOpen),
       trackingFailures: this.tracking,
+      releasedByTtl: this.releasedByTtl,
     };
   }
 }

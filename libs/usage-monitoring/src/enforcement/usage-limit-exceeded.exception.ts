@@ -80,10 +80,26 @@ function limitExceededBody(
   const limit = isCost ? microsToUsd(charge.max) : charge.max;
   const shown = (n: number) => (isCost ? `$${n.toFixed(6)}` : String(n));
   const resetAt = new Date(charge.periodEnd).toISOString();
-  const what = charge.max === 0 ? 'allows none' : `reached (${shown(current)} of ${shown(limit)} used)`;
+  const limitName = `${charge.metric} limit for ${charge.scope}`;
+  const remaining = charge.max - used;
+  let message: string;
+  if (charge.max === 0) {
+    message = `${PERIOD_ADJECTIVE[charge.period]} ${limitName} allows none. It resets at ${resetAt}.`;
+  } else if (remaining > 0 && charge.amount > remaining) {
+    // Not used up: this request alone may need more than is left (its estimate: prompt + max_tokens).
+    const asks = isCost
+      ? `may cost up to ${shown(microsToUsd(charge.amount))}; ${shown(microsToUsd(remaining))} remains`
+      : `may use up to ${charge.amount} tokens; ${remaining} ${remaining === 1 ? 'token remains' : 'tokens remain'}`;
+    message =
+      `This request ${asks} of the ${PERIOD_ADJECTIVE[charge.period].toLowerCase()} ${limitName} ` +
+      `(${shown(current)} of ${shown(limit)} used). Ask for fewer output tokens (max_tokens) to need less. ` +
+      `It resets at ${resetAt}.`;
+  } else {
+    message = `${PERIOD_ADJECTIVE[charge.period]} ${limitName} reached (${shown(current)} of ${shown(limit)} used). It resets at ${resetAt}.`;
+  }
   return {
     error: 'Usage limit exceeded',
-    message: `${PERIOD_ADJECTIVE[charge.period]} ${charge.metric} limit for ${charge.scope} ${what}. It resets at ${resetAt}.`,
+    message,
     code: USAGE_LIMIT_CODES[charge.metric],
     provider,
     usage_info: {

@@ -14,6 +14,7 @@ import { RollingStats } from '../health/rolling-stats';
 import { pathOf } from '../metering/request-path';
 import { newRequestId } from '../metering/request-id';
 import { PeriodClock } from '../plans/billing-period';
+import { PlanLookupError } from '../plans/plan-lookup';
 import type { ResolvedPlan } from '../plans/plan-resolver';
 import type { PlanAssignment } from '../plans/plan.interface';
 import { UsageStoreError } from '../storage/usage-store.error';
@@ -48,6 +49,9 @@ type HttpRequest = UsageRequest & {
 
 class EnforcementTimeoutError extends Error {}
 
+/** Headers that carry a client's credentials: their presence without a user hints at the guard order. */
+const CREDENTIAL_HEADERS = ['authorization', 'x-api-key', 'x-goog-api-key', 'cookie'];
+
 const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
   typeof v === 'object' && v !== null && typeof (v as PromiseLike<T>).then === 'function';
 
@@ -64,6 +68,7 @@ export class UsageLimitGuard implements CanActivate {
   private readonly throttledLog = new ThrottledLogger(this.logger);
   private readonly routes = new WeakMap<object, WeakMap<object, RouteMetering>>();
   private readonly periods = new PeriodClock();
+  private hintedAuthenticationOrder = false;
 
   /** @internal Nest injects these; a subclass without a constructor of its own inherits them. */
   constructor(
@@ -82,6 +87,8 @@ export class UsageLimitGuard implements CanActivate {
     const request = context.switchToHttp().getRequest<HttpRequest>();
     const provider = this.getProvider(request, route.metered);
     if (provider === undefined) return true;
+    // Bound twice (globally and on the controller): the first binding has reserved for this request.
+    if (request[RESERVATION_KEY]) return true;
     return this.enforce(context, request, provider, route.metered?.model);
   }
 
@@ -130,12 +137,14 @@ export class UsageLimitGuard implements CanActivate {
   ): boolean | Promise<boolean> {
     let userId = this.getUserId(request);
     if (userId === undefined) {
-      if (this.options.anonymous !== 'allow') throw new UnauthorizedException();
+      if (this.options.anonymous !== 'allow') {
+        this.hintAuthenticationOrder(request);
+        throw new UnauthorizedException();
+      }
       userId = this.options.anonymousUserId;
     }
     const uid = userId;
     const now = this.options.clock();
-    let outcome: ReserveResult | PromiseLike<ReserveResult>;
     let ledgerPeriodKey = '';
     const reserveWith = (assignment: PlanAssignment | undefined): ReserveResult | Promise<ReserveResult> => {
       const plan = this.options.plans.resolve(assignment);
@@ -149,14 +158,6 @@ export class UsageLimitGuard implements CanActivate {
         now,
       });
     };
-    try {
-      const assignment = this.options.resolvePlan(uid);
-      outcome = isThenable<PlanAssignment | undefined>(assignment)
-        ? Promise.resolve(assignment).then(reserveWith)
-        : reserveWith(assignment);
-    } catch (e) {
-      return this.onFailure(context, e, provider);
-    }
     const admit = (result: ReserveResult): boolean => {
       if (!result.admitted) {
         this.stats.record(429);
@@ -175,8 +176,42 @@ export class UsageLimitGuard implements CanActivate {
       this.releaseIfNeverSettled(context, metering);
       return true;
     };
-    if (!isThenable<ReserveResult>(outcome)) return admit(outcome);
-    return this.withTimeout(outcome).then(admit, (e) => this.onFailure(context, e, provider));
+    // The plan lookup (cached, with its own deadline), then the reservation within enforcementTimeoutMs.
+    const decide = (assignment: PlanAssignment | undefined): boolean | Promise<boolean> => {
+      let outcome: ReserveResult | PromiseLike<ReserveResult>;
+      try {
+        outcome = reserveWith(assignment);
+      } catch (e) {
+        return this.onFailure(context, e, provider);
+      }
+      if (!isThenable<ReserveResult>(outcome)) return admit(outcome);
+      return this.withTimeout(outcome).then(admit, (e) => this.onFailure(context, e, provider));
+    };
+    let assignment: PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+    try {
+      assignment = this.options.resolvePlan(uid);
+    } catch (e) {
+      return this.onFailure(context, e, provider);
+    }
+    if (!isThenable<PlanAssignment | undefined>(assignment)) return decide(assignment);
+    return Promise.resolve(assignment).then(decide, (e) => this.onFailure(context, e, provider));
+  }
+
+  /**
+   * A request that carries credentials but reaches the guard without a user most likely met the guard
+   * before the app's authentication ran (a global guard registered first): say so, once.
+   */
+  private hintAuthenticationOrder(request: UsageRequest): void {
+    if (this.hintedAuthenticationOrder || request.user !== undefined) return;
+    const credentials = CREDENTIAL_HEADERS.filter((h) => request.headers[h] !== undefined);
+    if (!credentials.length) return;
+    this.hintedAuthenticationOrder = true;
+    this.logger.warn(
+      `a metered request carries credentials (${credentials.join(', ')}) but no authenticated user: UsageLimitGuard ` +
+        'ran before your authentication. Authenticate in middleware, or register your authentication guard ' +
+        'before UsageLimitGuard (global guards run in the order their APP_GUARD providers are registered, and ' +
+        'before controller guards); it must set request.user (or answer the userId option).',
+    );
   }
 
   private charges(
@@ -274,9 +309,11 @@ export class UsageLimitGuard implements CanActivate {
     const reason: EnforcementFailureReason =
       error instanceof UsageStoreError
         ? error.reason
-        : error instanceof EnforcementTimeoutError
-          ? 'database_session_unavailable'
-          : 'unexpected_enforcement_error';
+        : error instanceof PlanLookupError
+          ? 'plan_lookup_failed'
+          : error instanceof EnforcementTimeoutError
+            ? 'database_session_unavailable'
+            : 'unexpected_enforcement_error';
     this.metrics.recordFailure(reason, provider);
     if (this.options.emergencyFailOpen) {
       this.metrics.recordFailOpen(provider);
@@ -286,7 +323,14 @@ export class UsageLimitGuard implements CanActivate {
       );
       return true;
     }
-    this.throttledLog.error(`failure:${reason}`, `usage enforcement unavailable (${reason}): answering 503`);
+    const cause =
+      reason === 'plan_lookup_failed'
+        ? `the plan(userId) option failed or did not answer within planTimeoutMs`
+        : 'the usage store could not decide in time';
+    this.throttledLog.error(
+      `failure:${reason}`,
+      `usage enforcement unavailable (${reason}): ${cause}; answering 503`,
+    );
     this.stats.record(503);
     return this.throwUnavailable(context);
   }

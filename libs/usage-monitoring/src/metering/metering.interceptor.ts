@@ -75,6 +75,8 @@ export class MeteringInterceptor implements NestInterceptor {
     if (!metering) {
       return this.options.recordAllRequests ? this.recordUnmetered(context, request, next) : next.handle();
     }
+    // Bound twice (globally and on the controller): the outer binding settles.
+    if (metering.intercepted) return next.handle();
     metering.intercepted = true;
     const route = this.route(context);
     if (route.sse) return this.meterSse(context, metering, route, next);

@@ -1,3 +1,4 @@
+import { closest, oneOf, shown } from '../options-validation';
 import { usdToMicros } from '../pricing/money';
 import type { Limit, LimitMetric, PeriodUnit, Plan } from './plan.interface';
 
@@ -8,6 +9,8 @@ export interface CompiledLimit {
   metric: LimitMetric;
   period: PeriodUnit;
   max: number;
+  /** Where the options declared it, e.g. `plans[0].limits[2]`. */
+  where: string;
 }
 
 const METRICS: readonly LimitMetric[] = ['calls', 'tokens', 'cost'];
@@ -76,6 +79,26 @@ export class PlanCatalog {
     return hit;
   }
 
+  /**
+   * Refuses a limit whose scope names no known provider, no provider group and not `'*'`: such a limit
+   * would limit nothing (a typo such as `'opnai'` would leave `openai` unlimited).
+   */
+  checkScopes(knownProviders: ReadonlySet<string>): void {
+    const names = [...knownProviders, ...Object.keys(this.groups)];
+    for (const limits of this.plans.values()) {
+      for (const l of limits) {
+        if (l.scope === '*' || names.includes(l.scope)) continue;
+        const hint = closest(l.scope, names);
+        throw new Error(
+          `${l.where}.scope "${l.scope}" names no provider, provider group or '*'` +
+            `${hint ? ` (did you mean "${hint}"?)` : ''}. Known providers: ${[...knownProviders].sort().join(', ')}; ` +
+            `groups: ${Object.keys(this.groups).join(', ') || 'none'}. A provider of your own is known once a route ` +
+            `names it in @Metered({ provider }) or providerPatterns has it.`,
+        );
+      }
+    }
+  }
+
   /** Whether a limit's scope covers a provider. */
   applies(scope: string, provider: string): boolean {
     return scope === '*' || scope === provider || (this.groups[scope]?.includes(provider) ?? false);
@@ -85,26 +108,21 @@ export class PlanCatalog {
 function compileLimit(l: Limit, where: string): CompiledLimit {
   if (!l || typeof l !== 'object')
     throw new Error(`${where} must be an object { metric, scope, period, max }`);
-  if (!METRICS.includes(l.metric)) {
-    throw new Error(`${where}.metric must be one of ${METRICS.join(', ')} (got ${JSON.stringify(l.metric)})`);
-  }
-  const period = l.period ?? 'month';
-  if (!PERIODS.includes(period)) {
-    throw new Error(`${where}.period must be one of ${PERIODS.join(', ')} (got ${JSON.stringify(l.period)})`);
-  }
+  const metric = oneOf(l.metric, METRICS, `${where}.metric`);
+  const period = oneOf(l.period ?? 'month', PERIODS, `${where}.period`);
   if (typeof l.scope !== 'string' || l.scope === '') {
     throw new Error(`${where}.scope must be a provider, a provider group or '*'`);
   }
   let max: number;
-  if (l.metric === 'cost') {
+  if (metric === 'cost') {
     max = usdToMicros(l.max, `${where}.max`);
   } else {
     if (!Number.isSafeInteger(l.max) || l.max < 0) {
       throw new Error(
-        `${where}.max must be a non-negative integer (got ${JSON.stringify(l.max)}); omit the limit for unlimited`,
+        `${where}.max must be a non-negative integer (got ${shown(l.max)}); omit the limit for unlimited`,
       );
     }
     max = l.max;
   }
-  return { limitId: `${l.scope}:${l.metric}:${period}`, scope: l.scope, metric: l.metric, period, max };
+  return { limitId: `${l.scope}:${metric}:${period}`, scope: l.scope, metric, period, max, where };
 }

@@ -51,6 +51,36 @@ export function catalogPrice(
   return price && { id: found.model.id, price };
 }
 
+/**
+ * The highest rates of any model the catalog prices for a provider at `at` (each rate on its own, tiers
+ * included): what a model the catalog does not know yet is charged, so that it is never cheaper than a
+ * known one. `undefined` for a provider the catalog does not cover.
+ */
+export function catalogHighest(provider: string, at: Date): TokenRates | undefined {
+  const found = findProvider({ providerId: PROVIDER_IDS[provider] ?? provider });
+  if (!found) return undefined;
+  let highest: TokenRates | undefined;
+  for (const model of found.models) {
+    const price = catalogPrice(provider, model.id, at)?.price;
+    if (!price) continue;
+    for (const rates of [price, ...(price.tiers ?? []).map((t) => t.rates)])
+      highest = maxRates(highest, rates);
+  }
+  return highest;
+}
+
+/** Each rate the higher of the two. */
+export function maxRates(a: TokenRates | undefined, b: TokenRates): TokenRates {
+  if (!a) return { ...b };
+  return {
+    inputPerMTok: Math.max(a.inputPerMTok, b.inputPerMTok),
+    outputPerMTok: Math.max(a.outputPerMTok, b.outputPerMTok),
+    cachedInputPerMTok: Math.max(a.cachedInputPerMTok, b.cachedInputPerMTok),
+    cacheWritePerMTok: Math.max(a.cacheWritePerMTok, b.cacheWritePerMTok),
+    reasoningPerMTok: Math.max(a.reasoningPerMTok, b.reasoningPerMTok),
+  };
+}
+
 type CatalogValue = ModelPrice[string];
 
 const FIELDS: Readonly<Record<string, keyof TokenRates>> = {

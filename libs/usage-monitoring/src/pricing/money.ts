@@ -1,3 +1,5 @@
+import { shown } from '../options-validation';
+
 /** Money is integer micro-dollars (1 USD = 1,000,000 µ$): sums never drift. */
 export const MICROS_PER_USD = 1_000_000;
 
@@ -7,7 +9,7 @@ export const MICROS_PER_USD = 1_000_000;
  */
 export function usdToMicros(usd: number, what: string): number {
   if (typeof usd !== 'number' || !Number.isFinite(usd) || usd < 0) {
-    throw new Error(`${what} must be a finite, non-negative number of US dollars (got ${String(usd)})`);
+    throw new Error(`${what} must be a finite, non-negative number of US dollars (got ${shown(usd)})`);
   }
   const micros = Math.round(usd * MICROS_PER_USD);
   if (Math.abs(usd * MICROS_PER_USD - micros) > 1e-6 * Math.max(1, micros)) {

@@ -103,17 +103,33 @@ describe('provider usage → exact tokens and cost', () => {
 describe('unknown models', () => {
   const q = { inputTokens: 1_000_000, outputTokens: 0, searches: 0, images: 0, pages: 0 };
 
-  it('default-price: priced as the provider’s default model', () => {
+  it('highest-price (the default): a new model costs what the provider’s dearest known model costs, never less', () => {
+    const book = new PriceBook({ builtin: DEFAULT_PRICES, defaultModels: DEFAULT_MODELS });
+    const million = { ...q, outputTokens: 1_000_000 };
+    // 1M in + 1M out: o1-pro, the catalog's dearest OpenAI model, costs $150 + $600.
+    expect(book.price('openai', 'o1-pro', million).costMicros).toBe(750_000_000);
+    expect(book.price('openai', 'my-new-model-2027', million)).toEqual({
+      costMicros: 750_000_000,
+      pricedAs: 'highest:openai',
+      priceVersion: `highest:openai:genai-prices@${CATALOG_VERSION}`,
+    });
+    // Each rate on its own: Anthropic's dearest input and output rates.
+    expect(book.price('anthropic', 'claude-9', million).costMicros).toBe(90_000_000);
+    // A request that names no model is priced as the provider's default model, as before.
+    expect(book.price('openai', undefined, million).costMicros).toBe(750_000);
+  });
+
+  it('highest-price without the catalog: the dearest of the prices option and the default model', () => {
     const book = new PriceBook({
+      catalog: false,
       builtin: DEFAULT_PRICES,
-      defaultModels: DEFAULT_MODELS,
-      unknownModels: 'default-price',
+      overrides: {
+        'gpt-4o-mini': { inputPerMTok: 0.15, outputPerMTok: 0.6 },
+        'gpt-4o': { inputPerMTok: 2.5, outputPerMTok: 10 },
+      },
+      defaultModels: { openai: 'gpt-4o-mini' },
     });
-    expect(book.price('openai', 'gpt-9-turbo', q)).toEqual({
-      costMicros: 150_000,
-      pricedAs: 'gpt-4o-mini',
-      priceVersion: `genai-prices@${CATALOG_VERSION}:gpt-4o-mini`,
-    });
+    expect(book.price('openai', 'gpt-5', { ...q, outputTokens: 1_000_000 }).costMicros).toBe(12_500_000);
   });
 
   it('allow-unpriced: tokens at no token cost', () => {
@@ -212,6 +228,11 @@ describe('the maintained catalog (@pydantic/genai-prices) as default prices', ()
       overrides: { 'gpt-4o-mini': { inputPerMTok: 1, outputPerMTok: 1 } },
       defaultModels: { openai: 'gpt-4o-mini' },
     });
-    expect(own.price('openai', 'gpt-4o', q(1_000_000, 0)).pricedAs).toBe('gpt-4o-mini');
+    // gpt-4o is unknown without the catalog: the dearest known rates, here gpt-4o-mini's own.
+    expect(own.price('openai', 'gpt-4o', q(1_000_000, 0))).toEqual({
+      costMicros: 1_000_000,
+      pricedAs: 'highest:openai',
+      priceVersion: 'highest:openai:options',
+    });
   });
 });

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { Logger } from '@nestjs/common';
 import { escapeForLog } from '../enforcement/throttled-logger';
 import { DEFAULT_PRICES } from './default-prices';
-import { CATALOG_NAME, CATALOG_VERSION, catalogPrice } from './catalog';
+import { CATALOG_NAME, CATALOG_VERSION, catalogHighest, catalogPrice, maxRates } from './catalog';
 import type { Price, PriceOverride, TokenRates, UsageQuantities } from './price.interface';
 import { usdToMicros } from './money';
 
@@ -31,13 +31,20 @@ const CACHE_MAX = 4096;
 const CACHE_TTL_MS = 3_600_000;
 
 /**
- * What to do with a model the price book does not know:
- * - `default-price`: price it as the provider's default model (a warning once per model);
+ * What to do with a model the price book does not know (a model released after the bundled catalog):
+ * - `highest-price`: price it at the highest rates of any known model of its provider, so that it is
+ *   never cheaper than a known one (a warning once per model; the ledger's price version says so);
  * - `allow-unpriced`: record its tokens at no token cost (a warning once per model);
  * - `deny`: refuse requests that name it (400 `USAGE_UNKNOWN_MODEL`) before they reach the provider;
- *   a response that names one is priced as `default-price`.
+ *   a response that names one is priced as `highest-price`.
  */
-export type UnknownModelPolicy = 'deny' | 'allow-unpriced' | 'default-price';
+export type UnknownModelPolicy = 'highest-price' | 'deny' | 'allow-unpriced';
+
+export const UNKNOWN_MODEL_POLICIES: readonly UnknownModelPolicy[] = [
+  'highest-price',
+  'deny',
+  'allow-unpriced',
+];
 
 /** What the price book answers for one request. */
 export interface PricedUsage {
@@ -46,7 +53,8 @@ export interface PricedUsage {
   pricedAs?: string;
   /**
    * Where that price came from, stored on the ledger row: `genai-prices@<version>:<model>` (the catalog),
-   * `options:<hash of the prices option>:<name>` (an override) or `builtin:<name>` (this library's table).
+   * `options:<hash of the prices option>:<name>` (an override), `builtin:<name>` (this library's table) or
+   * `highest:<provider>:<sources>` (a model nobody prices, at its provider's highest known rates).
    */
   priceVersion?: string;
 }
@@ -84,11 +92,12 @@ export class PriceBook {
   private readonly cache = new Map<string, Entry | null>();
   private cacheUntil = 0;
   private readonly warned = new Set<string>();
+  private readonly highest = new Map<string, Entry | null>();
 
   constructor(options: PriceBookOptions = {}) {
     this.useCatalog = options.catalog ?? true;
     this.defaultModels = options.defaultModels ?? {};
-    this.unknownModels = options.unknownModels ?? 'default-price';
+    this.unknownModels = options.unknownModels ?? 'highest-price';
     for (const [name, p] of Object.entries(options.builtin ?? DEFAULT_PRICES)) {
       this.builtin.set(name, {
         key: name,
@@ -143,9 +152,11 @@ export class PriceBook {
   price(provider: string, model: string | undefined, q: UsageQuantities): PricedUsage {
     const byModel = model !== undefined ? this.lookup(provider, model) : undefined;
     let token = byModel;
-    if (!token && (model === undefined || this.unknownModels !== 'allow-unpriced')) {
+    if (!token && model === undefined) {
       const fallback = this.defaultModels[provider];
       token = fallback !== undefined ? this.lookup(provider, fallback) : undefined;
+    } else if (!token && this.unknownModels !== 'allow-unpriced') {
+      token = this.highestOf(provider);
     }
     if (model !== undefined && !byModel && (q.inputTokens > 0 || q.outputTokens > 0))
       this.warnOnce(provider, model);
@@ -173,13 +184,44 @@ export class PriceBook {
     return { costMicros: cost, pricedAs: applied.key, priceVersion: applied.version };
   }
 
+  /**
+   * The highest rates of the provider's known models: the catalog's (per rate, tiers included) and the
+   * provider's default model; with the catalog off, the `prices` option's token entries instead (their
+   * provider is not known, so all of them count). Computed once per provider and catalog hour.
+   */
+  private highestOf(provider: string): Entry | undefined {
+    this.expireCaches(Date.now());
+    let hit = this.highest.get(provider);
+    if (hit === undefined) {
+      const sources: Entry[] = [];
+      const fallback = this.defaultModels[provider];
+      const defaultEntry = fallback !== undefined ? this.lookup(provider, fallback) : undefined;
+      if (defaultEntry) sources.push(defaultEntry);
+      if (!this.useCatalog)
+        for (const o of this.overrides.values())
+          if (o.price.inputPerMTok || o.price.outputPerMTok) sources.push(o);
+      let rates = this.useCatalog ? catalogHighest(provider, new Date()) : undefined;
+      for (const e of sources) {
+        rates = maxRates(rates, e.price);
+        for (const t of e.price.tiers ?? []) rates = maxRates(rates, t.rates);
+      }
+      const source = this.useCatalog ? `${CATALOG_NAME}@${CATALOG_VERSION}` : 'options';
+      hit = rates
+        ? {
+            key: `highest:${provider}`,
+            price: { ...rates, perRequest: 0, perSearch: 0, perImage: 0, perPage: 0 },
+            version: `highest:${provider}:${source}`,
+          }
+        : null;
+      this.highest.set(provider, hit);
+    }
+    return hit ?? undefined;
+  }
+
   /** The entry of a name, cached (the catalog's matching is a scan of its rules). */
   private lookup(provider: string, name: string): Entry | undefined {
     const now = Date.now();
-    if (now >= this.cacheUntil || this.cache.size >= CACHE_MAX) {
-      this.cache.clear();
-      this.cacheUntil = now + CACHE_TTL_MS;
-    }
+    this.expireCaches(now);
     const k = `${provider}\u0001${name}`;
     let entry = this.cache.get(k);
     if (entry === undefined) {
@@ -187,6 +229,14 @@ export class PriceBook {
       this.cache.set(k, entry);
     }
     return entry ?? undefined;
+  }
+
+  /** Catalog prices change on dates: answers are kept for an hour at most. */
+  private expireCaches(now: number): void {
+    if (now < this.cacheUntil && this.cache.size < CACHE_MAX) return;
+    this.cache.clear();
+    this.highest.clear();
+    this.cacheUntil = now + CACHE_TTL_MS;
   }
 
   private find(provider: string, name: string, at: Date): Entry | undefined {
@@ -222,10 +272,13 @@ export class PriceBook {
     const k = `${provider}\u0001${model}`;
     if (this.warned.has(k) || this.warned.size > 1000) return;
     this.warned.add(k);
+    const highest = this.highestOf(provider)?.price;
     const how =
       this.unknownModels === 'allow-unpriced'
         ? 'its tokens are recorded at no token cost'
-        : `it is priced as ${this.defaultModels[provider] ?? 'nothing (no default model)'}`;
+        : highest
+          ? `it is priced at the highest rates of ${provider}'s known models ($${highest.inputPerMTok / 1e6} in / $${highest.outputPerMTok / 1e6} out per million tokens)`
+          : 'it has no token price (nothing is known of its provider)';
     this.logger.warn(
       `model "${escapeForLog(model, 80)}" of ${provider} has no price; ${how}. Add it to the prices option.`,
     );

@@ -21,7 +21,7 @@ export function withoutNul(v: string | null): string | null {
 }
 
 /** The admitted answer to a reservation request: the reservation is the request's own charges. */
-export function admittedAs(req: ReserveRequest): ReserveResult {
+export function admittedAs(req: ReserveRequest): Extract<ReserveResult, { admitted: true }> {
   return {
     admitted: true,
     reservation: {

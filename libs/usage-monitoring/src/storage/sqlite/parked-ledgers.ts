@@ -47,6 +47,10 @@ export class ParkedLedgers {
     return this.failing.size > 0;
   }
 
+  values(): IterableIterator<UserLedger> {
+    return this.ledgers.values();
+  }
+
   get(userId: string): UserLedger | undefined {
     const ledger = this.ledgers.get(userId);
     if (ledger) {

@@ -78,6 +78,7 @@ describe('PerUserSqliteStore', () => {
       maxOpenDataSources: 8,
       busyTimeoutMs: 1000,
       synchronous: 'normal',
+      reservationTtlMs: 900_000,
       clock: () => NOW,
     });
     await store.init();

@@ -15,6 +15,7 @@ import type {
   StoreHealth,
   UsageStore,
 } from '../usage-store.interface';
+import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
@@ -31,6 +32,10 @@ export interface PerUserSqliteStoreOptions {
   /** @default 'sqlite3' */
   driver?: SqliteDriver;
   clock: () => number;
+  /** A reservation not settled by then (ms) is released by a sweep (see `sweep`). */
+  reservationTtlMs: number;
+  /** Told how many reservations each sweep released. */
+  onReservationsReleased?: (count: number) => void;
   /**
    * A user whose commit has been running longer than this (ms) is refused new reservations (503) until
    * it completes, instead of piling requests up behind a slow disk or a lock held elsewhere.
@@ -48,6 +53,8 @@ export interface PerUserSqliteStoreOptions {
  */
 export class PerUserSqliteStore implements UsageStore {
   private readonly logger = new Logger('UsageMonitoring');
+  private readonly log = new ThrottledLogger(this.logger);
+  private sweeper: NodeJS.Timeout | undefined;
   private readonly dataDir: string;
   private readonly factory: UserDataSourceFactory;
   private readonly cache: UserLedgerCache;
@@ -97,6 +104,9 @@ export class PerUserSqliteStore implements UsageStore {
     }
     this.lock.acquire();
     await this.factory.prepareTemplate();
+    const ttl = this.options.reservationTtlMs;
+    this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
+    this.sweeper.unref();
     if (this.options.journal) {
       try {
         this.journal = await UsageJournal.open(this.dataDir, {
@@ -139,11 +149,30 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
+    // A ledger with a reservation in flight is never evicted; one whose reservation the TTL sweep
+    // released may have been, and is opened again to record the late settlement.
     const ledger = this.ledger(reservation.userId);
-    // A ledger with a reservation in flight is never evicted, so it is always here.
-    if (!ledger)
-      return Promise.reject(new UsageStoreError('unexpected_enforcement_error', 'ledger not open'));
-    return ledger.settle(reservation, settlement);
+    if (ledger) return ledger.settle(reservation, settlement);
+    return this.cache.acquire(reservation.userId).then((l) => l.settle(reservation, settlement));
+  }
+
+  /**
+   * Releases reservations older than `reservationTtlMs` (a handler that never completed, a stalled upstream
+   * stream), so that they stop holding quota and their user's database slot. Returns how many.
+   */
+  sweep(now = this.options.clock()): number {
+    const before = now - this.options.reservationTtlMs;
+    let released = 0;
+    for (const ledger of this.cache.values()) released += ledger.expire(before);
+    if (this.parked) for (const ledger of this.parked.values()) released += ledger.expire(before);
+    if (released > 0) {
+      this.options.onReservationsReleased?.(released);
+      this.log.warn(
+        'ttl',
+        `released ${released} reservation(s) not settled within storage.reservationTtlMs (${this.options.reservationTtlMs} ms); a settlement arriving later is still recorded`,
+      );
+    }
+    return released;
   }
 
   async recordRequest(row: ApiRequestRecord): Promise<void> {
@@ -196,6 +225,7 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
     // The journal first (its commits hand rows to the ledgers), the ledgers (they apply them, and ask the
     // journal to forget them), then the journal's last deletions.
     const journaled = (await this.journal?.drain()) ?? true;

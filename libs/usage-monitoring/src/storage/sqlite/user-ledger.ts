@@ -45,6 +45,8 @@ const counterKey = (periodKey: string, scope: string, metric: string) =>
  */
 export class UserLedger {
   private readonly counters = new Map<string, Counter>();
+  /** Reservations not yet settled or released, by request id (the TTL sweep releases old ones). */
+  private readonly outstanding = new Map<string, Reservation>();
   private inFlight = 0;
   /** Writes handed to the journal and not yet in it (their response may be out after a failed commit). */
   private unjournaled = 0;
@@ -162,21 +164,42 @@ export class UserLedger {
     }
     for (const c of charges) this.counter(c, req.now).reserved += c.amount;
     this.inFlight++;
-    return admittedAs(req);
+    const admitted = admittedAs(req);
+    this.outstanding.set(req.requestId, admitted.reservation);
+    return admitted;
   }
 
+  /** Gives a reservation back uncharged; nothing when it was settled or released already. */
   release(reservation: Reservation): void {
+    if (!this.outstanding.delete(reservation.requestId)) return;
     for (const c of reservation.charges) this.counter(c, reservation.createdAt).reserved -= c.amount;
     this.inFlight--;
     this.notifyIfIdle();
   }
 
+  /** Releases the reservations made before `before` (handlers that never completed); returns how many. */
+  expire(before: number): number {
+    let released = 0;
+    for (const r of this.outstanding.values()) {
+      if (r.createdAt >= before) continue;
+      this.release(r);
+      released++;
+    }
+    return released;
+  }
+
+  /**
+   * Charges a request. Its reservation is normally outstanding here; one the TTL sweep released (or that
+   * was made before this ledger was reopened) holds nothing any more, and is recorded all the same.
+   */
   settle(reservation: Reservation, s: Settlement): Promise<SettleResult> {
+    const held = this.outstanding.delete(reservation.requestId);
+    if (!held) this.inFlight++; // the write below ends it
     const deltas: CounterDelta[] = [];
     const alerts: UsageAlert[] = [];
     for (const c of reservation.charges) {
       const ctr = this.counter(c, reservation.createdAt);
-      ctr.reserved -= c.amount;
+      if (held) ctr.reserved -= c.amount;
       const actual = actualOf(s.actual, c.metric);
       if (actual <= 0) continue;
       const before = ctr.used;
