@@ -4,7 +4,8 @@
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
  * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal),
- * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite), BENCH_LEASES=<requests per lease> (shared PostgreSQL)
+ * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite), BENCH_INTENT=0 (storage.durableIntent off),
+ *              BENCH_LEASES=<requests per lease> (shared PostgreSQL)
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
@@ -136,6 +137,7 @@ function storage(): StorageOptions {
       },
       poolSize: 16,
       leases: process.env.BENCH_LEASES ? { requests: Number(process.env.BENCH_LEASES) } : false,
+      durableIntent: process.env.BENCH_INTENT !== '0',
     };
   }
   return {
@@ -143,6 +145,7 @@ function storage(): StorageOptions {
     maxOpenDataSources: Number(process.env.BENCH_MAX_OPEN) || 256,
     driver: process.env.BENCH_DRIVER === 'better-sqlite3' ? 'better-sqlite3' : 'sqlite3',
     journal: process.env.BENCH_JOURNAL ? { applyDelayMs: Number(process.env.BENCH_JOURNAL) } : false,
+    durableIntent: process.env.BENCH_INTENT !== '0',
   };
 }
 

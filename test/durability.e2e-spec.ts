@@ -2,7 +2,7 @@ import { Agent } from 'node:http';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageService } from '@app/usage-monitoring';
-import { JOURNAL_FILE } from '@app/usage-monitoring/storage/sqlite/usage-journal';
+import { INTENT_FILE, JOURNAL_FILE } from '@app/usage-monitoring/storage/sqlite/usage-journal';
 import { PerUserSqliteStore } from '@app/usage-monitoring/storage/sqlite/per-user-sqlite.store';
 import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import { createTestApp, tempDataDir } from './utils/create-test-app';
@@ -41,10 +41,10 @@ async function loadUntil(
   return results;
 }
 
-/** Rows left in the cross-user journal of a data directory. */
-async function journalRows(dataDir: string): Promise<number> {
+/** Rows left in the cross-user journal (or the intent log) of a data directory. */
+async function journalRows(dataDir: string, file = JOURNAL_FILE): Promise<number> {
   const [{ n }] = await querySqliteFile<{ n: number }>(
-    join(dataDir, JOURNAL_FILE),
+    join(dataDir, file),
     'SELECT COUNT(*) AS n FROM usage_journal',
   );
   return n;
@@ -73,6 +73,8 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
       name: 'through the journal, users kept in memory (1 open file, 20 ms apply)',
       env: { USAGE_TEST_JOURNAL_MS: '20', USAGE_TEST_MAX_OPEN: '1' },
     },
+    // Each admitted request's intent committed before its handler: those in flight at a kill are charged.
+    { name: 'with durable intent', env: { USAGE_TEST_DURABLE_INTENT: '1' } },
   ];
   it.each(modes)(
     'SIGKILL under load, 5 runs ($name): every acknowledged request has exactly one ledger row; counters equal the ledger',
@@ -102,6 +104,7 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
         expect(await postMarked(server.url, new Agent(), USERS[0], 'after-recovery')).toBe(200);
         await server.stop();
         if (env.USAGE_TEST_JOURNAL_MS) expect(await journalRows(dataDir)).toBe(0); // everything applied
+        if (env.USAGE_TEST_DURABLE_INTENT) expect(await journalRows(dataDir, INTENT_FILE)).toBe(0);
         acknowledged.set('after-recovery', USERS[0]);
 
         let rows = 0;
@@ -124,6 +127,74 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
         expect(rows).toBeLessThanOrEqual(sent + 1);
       } finally {
         server?.child.kill('SIGKILL');
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  it.each<{ name: string; env: Record<string, string> }>([
+    { name: 'committed to each user file', env: {} },
+    { name: 'through the cross-user journal', env: { USAGE_TEST_JOURNAL_MS: '60000' } },
+  ])(
+    'durable intent ($name): requests in flight at a SIGKILL are charged once at their estimate, flagged interrupted',
+    async ({ env }) => {
+      const dataDir = tempDataDir();
+      const intent = { USAGE_TEST_DATA_DIR: dataDir, USAGE_TEST_DURABLE_INTENT: '1', ...env };
+      let server = await spawnServer(intent);
+      try {
+        const agent = new Agent({ keepAlive: true });
+        const done = await Promise.all(
+          Array.from({ length: 6 }, (_, i) => postMarked(server.url, agent, USERS[i % 3], `done-${i}`)),
+        );
+        expect(done).toEqual(new Array(6).fill(200));
+        // Twelve requests whose upstream call takes 5 s: admitted, their handlers running, when the process dies.
+        const stuck = Array.from({ length: 12 }, (_, i) =>
+          postMarked(server.url, agent, USERS[i % 3], `stuck-${i}`, { delayMs: 5_000, max_tokens: 50 }),
+        );
+        await new Promise((r) => setTimeout(r, 500));
+        server.child.kill('SIGKILL');
+        expect(await Promise.all(stuck)).toEqual(new Array(12).fill(0));
+        await server.exited;
+        agent.destroy();
+
+        // The next start charges each of them, once; a second restart charges nothing more.
+        for (let restart = 0; restart < 2; restart++) {
+          server = await spawnServer(intent);
+          await server.stop();
+        }
+        expect(await journalRows(dataDir, INTENT_FILE)).toBe(0);
+        let interrupted = 0;
+        for (const user of USERS) {
+          const rows = await queryUserDb<{
+            endpoint: string;
+            outcome: string;
+            estimated: number;
+            status_code: number;
+            input_tokens: number;
+            output_tokens: number;
+          }>(
+            dataDir,
+            user,
+            'SELECT endpoint, outcome, estimated, status_code, input_tokens, output_tokens FROM usage_events',
+          );
+          const { used } = await ledger(dataDir, user);
+          expect(used).toBe(rows.length); // counters equal the ledger
+          expect(rows).toHaveLength(6); // 2 done and 4 stuck per user, each once
+          for (const r of rows.filter((x) => x.endpoint.includes('stuck'))) {
+            // The estimate: the prompt's tokens and the 50 max_tokens the request asked for.
+            expect(r).toMatchObject({
+              outcome: 'interrupted',
+              estimated: 1,
+              status_code: 0,
+              output_tokens: 50,
+            });
+            expect(r.input_tokens).toBeGreaterThan(0);
+            interrupted++;
+          }
+        }
+        expect(interrupted).toBe(12);
+      } finally {
+        server.child.kill('SIGKILL');
         rmSync(dataDir, { recursive: true, force: true });
       }
     },

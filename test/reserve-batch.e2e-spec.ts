@@ -112,12 +112,15 @@ describePostgres('usage_reserve_batch (PostgreSQL)', () => {
       expect(passes.filter(Boolean).length).toBeGreaterThan(0);
       expect(passes.filter((p) => !p).length).toBeGreaterThan(0);
 
-      // Revert to the previous version of the function (and the leases migration after it) and run the
-      // same batches against it.
-      const latest = USAGE_MIGRATIONS.slice(-2).map((m) => new m().name);
-      expect(latest).toEqual(['UsageReserveBatchInMemory1764547200000', 'UsageLeases1764633600000']);
-      await ds.undoLastMigration();
-      await ds.undoLastMigration();
+      // Revert to the row-per-request version of the function (and the migrations after it: leases, and the
+      // intent column, whose function decides the same) and run the same batches against it.
+      const latest = USAGE_MIGRATIONS.slice(-3).map((m) => new m().name);
+      expect(latest).toEqual([
+        'UsageReserveBatchInMemory1764547200000',
+        'UsageLeases1764633600000',
+        'UsageReservationIntent1764806400000',
+      ]);
+      for (let i = 0; i < latest.length; i++) await ds.undoLastMigration();
       for (const r of runs) expect(await outcome(ds, r.first, r.second)).toEqual(r.now);
       // And forward again.
       expect((await ds.runMigrations()).map((m) => m.name)).toEqual(latest);

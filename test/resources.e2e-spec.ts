@@ -7,7 +7,7 @@ import { tempDataDir } from './utils/create-test-app';
 import { postStatus } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { describeSqlite } from './utils/test-store';
-import { queryUserDb } from './utils/user-db';
+import { queryUserDb, sqliteFiles } from './utils/user-db';
 
 /** `USAGE_TEST_HEAVY=1` (set by CI): 20,000 users; otherwise 2,000. */
 // Hooks start a server process (ts-node compiles it: seconds on a cold cache).
@@ -121,7 +121,7 @@ describeSqlite(
       await server.stop('SIGTERM');
 
       const root = realpathSync(dataDir) + sep;
-      const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite'));
+      const files = sqliteFiles(dataDir);
       expect(files).toHaveLength(USERS);
       for (const f of files) expect(realpathSync(join(dataDir, f)).startsWith(root)).toBe(true);
       expect(new Set(ids.map(userFileName))).toEqual(new Set(files));

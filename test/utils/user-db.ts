@@ -56,7 +56,7 @@ export async function hasUserData(t: TestApp, userId: string): Promise<boolean> 
   return rows[0].n > 0;
 }
 
-/** The database files in a data directory (without WAL/SHM companions). */
+/** The users' database files in a data directory (without WAL/SHM companions and the store's dot-files). */
 export function sqliteFiles(dataDir: string): string[] {
-  return readdirSync(dataDir).filter((f) => f.endsWith('.sqlite'));
+  return readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
 }

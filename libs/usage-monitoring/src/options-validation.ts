@@ -41,6 +41,7 @@ const SQLITE_KEYS: Record<keyof SqliteStorageOptions, true> = {
   driver: true,
   journal: true,
   reservationTtlMs: true,
+  durableIntent: true,
 };
 const SHARED_KEYS: Record<keyof SharedStorageOptions, true> = {
   type: true,
@@ -49,6 +50,7 @@ const SHARED_KEYS: Record<keyof SharedStorageOptions, true> = {
   poolSize: true,
   timeouts: true,
   reservationTtlMs: true,
+  durableIntent: true,
   leases: true,
 };
 const PLAN_KEYS: Record<keyof Plan, true> = { name: true, limits: true };

@@ -18,7 +18,14 @@ import { PlanLookupError } from '../plans/plan-lookup';
 import type { ResolvedPlan } from '../plans/plan-resolver';
 import type { PlanAssignment } from '../plans/plan.interface';
 import { UsageStoreError } from '../storage/usage-store.error';
-import type { LimitCharge, ReserveResult, UsageStore } from '../storage/usage-store.interface';
+import type {
+  LimitCharge,
+  ReserveResult,
+  UsageEventRecord,
+  UsageStore,
+} from '../storage/usage-store.interface';
+import type { MeasuredUsage } from '../metering/usage-extractor';
+import type { PricedUsage } from '../pricing/price-book';
 import { MAX_USER_ID_LENGTH } from '../storage/sqlite/user-file-name';
 import type { EnforcementFailureReason } from '../usage-monitoring.constants';
 import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monitoring.internal-constants';
@@ -150,12 +157,16 @@ export class UsageLimitGuard implements CanActivate {
       const plan = this.options.plans.resolve(assignment);
       const built = this.charges(plan, provider, request.body, model, now);
       ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
+      const requestId = newRequestId();
       return this.store.reserve({
-        requestId: newRequestId(),
+        requestId,
         userId: uid,
         provider,
         charges: built.charges,
         now,
+        interrupted: this.options.durableIntent
+          ? interruptedRow(requestId, uid, provider, request, built, ledgerPeriodKey, now)
+          : undefined,
       });
     };
     const admit = (result: ReserveResult): boolean => {
@@ -232,14 +243,12 @@ export class UsageLimitGuard implements CanActivate {
     ) {
       throw new UnknownModelException(provider, estimate.model);
     }
-    const needsCost = limits.some((l) => l.metric === 'cost');
-    const cost = needsCost
-      ? this.options.priceBook.price(
-          provider,
-          estimate.model ?? this.options.priceBook.defaultModel(provider),
-          estimate,
-        ).costMicros
-      : 0;
+    // Priced when a limit counts cost, or when the estimate may be charged as it is (durable intent).
+    const priced =
+      this.options.durableIntent || limits.some((l) => l.metric === 'cost')
+        ? book.price(provider, estimate.model ?? book.defaultModel(provider), estimate)
+        : undefined;
+    const cost = priced?.costMicros ?? 0;
     const tokens = estimate.inputTokens + estimate.outputTokens;
     const charges: LimitCharge[] = limits.map((l) => {
       const w = this.periods.window(l.period, now, plan.anchorDay);
@@ -255,7 +264,7 @@ export class UsageLimitGuard implements CanActivate {
         amount: l.metric === 'calls' ? 1 : l.metric === 'tokens' ? tokens : cost,
       };
     });
-    return { charges, estimate };
+    return { charges, estimate, priced };
   }
 
   /**
@@ -351,4 +360,44 @@ export class UsageLimitGuard implements CanActivate {
     }
     return hit;
   }
+}
+
+/** The ledger row of an admitted request the process dies during: charged at its estimate (durable intent). */
+function interruptedRow(
+  requestId: string,
+  userId: string,
+  provider: string,
+  request: HttpRequest,
+  { estimate, priced }: { estimate: MeasuredUsage; priced: PricedUsage | undefined },
+  periodKey: string,
+  now: number,
+): UsageEventRecord {
+  return {
+    requestId,
+    userId,
+    provider,
+    model: estimate.model ?? null,
+    endpoint: pathOf(request).slice(0, 512),
+    method: typeof request.method === 'string' ? request.method : 'GET',
+    statusCode: 0,
+    inputTokens: estimate.inputTokens,
+    outputTokens: estimate.outputTokens,
+    cachedInputTokens: 0,
+    cacheWriteTokens: 0,
+    reasoningTokens: 0,
+    costMicros: priced?.costMicros ?? 0,
+    priceVersion: priced?.priceVersion ?? null,
+    responseTimeMs: 0,
+    requestBytes: Number(request.headers['content-length']) || 0,
+    responseBytes: 0,
+    userAgent: null,
+    ip: null,
+    searches: estimate.searches,
+    images: estimate.images,
+    pages: estimate.pages,
+    estimated: true,
+    outcome: 'interrupted',
+    periodKey,
+    occurredAt: now,
+  };
 }

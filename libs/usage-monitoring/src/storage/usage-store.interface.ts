@@ -23,6 +23,11 @@ export interface ReserveRequest {
   provider: string;
   charges: LimitCharge[];
   now: number;
+  /**
+   * With durable intent: the ledger row to record if the request is never settled (the process died while
+   * it ran), charged at its estimate. Stores that keep intents commit it before admitting the request.
+   */
+  interrupted?: UsageEventRecord;
 }
 
 export interface Reservation {
@@ -72,8 +77,11 @@ export interface UsageEventRecord {
   pages: number;
   /** True when any number on the row is an estimate rather than the provider's own figure. */
   estimated: boolean;
-  /** `ok`, `error` (the handler failed) or `partial` (the client left before the end, or a stream broke off). */
-  outcome: 'ok' | 'error' | 'partial';
+  /**
+   * `ok`, `error` (the handler failed), `partial` (the client left before the end, or a stream broke off) or
+   * `interrupted` (the process died while the request ran: charged at its estimate, with durable intent).
+   */
+  outcome: 'ok' | 'error' | 'partial' | 'interrupted';
   /** The billing month key the reservation was made in. */
   periodKey: string;
   occurredAt: number;

@@ -32,4 +32,8 @@ export class UsageReservationEntity {
 
   @Column({ name: 'expires_at', type: 'bigint', transformer: bigintAsNumber })
   expiresAt!: number;
+
+  /** Durable intent: the settlement that charges the request at its estimate if it never settles (JSON). */
+  @Column({ type: 'text', nullable: true })
+  interrupted!: string | null;
 }

@@ -1,19 +1,8 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-batches';
 
-/**
- * PostgreSQL only: `usage_reserve_batch` decides a batch's admissions against the counter values it read
- * (and locked) once, then writes each counter once and the batch's reservation rows in one INSERT. The
- * version it replaces updated the counter rows once per admitted request: a batch of 25 requests of one
- * user with three limits wrote 75 row versions where this writes 3. Same contract and same decisions:
- * requests in order, each admitted only if all of its limits pass (`used + reserved + max(need, 1) <= max`).
- */
-export class UsageReserveBatchInMemory1764547200000 implements MigrationInterface {
-  name = 'UsageReserveBatchInMemory1764547200000';
-
-  async up(q: QueryRunner): Promise<void> {
-    if (q.connection.options.type !== 'postgres') return;
-    await q.query(`
+/** The function this migration installs (a later migration derives its successor from it). */
+export const RESERVE_BATCH_IN_MEMORY = `
       CREATE OR REPLACE FUNCTION usage_reserve_batch(p_now bigint, p_requests jsonb)
       RETURNS TABLE (o_id text, o_pass boolean, o_state jsonb)
       LANGUAGE plpgsql AS $fn$
@@ -94,7 +83,21 @@ export class UsageReserveBatchInMemory1764547200000 implements MigrationInterfac
         FROM jsonb_to_recordset(p_requests) AS x(id text, u text, provider text, pk text, charges jsonb, expires bigint)
         WHERE x.id = ANY(admitted);
       END
-      $fn$`);
+      $fn$`;
+
+/**
+ * PostgreSQL only: `usage_reserve_batch` decides a batch's admissions against the counter values it read
+ * (and locked) once, then writes each counter once and the batch's reservation rows in one INSERT. The
+ * version it replaces updated the counter rows once per admitted request: a batch of 25 requests of one
+ * user with three limits wrote 75 row versions where this writes 3. Same contract and same decisions:
+ * requests in order, each admitted only if all of its limits pass (`used + reserved + max(need, 1) <= max`).
+ */
+export class UsageReserveBatchInMemory1764547200000 implements MigrationInterface {
+  name = 'UsageReserveBatchInMemory1764547200000';
+
+  async up(q: QueryRunner): Promise<void> {
+    if (q.connection.options.type !== 'postgres') return;
+    await q.query(RESERVE_BATCH_IN_MEMORY);
   }
 
   /** Back to the row-per-request version of `UsageSharedBatches1764374400000`. */

@@ -5,6 +5,7 @@ import { UsageSharedBatches1764374400000 } from './1764374400000-usage-shared-ba
 import { UsageEventDetails1764460800000 } from './1764460800000-usage-event-details';
 import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-reserve-batch-in-memory';
 import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
+import { UsageReservationIntent1764806400000 } from './1764806400000-usage-reservation-intent';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
@@ -14,6 +15,7 @@ export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageEventDetails1764460800000,
   UsageReserveBatchInMemory1764547200000,
   UsageLeases1764633600000,
+  UsageReservationIntent1764806400000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

@@ -58,6 +58,18 @@ parts AS (
 ${UNRESERVE_PARTS}
 SELECT (SELECT count(*) FROM expired) AS released`;
 
+/** The same, for a database with durable intent: rows carrying an intent are left to `EXPIRED_INTENTS`. */
+export const SWEEP_EXPIRED_WITHOUT_INTENT = SWEEP_EXPIRED.replace(
+  'WHERE expires_at < $1 RETURNING',
+  'WHERE expires_at < $1 AND interrupted IS NULL RETURNING',
+);
+
+/** Expired reservations that carry the settlement charging them at their estimate (durable intent). */
+export const EXPIRED_INTENTS = `
+SELECT interrupted FROM usage_reservations
+WHERE expires_at < $1 AND interrupted IS NOT NULL
+ORDER BY request_id LIMIT 500`;
+
 export const INSERT_ALERT = `
 INSERT INTO usage_alerts (user_id, period_key, limit_id, threshold, used, max_value, created_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -3,9 +3,10 @@ import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
-import { actualOf, admittedAs, crossedThresholds, withoutNul } from '../settlement';
+import { admittedAs, crossedThresholds } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
 import type {
+  ActualUsage,
   ApiRequestRecord,
   CounterKey,
   CounterSnapshot,
@@ -16,6 +17,7 @@ import type {
   Settlement,
   SettleResult,
   StoreHealth,
+  UsageEventRecord,
   UsageStore,
 } from '../usage-store.interface';
 import * as SQL from './postgres-statements';
@@ -23,6 +25,7 @@ import { LeaseBook } from './lease-book';
 import { PgBatcher } from './pg-batcher';
 import { createSharedDataSource, migrate, poolOf, type PgPool } from './shared-data-source';
 import type { ResolvedSharedStorage } from './shared-store.options';
+import { settleItemOf, settlePayload, type SettleItem } from './settle-item';
 import { sharedUserId } from './shared-user-id';
 
 /** Shared with the module's clock: the database clock minus this process's, sampled periodically. */
@@ -50,6 +53,8 @@ interface ReserveItem {
   expires: number;
   now: number;
   charges: { p: string; sc: string; m: string; a: number; x: number; e: number }[];
+  /** Durable intent: the settlement that charges the request at its estimate if it never settles. */
+  intent?: SettleItem;
 }
 
 interface ReserveRow {
@@ -59,39 +64,6 @@ interface ReserveRow {
 }
 
 /** A settlement as sent to the batch statement (`limits` and `alerts` stay here). */
-interface SettleItem {
-  id: string;
-  u: string;
-  provider: string;
-  model: string | null;
-  endpoint: string;
-  method: string;
-  status: number;
-  it: number;
-  ot: number;
-  cost: number;
-  rt: number;
-  rqb: number;
-  rsb: number;
-  ua: string | null;
-  ip: string | null;
-  se: number;
-  im: number;
-  pa: number;
-  est: boolean;
-  outcome: string;
-  pk: string;
-  at: number;
-  cit: number;
-  cwt: number;
-  rst: number;
-  pv: string | null;
-  charges: { p: string; sc: string; m: string; a: number; act: number }[];
-  limits: LimitCharge[];
-  /** Thresholds this settlement crossed, found after its batch committed. */
-  alerts: { index: number; threshold: number; used: number }[];
-}
-
 /**
  * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
@@ -153,6 +125,8 @@ export class SharedPostgresStore implements UsageStore {
   private timers: NodeJS.Timeout[] = [];
   /** Whether the database has the leases table (sweeping expired leases of any instance). */
   private leaseTable = false;
+  /** Whether reservation rows can carry intents (the durable-intent migration ran). */
+  private intentColumn = false;
   /** Per-instance leases (`storage.leases`), or null. */
   private readonly leases: LeaseBook | null;
 
@@ -204,6 +178,11 @@ export class SharedPostgresStore implements UsageStore {
       () => false,
     );
     if (this.leases && !this.leaseTable) throw missing;
+    this.intentColumn = await this.pool.query('SELECT interrupted FROM usage_reservations LIMIT 0').then(
+      () => true,
+      () => false,
+    );
+    if (this.options.durableIntent && !this.intentColumn) throw missing;
     await this.sampleClock();
     const sweep = setInterval(
       () => void this.sweep(),
@@ -243,6 +222,13 @@ export class SharedPostgresStore implements UsageStore {
         x: c.max,
         e: c.periodEnd,
       })),
+      intent:
+        this.options.durableIntent && req.interrupted
+          ? {
+              ...settleItemOf(req.userId, req.interrupted, charges, actualOfEvent(req.interrupted)),
+              limits: [],
+            }
+          : undefined,
     });
     if (row.o_pass) return admittedAs(req);
     return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
@@ -277,45 +263,7 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   async settle(reservation: Reservation, s: Settlement): Promise<SettleResult> {
-    const e = s.event;
-    const { charges } = reservation;
-    const item: SettleItem = {
-      id: e.requestId,
-      u: sharedUserId(reservation.userId),
-      provider: e.provider,
-      model: withoutNul(e.model),
-      endpoint: withoutNul(e.endpoint) ?? '',
-      method: e.method,
-      status: e.statusCode,
-      it: e.inputTokens,
-      ot: e.outputTokens,
-      cost: e.costMicros,
-      rt: e.responseTimeMs,
-      rqb: e.requestBytes,
-      rsb: e.responseBytes,
-      ua: withoutNul(e.userAgent),
-      ip: withoutNul(e.ip),
-      se: e.searches,
-      im: e.images,
-      pa: e.pages,
-      est: e.estimated,
-      outcome: e.outcome,
-      pk: e.periodKey,
-      at: e.occurredAt,
-      cit: e.cachedInputTokens,
-      cwt: e.cacheWriteTokens,
-      rst: e.reasoningTokens,
-      pv: withoutNul(e.priceVersion),
-      charges: charges.map((c) => ({
-        p: c.periodKey,
-        sc: c.scope,
-        m: c.metric,
-        a: c.amount,
-        act: actualOf(s.actual, c.metric),
-      })),
-      limits: charges,
-      alerts: [],
-    };
+    const item = settleItemOf(reservation.userId, s.event, reservation.charges, s.actual);
     const committed = await this.settleBatcher.submit(item);
     if (!committed) return { alerts: [] };
     return { alerts: await this.storeAlerts(reservation.userId, item) };
@@ -339,9 +287,7 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   private async runSettle(items: SettleItem[]): Promise<void> {
-    const payload = JSON.stringify(items, (k, v: unknown) =>
-      k === 'limits' || k === 'alerts' ? undefined : v,
-    );
+    const payload = settlePayload(items);
     const { rows } = await this.pool.query<{
       inserted: string[];
       counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
@@ -487,14 +433,21 @@ export class SharedPostgresStore implements UsageStore {
     if (this.owned && this.dataSource?.isInitialized) await this.dataSource.destroy();
   }
 
-  /** Releases reservations of instances that died mid-request. Returns how many. */
+  /**
+   * Expired reservations (their instance died mid-request, or their handler outlived `reservationTtlMs`):
+   * those with an intent are charged at their estimate (outcome `interrupted`), the others released.
+   * Returns how many.
+   */
   async sweep(now = this.clock()): Promise<number> {
     try {
+      const charged = this.intentColumn ? await this.chargeInterrupted(now) : 0;
       const { rows } = await this.pool.query<{ released: string }>(
-        { name: 'usage_sweep', text: SQL.SWEEP_EXPIRED },
+        this.intentColumn
+          ? { name: 'usage_sweep_without_intent', text: SQL.SWEEP_EXPIRED_WITHOUT_INTENT }
+          : { name: 'usage_sweep', text: SQL.SWEEP_EXPIRED },
         [now],
       );
-      const n = Number(rows[0]?.released ?? 0);
+      const n = Number(rows[0]?.released ?? 0) + charged;
       if (n > 0) this.logger.warn(`released ${n} expired reservation(s) left by requests that never settled`);
       if (!this.leaseTable) return n;
       const { rows: leases } = await this.pool.query<{ released: string }>(
@@ -508,6 +461,30 @@ export class SharedPostgresStore implements UsageStore {
       this.log.warn('sweep', `reservation sweep failed: ${(e as Error).message}`);
       return 0;
     }
+  }
+
+  /** Settles expired reservations that carry intents, at their estimate; the settle statement makes it once. */
+  private async chargeInterrupted(now: number): Promise<number> {
+    let charged = 0;
+    for (;;) {
+      const { rows } = await this.pool.query<{ interrupted: string }>(
+        { name: 'usage_expired_intents', text: SQL.EXPIRED_INTENTS },
+        [now],
+      );
+      if (rows.length === 0) break;
+      const items = rows.map((r) => JSON.parse(r.interrupted) as SettleItem);
+      await this.pool.query({ name: 'usage_settle_batch', text: SQL.SETTLE_BATCH }, [
+        settlePayload(items),
+        Math.max(...items.map((i) => i.at)),
+      ]);
+      charged += items.length;
+      if (rows.length < 500) break;
+    }
+    if (charged > 0)
+      this.logger.warn(
+        `charged ${charged} request(s) that never settled at their estimate (outcome interrupted)`,
+      );
+    return charged;
   }
 
   private async sampleClock(): Promise<void> {
@@ -567,4 +544,9 @@ function toStoreError(e: unknown): UsageStoreError {
     reason = 'database_session_unavailable';
   }
   return new UsageStoreError(reason, 'shared usage store failed', { cause: e });
+}
+
+/** What charging a request at its estimate consumes. */
+function actualOfEvent(e: UsageEventRecord): ActualUsage {
+  return { calls: 1, tokens: e.inputTokens + e.outputTokens, costMicros: e.costMicros };
 }

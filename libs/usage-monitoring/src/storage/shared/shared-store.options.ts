@@ -33,6 +33,16 @@ export interface SharedStorageOptions {
    */
   reservationTtlMs?: number;
   /**
+   * Durable intent: each reservation row carries the settlement that charges its request at the estimate;
+   * a reservation its instance never settled (the process died while the request ran, so its upstream call
+   * may still be billed to you) is charged that way, once, with outcome `interrupted`, by the sweeper after
+   * `reservationTtlMs`, instead of being released. Requests admitted from a lease (`leases`) have no row
+   * and are not covered. Off by default here: it cost 3–8 % of the shared store's throughput in the bench
+   * (a larger reservation row to write and delete per request); see the README.
+   * @default false
+   */
+  durableIntent?: boolean;
+  /**
    * Per-instance leases (opt-in): while a counter has plenty of room, an instance takes a block of it in
    * one statement and admits requests from that block in memory, one database round trip per block
    * instead of one per request; ledger rows are still written, batched, before each response. Near a
@@ -71,6 +81,7 @@ export interface ResolvedSharedStorage {
   statementMs: number;
   lockMs: number;
   reservationTtlMs: number;
+  durableIntent: boolean;
   /** Null when leases are off. */
   leases: ResolvedLeases | null;
 }

@@ -6,6 +6,7 @@ import { UsageStoreError } from '../usage-store.error';
 import type {
   ApiRequestRecord,
   CounterKey,
+  LimitCharge,
   CounterSnapshot,
   ReserveRequest,
   ReserveResult,
@@ -19,7 +20,8 @@ import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
-import { JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { INTENT_FILE, JOURNAL_FILE, UsageJournal } from './usage-journal';
+import type { CounterDelta } from './sqlite-batch-writer';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
 import { ParkedLedgers } from './parked-ledgers';
@@ -36,6 +38,12 @@ export interface PerUserSqliteStoreOptions {
   reservationTtlMs: number;
   /** Told how many reservations each sweep released. */
   onReservationsReleased?: (count: number) => void;
+  /**
+   * Durable intent: each admitted request's charge at its estimate (`ReserveRequest.interrupted`) is
+   * committed to the intent log before the request is admitted, and forgotten once it settles or is
+   * released; at start-up, intents a crash left are charged, once, flagged `interrupted`.
+   */
+  durableIntent?: boolean;
   /**
    * A user whose commit has been running longer than this (ms) is refused new reservations (503) until
    * it completes, instead of piling requests up behind a slow disk or a lock held elsewhere.
@@ -63,6 +71,9 @@ export class PerUserSqliteStore implements UsageStore {
   private journal: UsageJournal | undefined;
   /** Journal mode: users whose database the LRU closed, kept with their counters. */
   private parked: ParkedLedgers | undefined;
+  /** Durable intent: the log, and each admitted request's row in it. */
+  private intents: UsageJournal | undefined;
+  private readonly intentSeq = new Map<string, number>();
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -104,6 +115,20 @@ export class PerUserSqliteStore implements UsageStore {
     }
     this.lock.acquire();
     await this.factory.prepareTemplate();
+    if (this.options.durableIntent) {
+      try {
+        this.intents = await UsageJournal.open(
+          this.dataDir,
+          { ...this.options, driver: this.factory.driver },
+          INTENT_FILE,
+        );
+      } catch (e) {
+        this.lock.release();
+        throw new Error(
+          `storage.durableIntent: cannot open ${INTENT_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
+        );
+      }
+    }
     const ttl = this.options.reservationTtlMs;
     this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
     this.sweeper.unref();
@@ -136,24 +161,74 @@ export class PerUserSqliteStore implements UsageStore {
         this.logger.log(`applied journaled usage of ${users.length} user(s) left by the previous run`);
       }
     }
+    // Requests a crash interrupted are charged at their estimate (opening a ledger applies its intents).
+    const interrupted = this.intents?.leftoverUsers() ?? [];
+    if (interrupted.length) {
+      for (const userId of interrupted) await this.cache.acquire(userId);
+      await this.intents!.drain();
+      this.logger.warn(
+        `charged requests the previous run admitted and never settled, at their estimate (outcome interrupted), for ${interrupted.length} user(s)`,
+      );
+    }
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
     const ledger = this.ledger(req.userId);
-    if (ledger) return ledger.reserve(req);
-    return this.cache.acquire(req.userId).then((l) => l.reserve(req));
+    const result = ledger ? ledger.reserve(req) : this.cache.acquire(req.userId).then((l) => l.reserve(req));
+    if (!this.intents || !req.interrupted) return result;
+    return Promise.resolve(result).then((r) => (r.admitted ? this.recordIntent(req, r) : r));
+  }
+
+  /** Admits `admitted` once its intent has committed; a failed commit refuses it (503) and releases it. */
+  private recordIntent(
+    req: ReserveRequest,
+    admitted: ReserveResult & { admitted: true },
+  ): Promise<ReserveResult> {
+    const write = { event: req.interrupted, deltas: req.charges.map(deltaOf) };
+    return new Promise((resolve, reject) => {
+      let refused = false;
+      this.intents!.append(
+        req.userId,
+        write,
+        (committed) => {
+          if (committed) return resolve(admitted);
+          refused = true;
+          this.release(admitted.reservation);
+          reject(new UsageStoreError('operational_error', 'the request intent could not be committed'));
+        },
+        (seq) => {
+          if (refused) this.intents!.forget(seq);
+          else this.intentSeq.set(req.requestId, seq);
+        },
+      );
+    });
+  }
+
+  /** The request settled or was released: its intent has nothing left to charge. */
+  private forgetIntent(requestId: string): void {
+    const seq = this.intentSeq.get(requestId);
+    if (seq === undefined) return;
+    this.intentSeq.delete(requestId);
+    this.intents!.forget(seq);
   }
 
   release(reservation: Reservation): void {
     this.ledger(reservation.userId)?.release(reservation);
+    if (this.intents) this.forgetIntent(reservation.requestId);
   }
 
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
     // A ledger with a reservation in flight is never evicted; one whose reservation the TTL sweep
     // released may have been, and is opened again to record the late settlement.
     const ledger = this.ledger(reservation.userId);
-    if (ledger) return ledger.settle(reservation, settlement);
-    return this.cache.acquire(reservation.userId).then((l) => l.settle(reservation, settlement));
+    const settled = ledger
+      ? ledger.settle(reservation, settlement)
+      : this.cache.acquire(reservation.userId).then((l) => l.settle(reservation, settlement));
+    if (!this.intents) return settled;
+    return settled.then((result) => {
+      this.forgetIntent(reservation.requestId);
+      return result;
+    });
   }
 
   /**
@@ -163,8 +238,14 @@ export class PerUserSqliteStore implements UsageStore {
   sweep(now = this.options.clock()): number {
     const before = now - this.options.reservationTtlMs;
     let released = 0;
-    for (const ledger of this.cache.values()) released += ledger.expire(before);
-    if (this.parked) for (const ledger of this.parked.values()) released += ledger.expire(before);
+    const expire = (ledger: UserLedger) => {
+      for (const r of ledger.expire(before)) {
+        released++;
+        if (this.intents) this.forgetIntent(r.requestId);
+      }
+    };
+    for (const ledger of this.cache.values()) expire(ledger);
+    if (this.parked) for (const ledger of this.parked.values()) expire(ledger);
     if (released > 0) {
       this.options.onReservationsReleased?.(released);
       this.log.warn(
@@ -237,6 +318,10 @@ export class PerUserSqliteStore implements UsageStore {
       await this.journal.drain();
       await this.journal.close();
     }
+    if (this.intents) {
+      await this.intents.drain();
+      await this.intents.close();
+    }
     if (!journaled) this.logger.error('usage writes could not be committed to the journal before closing');
     if (uncommitted > 0) {
       this.logger.error(
@@ -264,6 +349,7 @@ export class PerUserSqliteStore implements UsageStore {
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
         this.journal && { journal: this.journal, applyDelayMs: this.options.journal!.applyDelayMs },
+        this.intents,
       );
       this.openFailing = false;
       return ledger;
@@ -274,4 +360,15 @@ export class PerUserSqliteStore implements UsageStore {
       throw new UsageStoreError('missing_usage_tables', 'cannot read the usage tables', { cause: e });
     }
   }
+}
+
+/** The counter increment of charging a limit its reserved amount. */
+function deltaOf(c: LimitCharge): CounterDelta {
+  return {
+    periodKey: c.periodKey,
+    scope: c.scope,
+    metric: c.metric,
+    periodEnd: c.periodEnd,
+    amount: c.amount,
+  };
 }

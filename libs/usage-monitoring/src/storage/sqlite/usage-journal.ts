@@ -6,6 +6,12 @@ import { MAX_ROWS_PER_STATEMENT, RETRY_MAX_MS, RETRY_MIN_MS, type PendingWrite }
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
 export const JOURNAL_FILE = '.usage-journal.sqlite';
 
+/**
+ * The intent log's file (durable intent): a journal whose rows are the writes that charge admitted requests
+ * at their estimate, committed before each request's handler runs and forgotten once it settles.
+ */
+export const INTENT_FILE = '.usage-intents.sqlite';
+
 /** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
 export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts'>;
 
@@ -71,8 +77,9 @@ export class UsageJournal {
   static async open(
     dataDir: string,
     options: { busyTimeoutMs: number; synchronous: 'normal' | 'full'; driver: SqliteDriver },
+    file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
-    const connection = await openConnection(options.driver, join(dataDir, JOURNAL_FILE), {
+    const connection = await openConnection(options.driver, join(dataDir, file), {
       mustExist: false,
       busyTimeoutMs: options.busyTimeoutMs,
       pragmas: `PRAGMA journal_mode = WAL;

@@ -78,6 +78,7 @@ export class UserLedger {
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
     journaled?: LedgerJournal,
+    intents?: UsageJournal,
   ): Promise<UserLedger> {
     const journal = journaled?.journal;
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
@@ -97,6 +98,22 @@ export class UserLedger {
         throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
           cause: writer.failure,
         });
+      }
+    }
+    if (intents) {
+      // Requests admitted before a crash that never settled: charged at their estimate, after the journal's
+      // settlements (a request that did settle keeps its own row; the intent's is then skipped whole).
+      const left = intents.takeLeftovers(userId);
+      for (const row of left) writer.enqueue(pendingOf({ ...row, retried: true }, intents));
+      if (left.length && !(await writer.drain())) {
+        intents.putBack(userId, writer.takeQueued().map(journalRowOf));
+        throw new UsageStoreError(
+          'operational_error',
+          'cannot charge interrupted requests to the user database',
+          {
+            cause: writer.failure,
+          },
+        );
       }
     }
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
@@ -177,13 +194,13 @@ export class UserLedger {
     this.notifyIfIdle();
   }
 
-  /** Releases the reservations made before `before` (handlers that never completed); returns how many. */
-  expire(before: number): number {
-    let released = 0;
+  /** Releases the reservations made before `before` (handlers that never completed); returns them. */
+  expire(before: number): Reservation[] {
+    const released: Reservation[] = [];
     for (const r of this.outstanding.values()) {
       if (r.createdAt >= before) continue;
       this.release(r);
-      released++;
+      released.push(r);
     }
     return released;
   }

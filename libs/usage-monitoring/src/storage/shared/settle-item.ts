@@ -1,0 +1,88 @@
+import { actualOf, withoutNul } from '../settlement';
+import type { ActualUsage, LimitCharge, UsageEventRecord } from '../usage-store.interface';
+import { sharedUserId } from './shared-user-id';
+
+/** One settlement as the settle statement takes it (`SETTLE_BATCH`), with what the store keeps beside it. */
+export interface SettleItem {
+  id: string;
+  u: string;
+  provider: string;
+  model: string | null;
+  endpoint: string;
+  method: string;
+  status: number;
+  it: number;
+  ot: number;
+  cost: number;
+  rt: number;
+  rqb: number;
+  rsb: number;
+  ua: string | null;
+  ip: string | null;
+  se: number;
+  im: number;
+  pa: number;
+  est: boolean;
+  outcome: string;
+  pk: string;
+  at: number;
+  cit: number;
+  cwt: number;
+  rst: number;
+  pv: string | null;
+  charges: { p: string; sc: string; m: string; a: number; act: number }[];
+  limits: LimitCharge[];
+  /** Thresholds this settlement crossed, found after its batch committed. */
+  alerts: { index: number; threshold: number; used: number }[];
+}
+
+/** The settlement of a request's ledger row `e` against its `charges`, consuming `actual`. */
+export function settleItemOf(
+  userId: string,
+  e: UsageEventRecord,
+  charges: LimitCharge[],
+  actual: ActualUsage,
+): SettleItem {
+  return {
+    id: e.requestId,
+    u: sharedUserId(userId),
+    provider: e.provider,
+    model: withoutNul(e.model),
+    endpoint: withoutNul(e.endpoint) ?? '',
+    method: e.method,
+    status: e.statusCode,
+    it: e.inputTokens,
+    ot: e.outputTokens,
+    cost: e.costMicros,
+    rt: e.responseTimeMs,
+    rqb: e.requestBytes,
+    rsb: e.responseBytes,
+    ua: withoutNul(e.userAgent),
+    ip: withoutNul(e.ip),
+    se: e.searches,
+    im: e.images,
+    pa: e.pages,
+    est: e.estimated,
+    outcome: e.outcome,
+    pk: e.periodKey,
+    at: e.occurredAt,
+    cit: e.cachedInputTokens,
+    cwt: e.cacheWriteTokens,
+    rst: e.reasoningTokens,
+    pv: withoutNul(e.priceVersion),
+    charges: charges.map((c) => ({
+      p: c.periodKey,
+      sc: c.scope,
+      m: c.metric,
+      a: c.amount,
+      act: actualOf(actual, c.metric),
+    })),
+    limits: charges,
+    alerts: [],
+  };
+}
+
+/** The settle statement's payload: the items without what only the store keeps. */
+export function settlePayload(items: SettleItem[]): string {
+  return JSON.stringify(items, (k, v: unknown) => (k === 'limits' || k === 'alerts' ? undefined : v));
+}
