@@ -129,9 +129,6 @@ export class PerUserSqliteStore implements UsageStore {
         );
       }
     }
-    const ttl = this.options.reservationTtlMs;
-    this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
-    this.sweeper.unref();
     if (this.options.journal) {
       try {
         this.journal = await UsageJournal.open(this.dataDir, {
@@ -148,6 +145,7 @@ export class PerUserSqliteStore implements UsageStore {
           });
         }
       } catch (e) {
+        await this.intents?.close();
         this.lock.release();
         throw new Error(
           `storage.journal: cannot open ${JOURNAL_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
@@ -170,6 +168,9 @@ export class PerUserSqliteStore implements UsageStore {
         `charged requests the previous run admitted and never settled, at their estimate (outcome interrupted), for ${interrupted.length} user(s)`,
       );
     }
+    const ttl = this.options.reservationTtlMs;
+    this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
+    this.sweeper.unref();
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
