@@ -1,22 +1,30 @@
 /**
  * One benchmark server, configured by environment, in its own process:
- * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered
+ * BENCH_MODE   bare | noop | noop-global | throttler | unmetered-global | unmetered-controller | metered |
+ *              meter-run (UsageMeter.run called from the handler, no guard or interceptor)
  * BENCH_STORE  sqlite | postgres (metered modes)
  * BENCH_PLATFORM express | fastify
  * BENCH_DATA_DIR, BENCH_SCHEMA, BENCH_MAX_OPEN, BENCH_JOURNAL=<applyDelayMs> (cross-user journal),
- * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite), BENCH_INTENT=0 (storage.durableIntent off),
- *              BENCH_LEASES=<requests per lease> (shared PostgreSQL)
+ * BENCH_DRIVER sqlite3 | better-sqlite3 (per-user SQLite), BENCH_INTENT=0|1 (storage.durableIntent off
+ *              or on; the store's default otherwise), BENCH_LEASES=<requests per lease>|0 (shared PostgreSQL;
+ *              0: leases off; the default otherwise)
+ * BENCH_PROFILE=<file>: SIGUSR2 starts V8's sampling profiler (1 ms), the next SIGUSR2 writes the
+ *              profile (`.cpuprofile` JSON) to that file and prints `PROFILED` (see `bench:cpu --profile`).
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import {
   Body,
   Controller,
   Get,
   HttpCode,
+  Inject,
   Injectable,
   Module,
   Post,
+  Req,
   UseGuards,
   UseInterceptors,
   type CallHandler,
@@ -34,6 +42,7 @@ import {
   Metered,
   MeteringInterceptor,
   UsageLimitGuard,
+  UsageMeter,
   UsageMonitoringModule,
   type StorageOptions,
 } from '@app/usage-monitoring';
@@ -76,6 +85,18 @@ function chatController(decorate: (target: Type) => void): Type {
   }
   decorate(ChatController);
   return ChatController;
+}
+
+/** The same route metered by `UsageMeter.run` inside the handler: the documented fast path. */
+@Controller('openai/v1')
+class MeterRunController {
+  constructor(@Inject(UsageMeter) private readonly meter: UsageMeter) {}
+
+  @Post('chat/completions')
+  @HttpCode(200)
+  chat(@Body() body: unknown, @Req() req: { user?: { id: string } }) {
+    return this.meter.run({ userId: req.user!.id, provider: 'openai', request: body }, () => ANSWER);
+  }
 }
 
 @Controller('hello')
@@ -136,16 +157,19 @@ function storage(): StorageOptions {
         extra: { options: `-c search_path=${process.env.BENCH_SCHEMA}` },
       },
       poolSize: 16,
-      leases: process.env.BENCH_LEASES ? { requests: Number(process.env.BENCH_LEASES) } : false,
-      durableIntent: process.env.BENCH_INTENT !== '0',
+      // The store's defaults unless set: leases (64 requests' worth; BENCH_LEASES=0 turns them off), no durable intent.
+      leases: process.env.BENCH_LEASES
+        ? process.env.BENCH_LEASES !== '0' && { requests: Number(process.env.BENCH_LEASES) }
+        : undefined,
+      durableIntent: process.env.BENCH_INTENT ? process.env.BENCH_INTENT === '1' : undefined,
     };
   }
   return {
     dataDir: process.env.BENCH_DATA_DIR ?? './bench-data',
     maxOpenDataSources: Number(process.env.BENCH_MAX_OPEN) || 256,
     driver: process.env.BENCH_DRIVER === 'better-sqlite3' ? 'better-sqlite3' : 'sqlite3',
-    journal: process.env.BENCH_JOURNAL ? { applyDelayMs: Number(process.env.BENCH_JOURNAL) } : false,
-    durableIntent: process.env.BENCH_INTENT !== '0',
+    journal: process.env.BENCH_JOURNAL ? { applyDelayMs: Number(process.env.BENCH_JOURNAL) } : undefined,
+    durableIntent: process.env.BENCH_INTENT ? process.env.BENCH_INTENT === '1' : undefined,
   };
 }
 
@@ -167,15 +191,17 @@ const usageModule = () =>
     }),
   );
 
-/** `BENCH_STORE=null`: the module's store provider replaced by `nullStore` (an experiment, not a mode). */
+/**
+ * `BENCH_STORE=null`: the module's store provider overridden by `nullStore` (an experiment, not a mode). The
+ * store is a provider of the module's own metadata, not of the dynamic module: a later provider of the same
+ * token wins.
+ */
 function withNullStore(module: DynamicModule): DynamicModule {
   if (process.env.BENCH_STORE !== 'null') return module;
-  const providers = (module.providers ?? []).map((p) =>
-    typeof p === 'object' && 'provide' in p && p.provide === USAGE_STORE
-      ? { provide: USAGE_STORE, useValue: nullStore }
-      : p,
-  );
-  return { ...module, providers };
+  return {
+    ...module,
+    providers: [...(module.providers ?? []), { provide: USAGE_STORE, useValue: nullStore }],
+  };
 }
 
 function moduleFor(): Type {
@@ -214,6 +240,10 @@ function moduleFor(): Type {
       );
       controllers = [chatController(() => undefined), HelloController];
       break;
+    case 'meter-run':
+      imports.push(usageModule());
+      controllers = [MeterRunController, HelloController];
+      break;
     case 'unmetered-controller':
     case 'metered':
       imports.push(usageModule());
@@ -228,12 +258,37 @@ function moduleFor(): Type {
   return BenchModule;
 }
 
+/** BENCH_PROFILE: the main thread's CPU profile between two SIGUSR2, written to that file. */
+function profileOnSignal(file: string): void {
+  const session = new Session();
+  session.connect();
+  let running = false;
+  process.on('SIGUSR2', () => {
+    if (!running) {
+      running = true;
+      session.post('Profiler.enable', () =>
+        session.post('Profiler.setSamplingInterval', { interval: 1000 }, () =>
+          session.post('Profiler.start'),
+        ),
+      );
+      return;
+    }
+    running = false;
+    session.post('Profiler.stop', (err, res) => {
+      if (!err) writeFileSync(file, JSON.stringify(res.profile));
+      process.stdout.write(err ? `PROFILE FAILED ${err.message}\n` : 'PROFILED\n');
+    });
+  });
+}
+
 async function main(): Promise<void> {
+  if (process.env.BENCH_PROFILE) profileOnSignal(process.env.BENCH_PROFILE);
   const app =
     platform === 'fastify'
       ? await NestFactory.create(moduleFor(), new FastifyAdapter(), { logger: ['error'] })
       : await NestFactory.create(moduleFor(), { logger: ['error'] });
-  app.enableShutdownHooks();
+  // Not every signal Nest knows: SIGUSR2 toggles the profiler (BENCH_PROFILE).
+  app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
   // The host's authentication, as cheap as it gets on each platform.
   if (platform === 'fastify') {
     const fastify = (

@@ -12,6 +12,11 @@
  * postgres processes (exited backends included). CPU is read `--tail` ms after the load, so deferred work
  * (journal applies) counts. Rounds alternate the order of the cases. Prints the medians over rounds, and
  * each case's req/s against the first case's in the same round (median of those ratios).
+ *
+ * `--profile`: also runs V8's sampling profiler (every 1 ms) on each server's main thread during the load and
+ * prints a second table, the main thread's CPU per request split into the parts of a metered request
+ * (see `profile-split.ts`), medians over rounds. The profiler costs throughput of its own; req/s of a
+ * profiled run are not comparable with an unprofiled one.
  */
 import autocannon from 'autocannon';
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -27,8 +32,10 @@ import {
   pgSchema,
   untilQuiet,
   startServer,
+  type Server,
 } from './harness';
 import { prefillLedger } from './prefill';
+import { PARTS, type Part, splitProfile } from './profile-split';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number) => {
@@ -43,6 +50,8 @@ const ROUNDS = flag('--rounds', 3);
 const DURATION = flag('--duration', 8);
 const USERS = flag('--users', 1);
 const TAIL_MS = flag('--tail', 1500);
+const PROFILE = args.includes('--profile');
+if (PROFILE) args.splice(args.indexOf('--profile'), 1);
 const CASES = args.length ? args : ['noop', 'metered'];
 
 interface Split {
@@ -50,6 +59,28 @@ interface Split {
   main: number;
   other: number;
   postgres: number;
+  /** `--profile`: main-thread µs per request, by part. */
+  parts?: Map<Part, number>;
+}
+
+/** Sends SIGUSR2 to a bench server started with BENCH_PROFILE and waits for its `PROFILED` line. */
+function toggleProfiler(child: Server['child'], wait: boolean): Promise<void> {
+  if (!wait) {
+    child.kill('SIGUSR2');
+    return new Promise((resolve) => setTimeout(resolve, 100)); // the session starts the profiler
+  }
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the server did not write its profile')), 30_000);
+    const onData = (d: Buffer) => {
+      if (!d.toString().includes('PROFILE')) return;
+      clearTimeout(timer);
+      child.stdout!.off('data', onData);
+      if (d.toString().includes('PROFILE FAILED')) reject(new Error(d.toString()));
+      else resolve();
+    };
+    child.stdout!.on('data', onData);
+    child.kill('SIGUSR2');
+  });
 }
 
 function parseCase(spec: string): { mode: string; env: Record<string, string>; users: number; rows: number } {
@@ -124,16 +155,19 @@ async function measure(spec: string, round: number): Promise<Split> {
   const schema = env.BENCH_STORE === 'postgres' ? await pgSchema(`_${round}`) : undefined;
   if (env.BENCH_STORE === 'postgres' && !schema)
     throw new Error('PostgreSQL is not answering on 127.0.0.1:5432');
+  const profileFile = join(dir, 'main.cpuprofile');
   const server = await startServer(spec, {
     ...env,
     BENCH_MODE: mode,
     BENCH_DATA_DIR: dir,
     ...(schema ? { BENCH_SCHEMA: schema } : {}),
+    ...(PROFILE ? { BENCH_PROFILE: profileFile } : {}),
   });
   try {
     await hammer(server.url, 2, users); // warm-up (creates every user's database when users ≤ ~3,000)
     const pid = server.child.pid!;
     await untilQuiet([pid]); // the warm-up's deferred work (journal applies) is not this measurement's
+    if (PROFILE) await toggleProfiler(server.child, false);
     const t0 = threadTicks(pid);
     const p0 = schema ? postgresTicks() : 0;
     const r = await hammer(server.url, DURATION, users);
@@ -144,12 +178,18 @@ async function measure(spec: string, round: number): Promise<Split> {
     await untilQuiet([pid]);
     const t1 = threadTicks(pid);
     const p1 = schema ? postgresTicks() : 0;
+    let parts: Map<Part, number> | undefined;
+    if (PROFILE) {
+      await toggleProfiler(server.child, true);
+      parts = new Map([...splitProfile(profileFile)].map(([k, v]) => [k, v / r.requests.total]));
+    }
     const us = (ticks: number) => (ticks * (1e6 / CLK_TCK)) / r.requests.total;
     return {
       reqPerSec: r.requests.average,
       main: us(t1.main - t0.main),
       other: us(t1.other - t0.other),
       postgres: us(p1 - p0),
+      parts,
     };
   } finally {
     server.child.kill('SIGTERM');
@@ -188,6 +228,23 @@ async function main(): Promise<void> {
       ratio.toFixed(2),
     ];
     console.log(`| ${cells.join(' | ')} |`);
+  }
+  if (PROFILE) {
+    const head2 = ['main thread, µs per request', ...CASES];
+    console.log(`\n| ${head2.join(' | ')} |\n|${head2.map(() => '---').join('|')}|`);
+    for (const part of [...PARTS, 'total (profiled)'] as const) {
+      const cells = CASES.map((spec) => {
+        const vals = samples
+          .get(spec)!
+          .map((x) =>
+            part === 'total (profiled)'
+              ? [...x.parts!.values()].reduce((a, b) => a + b, 0)
+              : x.parts!.get(part)!,
+          );
+        return median(vals).toFixed(1);
+      });
+      console.log(`| ${part} | ${cells.join(' | ')} |`);
+    }
   }
   console.log(
     `\n${new Date().toISOString()} · median of ${ROUNDS} rounds × ${DURATION} s · ${USERS} user(s) unless the case says · node ${process.version}`,

@@ -52,11 +52,17 @@ export function compile(): void {
   });
 }
 
+/**
+ * Starts a bench server. `BENCH_BUILD` in `env` runs another compiled tree instead of this one's (another
+ * checkout's `node_modules/.cache/usage-bench`, compiled by a bench run there): a before/after comparison
+ * in one run, e.g. `npm run bench:cpu -- metered metered:BENCH_BUILD=/path/to/old/node_modules/.cache/usage-bench`.
+ */
 export async function startServer(name: string, env: Record<string, string>): Promise<Server> {
+  const build = env.BENCH_BUILD ?? BUILD;
   const s = await spawnServer(
-    { ...env, TS_NODE_BASEURL: BUILD },
+    { ...env, TS_NODE_BASEURL: build },
     60_000,
-    join(BUILD, 'bench', 'bench-server.js'),
+    join(build, 'bench', 'bench-server.js'),
   );
   return { name, url: s.url, child: s.child };
 }

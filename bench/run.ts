@@ -1,10 +1,12 @@
 /**
  * `npm run bench [-- --quick] [-- --json FILE]`: every server in its own process on 127.0.0.1, load from
  * autocannon (50 connections) in this one, each mode measured in every round next to its baselines.
- * Prints one table; exits non-zero only on errors, never on a slow figure.
+ * Prints the throughput table, then the latency of bare, no-op and the metered Express routes at one fixed
+ * rate (half the no-op's saturated throughput); exits non-zero only on errors, never on a slow figure.
  */
 import autocannon from 'autocannon';
 import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -30,8 +32,11 @@ const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',
 const DURATION = QUICK ? 1.5 : 5;
 /** Seconds of load each server gets before it is measured (autocannon's `amount` ends on a 1 s tick). */
 const WARM_SECONDS = QUICK ? 1 : 2;
-/** `storage.journal.applyDelayMs` of the journal modes (the option's default). */
-const JOURNAL_APPLY_MS = 1000;
+/**
+ * How long CPU is still counted after a per-user SQLite case's load: `storage.journal.applyDelayMs` (the
+ * default, 1 s) and half a second, so that the journaled rows' applies to the users' files are its own.
+ */
+const JOURNAL_TAIL_MS = 1000 + 500;
 const ROUNDS = QUICK ? 2 : 5;
 const CONNECTIONS = 50;
 
@@ -156,6 +161,70 @@ async function load(
   };
 }
 
+/**
+ * Latency at a fixed request rate (below saturation), as a client sees it: p50, p99, p99.9 in ms. An open
+ * loop: request i is due at start + i / rate and its latency counts from then (a request the generator or a
+ * full connection pool held back is late by that much too). autocannon's `overallRate` was tried first: it
+ * lets each connection send its share of a second back to back at the second's start, so its "fixed rate"
+ * is a burst a second (bare Nest's p99 read 278 ms at half its throughput, `--quick`, 2026-12-05).
+ */
+async function fixedRate(server: Server, rate: number, duration: number): Promise<Latency> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+  const url = new URL('/openai/v1/chat/completions', server.url);
+  const headers = {
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(BODY)),
+    authorization: 'Bearer bench-user-0',
+  };
+  const total = Math.round(rate * duration);
+  const interval = 1000 / rate;
+  const latencies: number[] = [];
+  let errors = 0;
+  const start = performance.now() + 10;
+  await new Promise<void>((resolve) => {
+    let sent = 0;
+    let done = 0;
+    const finish = () => {
+      if (++done === total) resolve();
+    };
+    const fire = (due: number) => {
+      const req = http.request(url, { method: 'POST', agent, headers }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          if (res.statusCode !== 200) errors++;
+          latencies.push(performance.now() - due);
+          finish();
+        });
+      });
+      req.on('error', () => {
+        errors++;
+        finish();
+      });
+      req.end(BODY);
+    };
+    const tick = () => {
+      const now = performance.now();
+      for (; sent < total && start + sent * interval <= now; sent++) fire(start + sent * interval);
+      if (sent < total) setTimeout(tick, Math.max(0, start + sent * interval - performance.now()));
+    };
+    setTimeout(tick, 10);
+  });
+  const elapsedS = (performance.now() - start) / 1000;
+  agent.destroy();
+  latencies.sort((x, y) => x - y);
+  const at = (q: number) =>
+    round2(latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN);
+  return { reqPerSec: total / elapsedS, p50Ms: at(0.5), p99Ms: at(0.99), p999Ms: at(0.999), errors };
+}
+
+interface Latency {
+  reqPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  errors: number;
+}
+
 /** Warms a server up (the JIT settles after a few thousand requests) before it is measured. */
 async function warm(s: Server, path: string): Promise<void> {
   await autocannon({
@@ -242,24 +311,24 @@ async function main(): Promise<void> {
     if (want('metered')) {
       start('sqlite', { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'sqlite') });
       start('b3', { BENCH_MODE: 'metered', BENCH_DRIVER: 'better-sqlite3', BENCH_DATA_DIR: join(tmp, 'b3') });
+      start('meter-run', { BENCH_MODE: 'meter-run', BENCH_DATA_DIR: join(tmp, 'meter-run') });
       cases.push(
-        { ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'] },
-        { ...e, mode: 'metered', adapter: 'express, better-sqlite3', servers: ['b3'] },
-      );
-      if (!QUICK) {
-        start('sqlite-j', {
-          BENCH_MODE: 'metered',
-          BENCH_DATA_DIR: join(tmp, 'sqlite-j'),
-          BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
-        });
-        cases.push({
+        { ...e, mode: 'metered', adapter: 'express, sqlite3', servers: ['sqlite'], tailMs: JOURNAL_TAIL_MS },
+        {
           ...e,
           mode: 'metered',
-          adapter: 'express, sqlite3, journal',
-          servers: ['sqlite-j'],
-          tailMs: JOURNAL_APPLY_MS + 500,
-        });
-      }
+          adapter: 'express, better-sqlite3',
+          servers: ['b3'],
+          tailMs: JOURNAL_TAIL_MS,
+        },
+        {
+          ...e,
+          mode: 'meter.run in the handler',
+          adapter: 'express, sqlite3',
+          servers: ['meter-run'],
+          tailMs: JOURNAL_TAIL_MS,
+        },
+      );
       if (ONLY?.includes('null')) {
         start('null', { BENCH_MODE: 'metered', BENCH_STORE: 'null' });
         cases.push({
@@ -273,25 +342,9 @@ async function main(): Promise<void> {
     if (want('postgres') && schema) {
       start('pg-a', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
       start('pg-b', { BENCH_MODE: 'metered', BENCH_STORE: 'postgres', BENCH_SCHEMA: schema });
+      // The shared store's defaults: leases of 64 requests' worth, no durable intent.
       if (!QUICK) cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×1', servers: ['pg-a'] });
       cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×2 (sum)', servers: ['pg-a', 'pg-b'] });
-      // Per-instance leases (storage.leases, the default 64 requests' worth each).
-      const leased = {
-        BENCH_MODE: 'metered',
-        BENCH_STORE: 'postgres',
-        BENCH_SCHEMA: schema,
-        BENCH_LEASES: '64',
-      };
-      start('pg-la', leased);
-      start('pg-lb', leased);
-      if (!QUICK)
-        cases.push({ ...e, mode: 'metered', adapter: 'express, postgres ×1, leases', servers: ['pg-la'] });
-      cases.push({
-        ...e,
-        mode: 'metered',
-        adapter: 'express, postgres ×2 (sum), leases',
-        servers: ['pg-la', 'pg-lb'],
-      });
       if (!QUICK) {
         cases.push(
           {
@@ -323,7 +376,13 @@ async function main(): Promise<void> {
       cases.push(
         { ...f, mode: 'bare', servers: ['f-bare'] },
         { ...f, mode: 'noop guard+interceptor', servers: ['f-noop'] },
-        { ...f, mode: 'metered', adapter: 'fastify, sqlite3', servers: ['f-sqlite'] },
+        {
+          ...f,
+          mode: 'metered',
+          adapter: 'fastify, sqlite3',
+          servers: ['f-sqlite'],
+          tailMs: JOURNAL_TAIL_MS,
+        },
       );
       if (!QUICK) {
         start('f-b3', {
@@ -332,83 +391,43 @@ async function main(): Promise<void> {
           BENCH_DRIVER: 'better-sqlite3',
           BENCH_DATA_DIR: join(tmp, 'f-b3'),
         });
-        cases.push({ ...f, mode: 'metered', adapter: 'fastify, better-sqlite3', servers: ['f-b3'] });
+        cases.push({
+          ...f,
+          mode: 'metered',
+          adapter: 'fastify, better-sqlite3',
+          servers: ['f-b3'],
+          tailMs: JOURNAL_TAIL_MS,
+        });
       }
     }
     if (want('users')) {
       start(
         'u1000',
-        {
-          BENCH_MODE: 'metered',
-          BENCH_DATA_DIR: join(tmp, 'u1000'),
-          BENCH_MAX_OPEN: '1024',
-        },
+        { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'u1000'), BENCH_MAX_OPEN: '1024' },
         1000,
       );
-      start(
-        'u1000j',
-        {
-          BENCH_MODE: 'metered',
-          BENCH_DATA_DIR: join(tmp, 'u1000j'),
-          BENCH_MAX_OPEN: '1024',
-          BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
-        },
-        1000,
-      );
-      cases.push(
-        {
-          ...e,
-          mode: 'metered, 1,000 users round-robin (cap 1024)',
-          adapter: 'express, sqlite3',
-          users: 1000,
-          servers: ['u1000'],
-        },
-        {
-          ...e,
-          mode: 'metered, 1,000 users round-robin (cap 1024)',
-          adapter: 'express, sqlite3, journal',
-          users: 1000,
-          servers: ['u1000j'],
-          tailMs: JOURNAL_APPLY_MS + 500,
-        },
-      );
+      cases.push({
+        ...e,
+        mode: 'metered, 1,000 users round-robin (cap 1024)',
+        adapter: 'express, sqlite3',
+        users: 1000,
+        servers: ['u1000'],
+        tailMs: JOURNAL_TAIL_MS,
+      });
       if (!QUICK) {
         start(
           'u10000',
-          {
-            BENCH_MODE: 'metered',
-            BENCH_DATA_DIR: join(tmp, 'u10000'),
-            BENCH_MAX_OPEN: '256',
-          },
+          { BENCH_MODE: 'metered', BENCH_DATA_DIR: join(tmp, 'u10000'), BENCH_MAX_OPEN: '256' },
           10_000,
         );
-        start(
-          'u10000j',
-          {
-            BENCH_MODE: 'metered',
-            BENCH_DATA_DIR: join(tmp, 'u10000j'),
-            BENCH_MAX_OPEN: '256',
-            BENCH_JOURNAL: String(JOURNAL_APPLY_MS),
-          },
-          10_000,
-        );
-        cases.push(
-          {
-            ...e,
-            mode: 'metered, 10,000 users round-robin (cap 256)',
-            adapter: 'express, sqlite3',
-            users: 10_000,
-            servers: ['u10000'],
-          },
-          {
-            ...e,
-            mode: 'metered, 10,000 users round-robin (cap 256)',
-            adapter: 'express, sqlite3, journal',
-            users: 10_000,
-            servers: ['u10000j'],
-            tailMs: JOURNAL_APPLY_MS + 500,
-          },
-        );
+        cases.push({
+          ...e,
+          mode: 'metered, 10,000 users round-robin (cap 256)',
+          adapter: 'express, sqlite3',
+          users: 10_000,
+          servers: ['u10000'],
+          tailMs: JOURNAL_TAIL_MS,
+        });
       }
     }
     if (want('ledger') && !QUICK) {
@@ -420,6 +439,7 @@ async function main(): Promise<void> {
         mode: 'metered, user with 1,000,000 ledger rows',
         adapter: 'express, sqlite3',
         servers: ['ledger'],
+        tailMs: JOURNAL_TAIL_MS,
       });
     }
 
@@ -482,7 +502,9 @@ async function main(): Promise<void> {
       };
     });
     printTable(rows);
-    if (JSON_FILE) writeFileSync(JSON_FILE, JSON.stringify(rows, null, 2));
+    printTargetRatios(cases, samples);
+    const latency = await latencyAtFixedRate(cases, samples, servers);
+    if (JSON_FILE) writeFileSync(JSON_FILE, JSON.stringify({ rows, latency }, null, 2));
     const failed = rows.filter((r) => r.errors > 0);
     if (failed.length) {
       console.error(`errors in: ${failed.map((r) => `${r.mode} [${r.adapter}]`).join(', ')}`);
@@ -495,6 +517,88 @@ async function main(): Promise<void> {
     if (schema) await dropPgSchema(schema).catch(() => undefined);
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * Latency where it matters: bare, no-op and the metered Express routes at one fixed rate, half of the no-op's
+ * saturated throughput (median over the rounds above), each for ROUNDS rounds in alternating order.
+ */
+async function latencyAtFixedRate(
+  cases: Case[],
+  samples: Map<Case, Measure[]>,
+  servers: Map<string, Server>,
+): Promise<{ rate: number; rows: (Latency & { mode: string; adapter: string })[] }> {
+  const chatCase = (server: string) =>
+    cases.find((c) => c.servers.length === 1 && c.servers[0] === server && c.path !== '/hello');
+  const noop = chatCase('noop');
+  if (!noop) return { rate: 0, rows: [] };
+  const rate = Math.round(median(samples.get(noop)!.map((m) => m.reqPerSec)) / 2);
+  const picked = ['bare', 'noop', 'sqlite', 'meter-run'].map(chatCase).filter((c): c is Case => !!c);
+  const runs = new Map<Case, Latency[]>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const c of round % 2 === 0 ? picked : [...picked].reverse()) {
+      const l = await fixedRate(servers.get(c.servers[0])!, rate, DURATION);
+      runs.set(c, [...(runs.get(c) ?? []), l]);
+      process.stderr.write(
+        `fixed rate ${rate}/s, round ${round + 1}/${ROUNDS} ${c.mode}: p99 ${l.p99Ms} ms\n`,
+      );
+    }
+  }
+  const rows = picked.map((c) => {
+    const ls = runs.get(c)!;
+    return {
+      mode: c.mode,
+      adapter: c.adapter,
+      reqPerSec: Math.round(median(ls.map((l) => l.reqPerSec))),
+      p50Ms: median(ls.map((l) => l.p50Ms)),
+      p99Ms: median(ls.map((l) => l.p99Ms)),
+      p999Ms: median(ls.map((l) => l.p999Ms)),
+      errors: ls.reduce((n, l) => n + l.errors, 0),
+    };
+  });
+  console.log(
+    `\nAt a fixed ${rate} req/s (half the no-op's saturated throughput; open loop, latency from each request's due time, at most ${CONNECTIONS} connections):\n`,
+  );
+  console.log('| mode | adapter | req/s | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|');
+  for (const r of rows)
+    console.log(
+      `| ${r.mode} | ${r.adapter} | ${r.reqPerSec} | ${r.p50Ms.toFixed(2)} | ${r.p99Ms.toFixed(2)} | ${r.p999Ms.toFixed(2)} |`,
+    );
+  return { rate, rows };
+}
+
+/**
+ * The ratios the targets name, each the median over rounds of one case's req/s over another's in the same
+ * round (this machine's speed drifts within a minute; a ratio of medians would carry that drift).
+ */
+function printTargetRatios(cases: Case[], samples: Map<Case, Measure[]>): void {
+  const find = (mode: string, adapter: string) => cases.find((c) => c.mode === mode && c.adapter === adapter);
+  const one = ['metered', 'express, sqlite3'] as const;
+  const pairs: [string, readonly [string, string], readonly [string, string]][] = [
+    ['metered ÷ no-op (Express)', one, ['noop guard+interceptor', 'express']],
+    ['metered ÷ @nestjs/throttler', one, ['@nestjs/throttler ttl 1 s', 'express']],
+    ['metered ÷ no-op (Fastify)', ['metered', 'fastify, sqlite3'], ['noop guard+interceptor', 'fastify']],
+    ['1,000 users ÷ one user', ['metered, 1,000 users round-robin (cap 1024)', 'express, sqlite3'], one],
+    ['10,000 users ÷ one user', ['metered, 10,000 users round-robin (cap 256)', 'express, sqlite3'], one],
+    [
+      '1,000,000 ledger rows ÷ empty ledger',
+      ['metered, user with 1,000,000 ledger rows', 'express, sqlite3'],
+      one,
+    ],
+    ['PostgreSQL ×1 ÷ per-user SQLite', ['metered', 'express, postgres ×1'], one],
+    ['PostgreSQL ×2 (sum) ÷ per-user SQLite', ['metered', 'express, postgres ×2 (sum)'], one],
+    ['UsageMeter.run ÷ bare', ['meter.run in the handler', 'express, sqlite3'], ['bare', 'express']],
+  ];
+  const lines: string[] = [];
+  for (const [name, a, b] of pairs) {
+    const ca = find(...a);
+    const cb = find(...b);
+    if (!ca || !cb) continue;
+    const sa = samples.get(ca)!;
+    const sb = samples.get(cb)!;
+    lines.push(`| ${name} | ${median(sa.map((m, i) => m.reqPerSec / sb[i].reqPerSec)).toFixed(2)} |`);
+  }
+  if (lines.length) console.log(`\n| target ratio (per-round median) | × |\n|---|---|\n${lines.join('\n')}`);
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100;

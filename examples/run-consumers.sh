@@ -10,7 +10,18 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/usage-consumers.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-npm_q=(--no-audit --no-fund --loglevel=error)
+npm_q=(--no-audit --no-fund --loglevel=error --fetch-retries=5 --fetch-retry-mintimeout=2000)
+# retry <command...>: the registry's connection is sometimes dropped mid-download (ECONNRESET); an install
+# is retried up to 3 times before the run fails.
+retry() {
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    [ "$attempt" = 3 ] && return 1
+    echo "retrying after a failed '$*' (attempt $attempt)" >&2
+    sleep $((attempt * 10))
+  done
+}
 
 npm --prefix "$root" run --silent build:lib
 tarball="$work/$(cd "$root/libs/usage-monitoring" && npm pack --silent --pack-destination "$work" | tail -n 1)"
@@ -27,7 +38,7 @@ prepare() {
     return 1
   fi
   local started=$SECONDS
-  (cd "$dir" && npm ci "${npm_q[@]}" && npm install "${npm_q[@]}" "$tarball" && npm run --silent build)
+  (cd "$dir" && retry npm ci "${npm_q[@]}" && retry npm install "${npm_q[@]}" "$tarball" && npm run --silent build)
   echo "$1: installed and built in $((SECONDS - started)) s"
 }
 
@@ -45,7 +56,7 @@ nest12() {
   smoke consumer-nest12 run express postgres
   smoke consumer-nest12 run fastify postgres
   local started=$SECONDS
-  (cd "$work/consumer-nest12" && npm install "${npm_q[@]}" sqlite3@5.1.7)
+  (cd "$work/consumer-nest12" && retry npm install "${npm_q[@]}" sqlite3@5.1.7)
   echo "consumer-nest12: sqlite3 added in $((SECONDS - started)) s"
   smoke consumer-nest12 run express sqlite
   smoke consumer-nest12 run fastify sqlite

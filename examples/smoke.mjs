@@ -7,8 +7,9 @@
 // `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
 // POST /v1/chat/completions (whose handler calls the official `openai` SDK) for a user whose plan allows
 // 5 calls a month, and checks: 5 × 200, then the documented 429 body and headers without a sixth
-// upstream call; GET /health/usage; after a graceful stop, one ledger row per call with the upstream's
-// token counts. `missing-driver` checks that start-up fails, naming the package to install.
+// upstream call; the same through POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
+// the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
+// after a graceful stop, one ledger row per call with the upstream's token counts. `missing-driver` checks that start-up fails, naming the package to install.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -38,9 +39,11 @@ async function run(adapter, storage) {
   const upstream = await fakeOpenAi();
   const db = storage === 'postgres' ? await freshDatabase() : undefined;
   const dataDir = mkdtempSync(join(tmpdir(), 'usage-smoke-'));
+  const metricsPort = await freePort();
   const env = {
     HTTP_ADAPTER: adapter,
     OPENAI_BASE_URL: `${upstream.url}/v1`,
+    METRICS_PORT: String(metricsPort),
     ...(db ? { USAGE_DATABASE_URL: db.url } : { USAGE_DATA_DIR: dataDir }),
   };
   const app = await startApp(env);
@@ -98,30 +101,84 @@ async function run(adapter, storage) {
     assert.equal(h('x-should-retry'), retryAfter > 60 ? 'false' : null);
     assert.equal(upstream.calls(), 5, 'the refused call must not reach the upstream');
 
+    // The same plan through UsageMeter.run inside a service (an app-shaped route, no guard): 5 × 200, then
+    // the 429 with the same body and headers, the upstream not called a sixth time.
+    const summarizer = `smoke-meter-${adapter}`;
+    const summarize = () =>
+      fetch(`${app.url}/v1/summaries`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${summarizer}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ text: 'Metering in services' }),
+      });
+    for (let i = 1; i <= 5; i++) {
+      const res = await summarize();
+      assert.equal(res.status, 200, `summary ${i}: ${await res.clone().text()}`);
+      assert.deepEqual(await res.json(), { summary: 'Hi!' });
+    }
+    const refusedSummary = await summarize();
+    assert.equal(refusedSummary.status, 429);
+    assert.equal((await refusedSummary.json()).code, 'USAGE_LIMIT_CALLS');
+    assert.equal(refusedSummary.headers.get('x-ratelimit-remaining'), '0');
+    const summaryReset = Number(/^"openai:calls:month";r=0;t=(\d+)$/.exec(refusedSummary.headers.get('ratelimit'))?.[1]);
+    assert.ok(Math.abs(summaryReset - retryAfter) <= 2, `RateLimit of the refused summary: t=${summaryReset}`);
+    assert.equal(upstream.calls(), 10, 'the refused summary must not reach the upstream');
+
     const health = await fetch(`${app.url}/health/usage`);
     assert.equal(health.status, 200);
     const stats = await health.json();
     assert.equal(stats.status, 'ok');
     assert.deepEqual(stats.details, { usage_store: { status: 'up' } });
     assert.equal(stats.usage.status, 'healthy');
-    assert.equal(stats.usage.recent_requests, 6);
+    assert.equal(stats.usage.recent_requests, 12);
     assert.equal(stats.usage.recent_errors, 0);
+
+    // Metrics: the app registered the OpenTelemetry SDK globally (Prometheus exporter on METRICS_PORT); the
+    // library recorded into it without being told: 10 admitted, 2 refused, and the upstream's tokens.
+    const scraped = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const sample = (name, labels) => {
+      const line = scraped
+        .split('\n')
+        .find((l) => l.startsWith(`${name}{`) && labels.every((x) => l.includes(x)));
+      return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+    };
+    const decision = (d, code) =>
+      sample('usage_monitoring_decisions_total', [
+        `usage_monitoring_decision="${d}"`,
+        'usage_monitoring_provider="openai"',
+        `usage_monitoring_code="${code}"`,
+      ]);
+    assert.equal(decision('admitted', 'ok'), 10, scraped);
+    assert.equal(decision('refused', 'USAGE_LIMIT_CALLS'), 2, scraped);
+    const tokens = (type) => [
+      'gen_ai_operation_name="chat"',
+      'gen_ai_provider_name="openai"',
+      `gen_ai_token_type="${type}"`,
+      'gen_ai_request_model="gpt-4o-mini"',
+    ];
+    assert.equal(sample('gen_ai_client_token_usage_count', tokens('input')), 10, scraped);
+    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('input')), 10 * USAGE.prompt_tokens);
+    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('output')), 10 * USAGE.completion_tokens);
 
     // Nest's shutdown hooks run on SIGTERM, then re-raise it: the process ends by that signal.
     assert.ok(['0', 'SIGTERM'].includes(String(await app.stop())), 'graceful stop');
-    const rows = db ? await db.rows(user) : await sqliteRows(dataDir);
-    assert.deepEqual(
-      rows.map((r) => ({ ...r, estimated: Boolean(r.estimated) })),
+    const rows = db ? await db.rows() : await sqliteRows(dataDir);
+    const expected = (endpoint) =>
       Array.from({ length: 5 }, () => ({
         provider: 'openai',
         model: 'gpt-4o-mini',
+        endpoint,
         status_code: 200,
         input_tokens: 11,
         output_tokens: 7,
         estimated: false,
         outcome: 'ok',
-      })),
+      }));
+    const clean = (r) => ({ ...r, estimated: Boolean(r.estimated) });
+    assert.deepEqual(
+      rows.filter((r) => r.endpoint !== 'meter:openai').map(clean),
+      expected('/v1/chat/completions'),
     );
+    assert.deepEqual(rows.filter((r) => r.endpoint === 'meter:openai').map(clean), expected('meter:openai'));
   } finally {
     await app.stop();
     upstream.close();
@@ -144,6 +201,18 @@ async function missingDriver(driver) {
   } finally {
     rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+/** A port nothing listens on now (the app's Prometheus exporter takes it). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 function fakeOpenAi() {
@@ -263,15 +332,14 @@ async function freshDatabase() {
   const url = `${PG_URL}/${name}`;
   return {
     url,
-    async rows(user) {
+    async rows() {
       const client = new Client({ connectionString: url });
       await client.connect();
       try {
         const { rows } = await client.query(
-          `SELECT provider, model, status_code, input_tokens::int AS input_tokens,
+          `SELECT provider, model, endpoint, status_code, input_tokens::int AS input_tokens,
                   output_tokens::int AS output_tokens, estimated, outcome
-             FROM usage_events WHERE user_id = $1 ORDER BY occurred_at`,
-          [user],
+             FROM usage_events ORDER BY occurred_at`,
         );
         return rows;
       } finally {
@@ -284,18 +352,24 @@ async function freshDatabase() {
 
 async function sqliteRows(dataDir) {
   const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
-  assert.equal(files.length, 1, `one user file: ${files}`);
+  assert.equal(files.length, 2, `one file per user: ${files}`);
   const sqlite3 = require('sqlite3');
-  const db = new sqlite3.Database(join(dataDir, files[0]), sqlite3.OPEN_READONLY);
-  try {
-    return await new Promise((resolve, reject) =>
-      db.all(
-        `SELECT provider, model, status_code, input_tokens, output_tokens, estimated, outcome
-           FROM usage_events ORDER BY occurred_at`,
-        (e, rows) => (e ? reject(e) : resolve(rows)),
-      ),
-    );
-  } finally {
-    db.close();
+  const rows = [];
+  for (const file of files) {
+    const db = new sqlite3.Database(join(dataDir, file), sqlite3.OPEN_READONLY);
+    try {
+      rows.push(
+        ...(await new Promise((resolve, reject) =>
+          db.all(
+            `SELECT provider, model, endpoint, status_code, input_tokens, output_tokens, estimated, outcome
+               FROM usage_events ORDER BY occurred_at`,
+            (e, r) => (e ? reject(e) : resolve(r)),
+          ),
+        )),
+      );
+    } finally {
+      db.close();
+    }
   }
+  return rows;
 }

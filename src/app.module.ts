@@ -1,11 +1,15 @@
 import { Module } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
+import type { MeterProvider } from '@opentelemetry/sdk-metrics';
 import { UsageMonitoringModule } from '@app/usage-monitoring';
+import { ArticlesController } from './articles/articles.controller';
+import { ArticlesService } from './articles/articles.service';
 import { ApiKeyGuard, DEMO_KEYS } from './auth/api-key.guard';
 import { DemoAuthModule } from './auth/demo-auth.module';
 import type { DemoKey } from './auth/demo-keys';
 import { HelloController } from './hello.controller';
 import { DEMO_PLANS } from './plans';
+import { DEMO_METER_PROVIDER, DemoMetricsModule } from './telemetry/demo-metrics.module';
 import { AnthropicController } from './providers/anthropic.controller';
 import { GeminiController } from './providers/gemini.controller';
 import { OpenAiController } from './providers/openai.controller';
@@ -16,10 +20,11 @@ import { UsageController } from './usage.controller';
 @Module({
   imports: [
     DemoAuthModule,
+    DemoMetricsModule,
     UsageMonitoringModule.forRootAsync({
-      imports: [DemoAuthModule],
-      inject: [DEMO_KEYS],
-      useFactory: (keys: Map<string, DemoKey>) => {
+      imports: [DemoAuthModule, DemoMetricsModule],
+      inject: [DEMO_KEYS, DEMO_METER_PROVIDER],
+      useFactory: (keys: Map<string, DemoKey>, meterProvider: MeterProvider) => {
         const planOf = new Map([...keys.values()].map((k) => [k.user, k.plan]));
         return {
           plans: DEMO_PLANS,
@@ -28,6 +33,17 @@ import { UsageController } from './usage.controller';
           storage: process.env.USAGE_DATABASE_URL
             ? { type: 'shared', dataSource: { type: 'postgres', url: process.env.USAGE_DATABASE_URL } }
             : { dataDir: process.env.USAGE_DATA_DIR ?? './data' },
+          // GET /metrics (DemoMetricsModule) serves what is recorded here.
+          metrics: { meterProvider },
+          // Threshold alerts (80/90/100 %) POSTed, signed, to a receiver of yours.
+          alerts: process.env.USAGE_ALERT_WEBHOOK_URL
+            ? {
+                webhook: {
+                  url: process.env.USAGE_ALERT_WEBHOOK_URL,
+                  secret: process.env.USAGE_ALERT_WEBHOOK_SECRET ?? '',
+                },
+              }
+            : undefined,
         };
       },
     }),
@@ -39,7 +55,8 @@ import { UsageController } from './usage.controller';
     TavilyController,
     HelloController,
     UsageController,
+    ArticlesController,
   ],
-  providers: [{ provide: APP_GUARD, useClass: ApiKeyGuard }],
+  providers: [{ provide: APP_GUARD, useClass: ApiKeyGuard }, ArticlesService],
 })
 export class AppModule {}

@@ -1,36 +1,24 @@
-import type { INestApplication } from '@nestjs/common';
-import { Test } from '@nestjs/testing';
 import request from 'supertest';
-import { rmSync } from 'node:fs';
-import { AppModule } from '../src/app.module';
-import { tempDataDir } from './utils/create-test-app';
+import { startDemo, type DemoApp } from './utils/demo-app';
 import { describeSqlite } from './utils/test-store';
-import { queryUserDb } from './utils/user-db';
+import { queryUserDbUntil } from './utils/user-db';
+import { simulatedChat } from '../src/providers/simulator';
 
 describeSqlite('demo app contract', () => {
-  let app: INestApplication;
+  let demo: DemoApp;
   let url: string;
-  const dataDir = tempDataDir();
+  let dataDir: string;
   const freeUser = 'free user/with odd:chars';
 
   beforeAll(async () => {
-    process.env.USAGE_DATA_DIR = dataDir;
-    process.env.DEMO_API_KEYS = JSON.stringify({
+    demo = await startDemo({
       'key-free': { user: freeUser, plan: 'free' },
       'key-pro': { user: 'pro-user', plan: 'pro' },
     });
-    const moduleRef = await Test.createTestingModule({ imports: [AppModule] }).compile();
-    app = moduleRef.createNestApplication({ logger: false });
-    await app.listen(0, '127.0.0.1');
-    url = `http://127.0.0.1:${(app.getHttpServer().address() as { port: number }).port}`;
+    ({ url, dataDir } = demo);
   });
 
-  afterAll(async () => {
-    await app.close();
-    delete process.env.USAGE_DATA_DIR;
-    delete process.env.DEMO_API_KEYS;
-    rmSync(dataDir, { recursive: true, force: true });
-  });
+  afterAll(() => demo.close());
 
   it('serves each provider’s shape where its SDK sends the key', async () => {
     const openai = await request(url)
@@ -71,10 +59,12 @@ describeSqlite('demo app contract', () => {
     expect(tavily.status).toBe(200);
     expect(tavily.body.results).toHaveLength(3);
 
-    const rows = await queryUserDb(
+    // The demo's rows reach the user's file up to a second after their responses (the journal's delay).
+    const rows = await queryUserDbUntil(
       dataDir,
       'pro-user',
       'SELECT provider, model, estimated FROM usage_events ORDER BY occurred_at, provider',
+      5,
     );
     expect(rows.map((r) => r.provider)).toEqual(['openai', 'openai', 'anthropic', 'gemini', 'tavily']);
     expect(rows.map((r) => r.model)).toEqual([
@@ -127,5 +117,69 @@ describeSqlite('demo app contract', () => {
     const health = await request(url).get('/health/usage');
     expect(health.status).toBe(200);
     expect(JSON.stringify(health.body)).not.toContain('odd:chars');
+  });
+
+  it('POST /articles meters two LLM calls and a search inside a service: three ledger rows, real tokens', async () => {
+    const res = await request(url)
+      .post('/articles')
+      .set('authorization', 'Bearer key-pro')
+      .send({ topic: 'usage metering' });
+    expect(res.status).toBe(201);
+    expect(res.body).toEqual({
+      topic: 'usage metering',
+      outline: expect.any(String),
+      sources: [
+        'https://example.com/search/1',
+        'https://example.com/search/2',
+        'https://example.com/search/3',
+      ],
+      article: expect.any(String),
+    });
+    // What the simulated providers reported for the service's three calls.
+    const outline = simulatedChat({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'Outline a short article about usage metering.' }],
+      max_tokens: 200,
+    });
+    const draft = simulatedChat({
+      model: 'gpt-4o-mini',
+      messages: [
+        { role: 'system', content: 'Write the article from the outline and sources.' },
+        {
+          role: 'user',
+          content: `${outline.choices[0].message.content}\nSimulated search result 1.\nSimulated search result 2.\nSimulated search result 3.`,
+        },
+      ],
+      max_tokens: 800,
+    });
+    expect(res.body.outline).toBe(outline.choices[0].message.content);
+    expect(res.body.article).toBe(draft.choices[0].message.content);
+    // UsageMeter.run returns before its rows commit (durable intent covers a crash): wait for the three.
+    const query =
+      "SELECT provider, endpoint, input_tokens, output_tokens, searches, estimated, outcome FROM usage_events WHERE endpoint LIKE 'meter:%' ORDER BY occurred_at, request_id";
+    const rows = await queryUserDbUntil(dataDir, 'pro-user', query, 3);
+    const llm = (u: { prompt_tokens: number; completion_tokens: number }) => ({
+      provider: 'openai',
+      endpoint: 'meter:openai',
+      input_tokens: u.prompt_tokens,
+      output_tokens: u.completion_tokens,
+      searches: 0,
+      estimated: 0,
+      outcome: 'ok',
+    });
+    expect(rows).toEqual([
+      llm(outline.usage),
+      {
+        provider: 'tavily',
+        endpoint: 'meter:tavily',
+        input_tokens: 0,
+        output_tokens: 0,
+        searches: 1,
+        estimated: 0,
+        outcome: 'ok',
+      },
+      llm(draft.usage),
+    ]);
+    expect(outline.usage.prompt_tokens).toBeGreaterThan(0);
   });
 });

@@ -12,8 +12,8 @@ describeSqlite('storage.driver (sqlite3 and better-sqlite3 share the file format
   it('a data directory written through one driver carries on through the other, limits and ledger intact', async () => {
     const dataDir = tempDataDir();
     const user = 'free-switcher'; // plan `free`: 5 AI text calls a month
-    const statuses = async (driver: 'sqlite3' | 'better-sqlite3', journal: boolean, n: number) => {
-      const t = await createTestApp({ usage: { storage: { dataDir, driver, journal } } });
+    const statuses = async (driver: 'sqlite3' | 'better-sqlite3', n: number) => {
+      const t = await createTestApp({ usage: { storage: { dataDir, driver } } });
       try {
         expect((t.probe.store as PerUserSqliteStore).driver).toBe(driver);
         const out: number[] = [];
@@ -30,11 +30,11 @@ describeSqlite('storage.driver (sqlite3 and better-sqlite3 share the file format
       }
     };
     try {
-      expect(await statuses('sqlite3', false, 2)).toEqual([200, 200]);
-      // With and without the journal, alternating drivers on the same files.
-      expect(await statuses('better-sqlite3', true, 2)).toEqual([200, 200]);
-      expect(await statuses('sqlite3', true, 2)).toEqual([200, 429]);
-      expect(await statuses('better-sqlite3', false, 1)).toEqual([429]);
+      // Alternating drivers on the same files (user file, journal and intent log).
+      expect(await statuses('sqlite3', 2)).toEqual([200, 200]);
+      expect(await statuses('better-sqlite3', 2)).toEqual([200, 200]);
+      expect(await statuses('sqlite3', 2)).toEqual([200, 429]);
+      expect(await statuses('better-sqlite3', 1)).toEqual([429]);
       const [{ n }] = await queryUserDb<{ n: number }>(
         dataDir,
         user,

@@ -77,7 +77,9 @@ describeSqlite('faults (per-user SQLite, server in its own process)', () => {
   let agent: Agent;
   beforeEach(async () => {
     dataDir = tempDataDir();
-    server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir });
+    // Journaled rows applied to the users' files at once (not after the default second), so that a
+    // fault on a user's file shows right after the request that met it.
+    server = await spawnServer({ USAGE_TEST_DATA_DIR: dataDir, USAGE_TEST_JOURNAL_MS: '0' });
     agent = new Agent({ keepAlive: true });
   });
   afterEach(async () => {

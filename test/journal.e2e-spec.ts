@@ -135,7 +135,7 @@ describeSqlite('cross-user journal (storage.journal)', () => {
       if (!closed) await t.close();
       rmSync(dataDir, { recursive: true, force: true });
     }
-  });
+  }, 30_000);
 
   it("a parked user's file that cannot be written: its rows stay in the journal, that user gets 503 and health is down; after release each row lands once", async () => {
     const dataDir = tempDataDir();

@@ -62,7 +62,7 @@ describeStore('UsageMonitoringModule wiring', () => {
     expect(lines).toEqual([
       t.store === 'sqlite'
         ? `LOG per-user SQLite store in ${JSON.stringify(t.dataDir)} (${SQLITE_DRIVER}, at most 64 open files); ${rest}`
-        : `LOG shared PostgreSQL store at 127.0.0.1:5432/test; ${rest}`,
+        : `LOG shared PostgreSQL store at 127.0.0.1:5432/test (leases on); ${rest}`,
     ]);
 
     const failOpen = new CapturingLogger();
@@ -125,9 +125,14 @@ describeStore('UsageMonitoringModule wiring', () => {
       /storage\.maxOpenDataSources/,
     ],
     [
-      'a journal that is not true, false or an object',
+      'a journal that is not an object',
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: 'yes' } },
-      /storage\.journal must be true, false or \{ applyDelayMs, maxUsersInMemory \} \(got "yes"\)/,
+      /storage\.journal must be \{ applyDelayMs, maxUsersInMemory \} \(got "yes"\)/,
+    ],
+    [
+      'the removed direct commit (journal: false)',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), journal: false } },
+      /storage\.journal: false is no longer supported: the journal is how the per-user store writes .* Remove the option, or tune it with \{ applyDelayMs, maxUsersInMemory \}/,
     ],
     [
       'a negative journal delay',
@@ -210,6 +215,48 @@ describeStore('UsageMonitoringModule wiring', () => {
       'plans[0].limits[0].perod is not an option (did you mean plans[0].limits[0].period?)',
     ],
     [
+      'a misspelt metrics option',
+      { plans: TEST_PLANS, storage: storage(), metrics: { userId: true } },
+      'metrics.userId is not an option (did you mean metrics.userIds?)',
+    ],
+    [
+      'a meter provider that is not one',
+      { plans: TEST_PLANS, storage: storage(), metrics: { meterProvider: {} } },
+      'metrics.meterProvider must be an OpenTelemetry MeterProvider (an object with getMeter())',
+    ],
+    [
+      'metrics.userIds that is not a boolean',
+      { plans: TEST_PLANS, storage: storage(), metrics: { userIds: 'yes' } },
+      'metrics.userIds must be one of true, false (got "yes")',
+    ],
+    [
+      'a misspelt webhook option',
+      {
+        plans: TEST_PLANS,
+        storage: storage(),
+        alerts: { webhook: { url: 'http://127.0.0.1:9/h', secret: 'x'.repeat(16), timeout: 5 } },
+      },
+      'alerts.webhook.timeout is not an option (did you mean alerts.webhook.timeoutMs?)',
+    ],
+    [
+      'a webhook URL that is not http(s)',
+      {
+        plans: TEST_PLANS,
+        storage: storage(),
+        alerts: { webhook: [{ url: 'file:///etc/passwd', secret: 'x'.repeat(16) }] },
+      },
+      'alerts.webhook[0].url must be an http: or https: URL (got the protocol file:)',
+    ],
+    [
+      'a webhook secret too short to sign with',
+      {
+        plans: TEST_PLANS,
+        storage: storage(),
+        alerts: { webhook: { url: 'https://example.com/hooks', secret: 'short' } },
+      },
+      'alerts.webhook.secret must be a string of at least 16 characters (the key the receiver checks signatures with)',
+    ],
+    [
       'a number read from configuration as a string',
       { plans: TEST_PLANS, storage: storage(), enforcementTimeoutMs: '250' },
       'enforcementTimeoutMs must be an integer ≥ 1 (got the string "250": convert numbers read from configuration with Number())',
@@ -274,10 +321,10 @@ describeStore('UsageMonitoringModule wiring', () => {
     const dataDir = tempDataDir();
     mkdirSync(join(dataDir, '.usage-journal.sqlite')); // a directory where the journal should be
     const moduleRef = await Test.createTestingModule({
-      imports: [UsageMonitoringModule.forRoot({ plans: TEST_PLANS, storage: { dataDir, journal: true } })],
+      imports: [UsageMonitoringModule.forRoot({ plans: TEST_PLANS, storage: { dataDir } })],
     }).compile();
     await expect(moduleRef.init()).rejects.toThrow(
-      /storage\.journal: cannot open \.usage-journal\.sqlite in ".*"/,
+      /storage\.dataDir: cannot open the journal \.usage-journal\.sqlite in ".*"/,
     );
     await moduleRef.close().catch(() => undefined);
     rmSync(dataDir, { recursive: true, force: true });

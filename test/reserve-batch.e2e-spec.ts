@@ -112,13 +112,14 @@ describePostgres('usage_reserve_batch (PostgreSQL)', () => {
       expect(passes.filter(Boolean).length).toBeGreaterThan(0);
       expect(passes.filter((p) => !p).length).toBeGreaterThan(0);
 
-      // Revert to the row-per-request version of the function (and the migrations after it: leases, and the
-      // intent column, whose function decides the same) and run the same batches against it.
-      const latest = USAGE_MIGRATIONS.slice(-3).map((m) => new m().name);
+      // Revert to the row-per-request version of the function (and the migrations after it: leases, the
+      // intent column, whose function decides the same, and the alert outbox) and run the same batches.
+      const latest = USAGE_MIGRATIONS.slice(-4).map((m) => new m().name);
       expect(latest).toEqual([
         'UsageReserveBatchInMemory1764547200000',
         'UsageLeases1764633600000',
         'UsageReservationIntent1764806400000',
+        'UsageAlertOutbox1764892800000',
       ]);
       for (let i = 0; i < latest.length; i++) await ds.undoLastMigration();
       for (const r of runs) expect(await outcome(ds, r.first, r.second)).toEqual(r.now);

@@ -19,7 +19,11 @@ const EXPECTED_503 = {
   code: 'USAGE_LIMIT_ENFORCEMENT_UNAVAILABLE',
 };
 
-describePostgres('shared PostgreSQL store', () => {
+// Every request decided by the database, one statement each (`leases: false`): the per-request path's
+// exactness and sweeping. The default, leases, has its own spec (shared-leases.e2e-spec.ts).
+const PER_REQUEST = { leases: false } as const;
+
+describePostgres('shared PostgreSQL store, per-request admission (leases off)', () => {
   jest.setTimeout(90_000);
 
   it('two app processes on one database: 300 parallel requests, 100 calls left → exactly 100 admitted', async () => {
@@ -27,7 +31,11 @@ describePostgres('shared PostgreSQL store', () => {
     let servers: ServerProcess[] = [];
     try {
       // A generous enforcement timeout: this test is about exactness under contention, not latency.
-      const env = { USAGE_TEST_SCHEMA: schema, USAGE_TEST_ENFORCEMENT_TIMEOUT_MS: '5000' };
+      const env = {
+        USAGE_TEST_SCHEMA: schema,
+        USAGE_TEST_ENFORCEMENT_TIMEOUT_MS: '5000',
+        USAGE_TEST_LEASES: 'false',
+      };
       servers = await Promise.all([spawnServer(env), spawnServer(env)]);
       for (const s of servers) {
         const warm = await request(s.url)
@@ -72,7 +80,7 @@ describePostgres('shared PostgreSQL store', () => {
   });
 
   it('8 simultaneous first requests of a new user: one counter row per limit, all decided by the same limits', async () => {
-    const t = await createTestApp({ store: 'postgres' });
+    const t = await createTestApp({ store: 'postgres', shared: PER_REQUEST });
     try {
       const user = 'brand-new';
       const results = await Promise.all(
@@ -105,7 +113,11 @@ describePostgres('shared PostgreSQL store', () => {
       ...TEST_PLANS,
       { name: 'budget', limits: [{ metric: 'cost', scope: '*', period: 'month', max: 0.01 }] },
     ];
-    const t = await createTestApp({ store: 'postgres', usage: { plans, enforcementTimeoutMs: 2000 } });
+    const t = await createTestApp({
+      store: 'postgres',
+      shared: PER_REQUEST,
+      usage: { plans, enforcementTimeoutMs: 2000 },
+    });
     try {
       const user = 'plan=budget;spender';
       // Estimate: 2 + 1000 tokens of gpt-4o-mini = 601 µ$; actual: 10 in + 100 out = 62 µ$.
@@ -141,7 +153,12 @@ describePostgres('shared PostgreSQL store', () => {
   it('database unreachable mid-run → 503 within the timeout, no 500, no hang; 200 again when it returns', async () => {
     const proxy = new TcpProxy(PG.port);
     const port = await proxy.start();
-    const t = await createTestApp({ store: 'postgres', pgPort: port, usage: { enforcementTimeoutMs: 250 } });
+    const t = await createTestApp({
+      store: 'postgres',
+      shared: PER_REQUEST,
+      pgPort: port,
+      usage: { enforcementTimeoutMs: 250 },
+    });
     const post = () =>
       request(t.url)
         .post('/openai/v1/chat/completions')
@@ -186,7 +203,7 @@ describePostgres('shared PostgreSQL store', () => {
     const proxy = new TcpProxy(PG.port);
     const port = await proxy.start();
     process.env[EMERGENCY_FAIL_OPEN_ENV] = 'on';
-    const t = await createTestApp({ store: 'postgres', pgPort: port });
+    const t = await createTestApp({ store: 'postgres', shared: PER_REQUEST, pgPort: port });
     delete process.env[EMERGENCY_FAIL_OPEN_ENV];
     try {
       await proxy.cut();
@@ -205,7 +222,7 @@ describePostgres('shared PostgreSQL store', () => {
 
   it('releases, once, the reservation of an instance killed mid-request', async () => {
     const schema = await createSchema();
-    const server = await spawnServer({ USAGE_TEST_SCHEMA: schema });
+    const server = await spawnServer({ USAGE_TEST_SCHEMA: schema, USAGE_TEST_LEASES: 'false' });
     const user = 'plan=hundred;crashed';
     try {
       void request(server.url)
@@ -222,7 +239,7 @@ describePostgres('shared PostgreSQL store', () => {
       expect(await sql(schema, "SELECT reserved FROM usage_counters WHERE metric = 'calls'")).toEqual([
         { reserved: 1 },
       ]);
-      const t = await createTestApp({ store: 'postgres', schema });
+      const t = await createTestApp({ store: 'postgres', shared: PER_REQUEST, schema });
       try {
         const store = t.probe.store as SharedPostgresStore;
         expect(await store.sweep(Date.now())).toBe(0); // not expired yet

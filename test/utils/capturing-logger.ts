@@ -7,7 +7,7 @@ export class CapturingLogger implements LoggerService {
     (level: string) =>
     (message: unknown, ...rest: unknown[]) => {
       this.lines.push(
-        `${level} ${[message, ...rest].map((m) => (typeof m === 'string' ? m : JSON.stringify(m))).join(' ')}`,
+        `${level} ${[message, ...rest].map((m) => (typeof m === 'string' ? m : m instanceof Error ? m.message : JSON.stringify(m))).join(' ')}`,
       );
     };
   log = this.add('LOG');

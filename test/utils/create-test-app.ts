@@ -2,6 +2,7 @@ import type { NestExpressApplication } from '@nestjs/platform-express';
 import {
   Injectable,
   Module,
+  type DynamicModule,
   type INestApplication,
   type LoggerService,
   type Provider,
@@ -44,6 +45,10 @@ export interface TestAppOptions {
   healthController?: boolean;
   /** Extra controllers. */
   controllers?: Type[];
+  /** Extra modules of the app module (GraphQL, …). */
+  imports?: DynamicModule[];
+  /** Called before the app listens (to connect a microservice, …). */
+  beforeListen?: (app: INestApplication) => Promise<void> | void;
   /** Extra providers of the app module, registered after the test authentication guard. */
   providers?: Provider[];
   /** Register the test authentication as a global guard (default); `false` when `providers` does. */
@@ -152,7 +157,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
         : UsageMonitoringModule.forRoot({ ...options, ...extras });
 
   @Module({
-    imports: [usageModule],
+    imports: [usageModule, ...(opts.imports ?? [])],
     controllers: [
       FakeOpenAiController,
       FakeAnthropicController,
@@ -183,6 +188,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
   await app.init();
   if (opts.platform === 'fastify')
     await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();
+  await opts.beforeListen?.(app);
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address() as { port: number };
   return {

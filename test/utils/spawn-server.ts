@@ -20,10 +20,11 @@ export function spawnServer(
   env: Record<string, string>,
   timeoutMs = 30_000,
   script = join(ROOT, 'test/fixtures/test-server.ts'),
+  nodeArgs: string[] = [],
 ): Promise<ServerProcess> {
   // A compiled script (`.js`, e.g. the benchmark's) needs only the path aliases; TypeScript goes through ts-node.
   const loaders = script.endsWith('.js') ? [] : ['-r', 'ts-node/register/transpile-only'];
-  const child = spawn(process.execPath, [...loaders, '-r', 'tsconfig-paths/register', script], {
+  const child = spawn(process.execPath, [...nodeArgs, ...loaders, '-r', 'tsconfig-paths/register', script], {
     cwd: ROOT,
     env: { ...process.env, ...env, TS_NODE_PROJECT: join(ROOT, 'tsconfig.json') },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { PerUserSqliteStore } from '@app/usage-monitoring/storage/sqlite/per-user-sqlite.store';
 import { sharedUserId } from '@app/usage-monitoring/storage/shared/shared-user-id';
 import { userFileName } from '@app/usage-monitoring/storage/sqlite/user-file-name';
 import type { TestApp } from './create-test-app';
@@ -11,20 +12,44 @@ const TABLES = ['usage_counters', 'usage_events', 'api_requests', 'usage_alerts'
 /**
  * Runs a read query over one user's usage, the way an operator would look: on the user's SQLite file,
  * or on the shared PostgreSQL schema with each table narrowed to that user (temporary views shadow the
- * tables, so the same SQL serves both). Counts and amounts come back as numbers, booleans as 0/1.
+ * tables, so the same SQL serves both). Counts and amounts come back as numbers, booleans as 0/1. On a
+ * running app's SQLite store, the journaled rows are applied to the users' files first (`flush`).
  */
-export function queryUserDb<T = Record<string, unknown>>(
+export async function queryUserDb<T = Record<string, unknown>>(
   where: TestApp | string,
   userId: string,
   sql: string,
 ): Promise<T[]> {
   if (typeof where !== 'string' && where.store === 'postgres')
     return queryShared<T>(where.schema!, userId, sql);
+  // A running app's journaled rows reach the users' files `applyDelayMs` after their response: now.
+  if (typeof where !== 'string') await (where.probe.store as PerUserSqliteStore).flush();
   const dataDir = typeof where === 'string' ? where : where.dataDir;
   const file = join(dataDir, userFileName(userId));
   if (!existsSync(file))
     return Promise.reject(new Error(`no database file for user ${JSON.stringify(userId)}`));
   return querySqliteFile<T>(file, sql);
+}
+
+/**
+ * `queryUserDb` on a data directory another process writes (a spawned server): its journaled rows reach
+ * the user's file up to `applyDelayMs` after their responses, so the query is repeated until it returns
+ * at least `rows` rows, or 5 s have passed (the last result is returned either way).
+ */
+export async function queryUserDbUntil<T = Record<string, unknown>>(
+  dataDir: string,
+  userId: string,
+  sql: string,
+  rows: number,
+): Promise<T[]> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const found = existsSync(join(dataDir, userFileName(userId)))
+      ? await queryUserDb<T>(dataDir, userId, sql)
+      : [];
+    if (found.length >= rows || Date.now() > deadline) return found;
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
 
 async function queryShared<T>(schema: string, userId: string, sql: string): Promise<T[]> {

@@ -3,6 +3,8 @@ import { APP_GUARD } from '@nestjs/core';
 import { UsageMonitoringModule, type StorageOptions } from 'nestjs-usage-monitoring';
 import { AuthGuard } from './auth.guard.js';
 import { ChatController } from './chat.controller.js';
+import { SummaryController } from './summary.controller.js';
+import { SummaryService } from './summary.service.js';
 
 /** `USAGE_DATABASE_URL` set: the shared PostgreSQL store; otherwise one SQLite file per user. */
 const storage: StorageOptions = process.env.USAGE_DATABASE_URL
@@ -16,7 +18,7 @@ const storage: StorageOptions = process.env.USAGE_DATABASE_URL
       storage,
     }),
   ],
-  controllers: [ChatController],
-  providers: [{ provide: APP_GUARD, useClass: AuthGuard }],
+  controllers: [ChatController, SummaryController],
+  providers: [{ provide: APP_GUARD, useClass: AuthGuard }, SummaryService],
 })
 export class AppModule {}

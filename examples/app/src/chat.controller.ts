@@ -1,6 +1,6 @@
 import { Body, Controller, HttpCode, Post, UseGuards, UseInterceptors } from '@nestjs/common';
 import { Metered, MeteringInterceptor, UsageLimitGuard } from 'nestjs-usage-monitoring';
-import OpenAI from 'openai';
+import { openai } from './openai.js';
 
 interface ChatRequest {
   model: string;
@@ -13,17 +13,11 @@ interface ChatRequest {
 @UseGuards(UsageLimitGuard)
 @UseInterceptors(MeteringInterceptor)
 export class ChatController {
-  private readonly openai = new OpenAI({
-    apiKey: process.env.OPENAI_API_KEY ?? 'unused',
-    baseURL: process.env.OPENAI_BASE_URL,
-    maxRetries: 0,
-  });
-
   @Post('chat/completions')
   @HttpCode(200)
   @Metered({ provider: 'openai' })
   chat(@Body() body: ChatRequest) {
-    return this.openai.chat.completions.create({
+    return openai.chat.completions.create({
       model: body.model,
       messages: body.messages,
       max_tokens: body.max_tokens,

@@ -11,6 +11,9 @@ export type {
   SqliteStorageOptions,
   StorageOptions,
   UsageMonitoringModuleExtras,
+  AlertWebhookOptions,
+  UsageAlertsOptions,
+  UsageMetricsOptions,
   UsageMonitoringModuleOptions,
   UsageRequest,
 } from './usage-monitoring.options';
@@ -25,6 +28,12 @@ export { Metered } from './decorators/metered.decorator';
 export type { MeteredOptions } from './decorators/metered.decorator';
 export { SkipMetering } from './decorators/skip-metering.decorator';
 export { InjectUsageMonitoringOptions } from './decorators/inject.decorators';
+export type { RequestResponse } from './enforcement/execution-contexts';
+
+// Metering provider calls in services and handlers
+export { UsageMeter } from './metering/usage-meter';
+export type { MeterSpec, UsageCharge } from './metering/usage-meter';
+export type { UsageEstimate, UsageFigures } from './metering/usage-figures';
 
 // What a refused request answers
 export { UsageLimitExceededException } from './enforcement/usage-limit-exceeded.exception';
@@ -42,7 +51,10 @@ export type { LimitUsage, UsageReport } from './usage/usage-report.interface';
 export type { EnforcementStats } from './enforcement/enforcement-metrics';
 export { UsageAlerts } from './alerts/usage-alerts.service';
 export type { UsageAlert } from './alerts/usage-alert.interface';
+export { alertKey } from './alerts/alert-webhooks';
+export type { AlertWebhookBody } from './alerts/alert-webhooks';
 export { UsageHealthIndicator } from './health/usage-health.indicator';
+export { METER_NAME } from './metrics/usage-metrics';
 
 // Storage (the shared store on a DataSource of the host's)
 export { USAGE_ENTITIES } from './storage/entities';

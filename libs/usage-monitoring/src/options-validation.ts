@@ -30,6 +30,8 @@ const TOP_KEYS: Record<keyof UsageMonitoringModuleOptions, true> = {
   unknownModels: true,
   defaultModels: true,
   onAlert: true,
+  alerts: true,
+  metrics: true,
   clock: true,
 };
 const SQLITE_KEYS: Record<keyof SqliteStorageOptions, true> = {
@@ -75,6 +77,19 @@ export function checkOptionKeys(options: UsageMonitoringModuleOptions): void {
       const value = storage[path.slice('storage.'.length)];
       if (isObject(value)) checkKeys(value, keys, `${path}.`);
     }
+  }
+  if (isObject(options.metrics)) checkKeys(options.metrics, ['meterProvider', 'userIds'], 'metrics.');
+  if (isObject(options.alerts)) {
+    checkKeys(options.alerts, ['webhook'], 'alerts.');
+    const hooks = options.alerts.webhook;
+    const list = Array.isArray(hooks) ? hooks : hooks === undefined ? [] : [hooks];
+    list.forEach((h, i) => {
+      const at = Array.isArray(hooks) ? `alerts.webhook[${i}].` : 'alerts.webhook.';
+      if (!isObject(h)) return;
+      checkKeys(h, ['url', 'secret', 'timeoutMs', 'retry'], at);
+      if (isObject(h.retry))
+        checkKeys(h.retry, ['initialDelayMs', 'maxDelayMs', 'maxAttempts'], `${at}retry.`);
+    });
   }
   if (Array.isArray(options.plans)) {
     options.plans.forEach((plan, i) => {

@@ -11,7 +11,7 @@ export function startupSummary(o: NormalizedUsageOptions): string {
   const store =
     s.type === 'shared'
       ? `shared PostgreSQL store at ${databaseOf(s.dataSource)}${s.leases ? ' (leases on)' : ''}`
-      : `per-user SQLite store in ${JSON.stringify(s.dataDir)} (${s.driver}, at most ${s.maxOpenDataSources} open files${s.journal ? ', journal on' : ''})`;
+      : `per-user SQLite store in ${JSON.stringify(s.dataDir)} (${s.driver}, at most ${s.maxOpenDataSources} open files)`;
   const plans = o.catalog.names;
   const detection = o.detector
     ? `providers detected by ${o.detector.mode === 'path' ? 'path' : 'path and User-Agent'}`

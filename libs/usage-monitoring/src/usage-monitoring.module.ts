@@ -8,17 +8,23 @@ import {
   type OnModuleInit,
   type Provider,
 } from '@nestjs/common';
-import { DiscoveryModule, DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
+import { APP_FILTER, DiscoveryModule, DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { TerminusModule } from '@nestjs/terminus';
 import { Metered } from './decorators/metered.decorator';
 import { startupSummary } from './startup-summary';
 import { UsageAlerts } from './alerts/usage-alerts.service';
+import { AlertWebhooks } from './alerts/alert-webhooks';
 import { EnforcementMetrics } from './enforcement/enforcement-metrics';
+import { UsageEnforcer } from './enforcement/usage-enforcer';
+import { UsageMetrics } from './metrics/usage-metrics';
 import { UsageLimitGuard } from './enforcement/usage-limit.guard';
 import { RollingStats } from './health/rolling-stats';
 import { UsageHealthController } from './health/usage-health.controller';
 import { UsageHealthIndicator } from './health/usage-health.indicator';
 import { MeteringInterceptor } from './metering/metering.interceptor';
+import { UsageSettler } from './metering/usage-settler';
+import { UsageMeter } from './metering/usage-meter';
+import { UsageExceptionFilter } from './enforcement/usage-exception.filter';
 import { PerUserSqliteStore } from './storage/sqlite/per-user-sqlite.store';
 import { SharedPostgresStore } from './storage/shared/shared-postgres.store';
 import type { UsageStore } from './storage/usage-store.interface';
@@ -37,26 +43,51 @@ const providers: Provider[] = [
   {
     provide: USAGE_STORE,
     useFactory: (
-      { storage, clock, clockSkew, enforcementTimeoutMs }: NormalizedUsageOptions,
+      { storage, clock, clockSkew, enforcementTimeoutMs, webhooks }: NormalizedUsageOptions,
       metrics: EnforcementMetrics,
-    ): UsageStore =>
-      storage.type === 'shared'
-        ? new SharedPostgresStore(storage, clock, clockSkew)
-        : new PerUserSqliteStore({
-            ...storage,
-            clock,
-            stallMs: enforcementTimeoutMs,
-            onReservationsReleased: (n) => metrics.recordReleasedByTtl(n),
-          }),
-    inject: [NORMALIZED_OPTIONS, EnforcementMetrics],
+      usageMetrics: UsageMetrics,
+    ): UsageStore => {
+      const released = (n: number) => {
+        metrics.recordReleasedByTtl(n);
+        usageMetrics.reservationsReleased(n);
+      };
+      const onCommit = (writes: number, seconds: number) => usageMetrics.commit(writes, seconds);
+      const store =
+        storage.type === 'shared'
+          ? new SharedPostgresStore(
+              storage,
+              clock,
+              clockSkew,
+              released,
+              onCommit,
+              webhooks.map((w) => w.url),
+            )
+          : new PerUserSqliteStore({
+              ...storage,
+              clock,
+              stallMs: enforcementTimeoutMs,
+              onReservationsReleased: released,
+              onCommit,
+              webhookUrls: webhooks.map((w) => w.url),
+            });
+      usageMetrics.observeStore(store);
+      return store;
+    },
+    inject: [NORMALIZED_OPTIONS, EnforcementMetrics, UsageMetrics],
   },
   EnforcementMetrics,
+  UsageMetrics,
   RollingStats,
   UsageAlerts,
   UsageService,
   UsageHealthIndicator,
+  UsageEnforcer,
+  UsageSettler,
+  UsageMeter,
   UsageLimitGuard,
   MeteringInterceptor,
+  AlertWebhooks,
+  { provide: APP_FILTER, useClass: UsageExceptionFilter },
 ];
 
 /**
@@ -76,10 +107,14 @@ const providers: Provider[] = [
     NORMALIZED_OPTIONS,
     USAGE_STORE,
     EnforcementMetrics,
+    UsageMetrics,
     RollingStats,
     UsageAlerts,
     UsageService,
     UsageHealthIndicator,
+    UsageEnforcer,
+    UsageSettler,
+    UsageMeter,
     UsageLimitGuard,
     MeteringInterceptor,
   ],
@@ -97,6 +132,7 @@ export class UsageMonitoringModule
     private readonly discovery: DiscoveryService,
     private readonly scanner: MetadataScanner,
     private readonly reflector: Reflector,
+    private readonly webhooks: AlertWebhooks,
   ) {
     super();
   }
@@ -126,17 +162,24 @@ export class UsageMonitoringModule
       throw new Error(`UsageMonitoringModule: ${(e as Error).message}`);
     }
     await this.store.init?.();
+    if (this.store instanceof PerUserSqliteStore) this.webhooks.start(this.store.alertOutbox());
+    else if (this.store instanceof SharedPostgresStore)
+      this.webhooks.start(this.store.alertOutbox(this.webhooks.claimMs));
     const summary = startupSummary(this.options);
     if (this.options.emergencyFailOpen) this.logger.warn(summary);
     else this.logger.log(summary);
   }
 
-  /** The providers `@Metered` names on the app's controllers and their handlers (inherited ones too). */
+  /**
+   * The providers `@Metered` names on the app's controllers, resolvers and gateways and their handlers
+   * (inherited ones too).
+   */
   private meteredProviders(): string[] {
     const found: string[] = [];
-    for (const { metatype } of this.discovery.getControllers()) {
+    for (const { metatype } of [...this.discovery.getControllers(), ...this.discovery.getProviders()]) {
       if (typeof metatype !== 'function') continue;
-      const proto = metatype.prototype as object;
+      const proto = metatype.prototype as object | undefined;
+      if (!proto) continue;
       const handlers = this.scanner
         .getAllMethodNames(proto)
         .map((name) => (proto as Record<string, unknown>)[name]);
@@ -150,6 +193,7 @@ export class UsageMonitoringModule
   }
 
   async onApplicationShutdown(): Promise<void> {
+    await this.webhooks.stop();
     await this.store.close();
   }
 }

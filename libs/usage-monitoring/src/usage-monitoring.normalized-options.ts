@@ -26,6 +26,7 @@ import type {
   SharedStorageOptions,
 } from './storage/shared/shared-store.options';
 import { DataSource } from 'typeorm';
+import type { MeterProvider } from '@opentelemetry/api';
 import { loadBetterSqlite3, type SqliteDriver } from './storage/sqlite/sqlite-connection';
 
 export type ResolvedStorage =
@@ -36,7 +37,7 @@ export type ResolvedStorage =
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
       driver: SqliteDriver;
-      journal?: { applyDelayMs: number; maxUsersInMemory: number };
+      journal: { applyDelayMs: number; maxUsersInMemory: number };
       reservationTtlMs: number;
       durableIntent: boolean;
     }
@@ -65,9 +66,23 @@ export interface NormalizedUsageOptions {
   /** Admitted requests are charged at their estimate if the process dies before they settle. */
   durableIntent: boolean;
   onAlert: ((alert: UsageAlert) => void) | undefined;
+  /** Alert webhooks (per-user store), in the order given. */
+  webhooks: ResolvedWebhook[];
+  /** `false`: no instruments. */
+  metrics: false | { meterProvider: MeterProvider | undefined; userIds: boolean };
   clock: () => number;
   /** Set in the shared mode when no clock was given: the store keeps it equal to the database clock's offset. */
   clockSkew: ClockSkew | undefined;
+}
+
+/** An alert webhook with its defaults applied. */
+export interface ResolvedWebhook {
+  url: string;
+  secret: string;
+  timeoutMs: number;
+  initialDelayMs: number;
+  maxDelayMs: number;
+  maxAttempts: number;
 }
 
 export const DEFAULT_PROVIDER_GROUPS = { [AI_TEXT_GROUP]: ['gemini', 'openai', 'anthropic', 'mistral'] };
@@ -237,9 +252,66 @@ export function normalizeOptions(options: UsageMonitoringModuleOptions): Normali
     storage,
     durableIntent: storage.durableIntent,
     onAlert,
+    webhooks: resolveWebhooks(options),
+    metrics: resolveMetrics(options.metrics),
     clock,
     clockSkew,
   };
+}
+
+function resolveWebhooks(options: UsageMonitoringModuleOptions): ResolvedWebhook[] {
+  const a = options.alerts;
+  if (a === undefined) return [];
+  if (typeof a !== 'object' || a === null)
+    fail(`alerts must be an object, e.g. { webhook: { url, secret } } (got ${shown(a)})`);
+  const hooks = a.webhook;
+  if (hooks === undefined) return [];
+  const list = Array.isArray(hooks) ? hooks : [hooks];
+  const seen = new Set<string>();
+  return list.map((h, i) => {
+    const at = Array.isArray(hooks) ? `alerts.webhook[${i}]` : 'alerts.webhook';
+    if (typeof h !== 'object' || h === null) fail(`${at} must be { url, secret } (got ${shown(h)})`);
+    let url: URL;
+    try {
+      url = new URL(String(h.url));
+    } catch {
+      fail(`${at}.url must be an absolute http: or https: URL (got ${shown(h.url)})`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:')
+      fail(`${at}.url must be an http: or https: URL (got the protocol ${url.protocol})`);
+    if (seen.has(url.href)) fail(`${at}.url is given twice (${url.origin}…): each endpoint once`);
+    seen.add(url.href);
+    if (typeof h.secret !== 'string' || h.secret.length < 16)
+      fail(
+        `${at}.secret must be a string of at least 16 characters (the key the receiver checks signatures with)`,
+      );
+    const retry = h.retry ?? {};
+    if (typeof retry !== 'object' || retry === null)
+      fail(`${at}.retry must be an object (got ${shown(retry)})`);
+    const initialDelayMs = positiveInt(retry.initialDelayMs, `${at}.retry.initialDelayMs`, 1000);
+    const maxDelayMs = positiveInt(retry.maxDelayMs, `${at}.retry.maxDelayMs`, 300_000);
+    if (maxDelayMs < initialDelayMs) fail(`${at}.retry.maxDelayMs must be ≥ retry.initialDelayMs`);
+    return {
+      url: url.href,
+      secret: h.secret,
+      timeoutMs: positiveInt(h.timeoutMs, `${at}.timeoutMs`, 10_000),
+      initialDelayMs,
+      maxDelayMs,
+      maxAttempts: positiveInt(retry.maxAttempts, `${at}.retry.maxAttempts`, 20),
+    };
+  });
+}
+
+function resolveMetrics(m: UsageMonitoringModuleOptions['metrics']): NormalizedUsageOptions['metrics'] {
+  if (m === false) return false;
+  if (m === undefined) return { meterProvider: undefined, userIds: false };
+  if (typeof m !== 'object' || m === null)
+    fail(`metrics must be false or { meterProvider?, userIds? } (got ${shown(m)})`);
+  const provider = m.meterProvider as { getMeter?: unknown } | undefined;
+  if (provider !== undefined && typeof provider?.getMeter !== 'function')
+    fail('metrics.meterProvider must be an OpenTelemetry MeterProvider (an object with getMeter())');
+  const userIds = checked(() => oneOf(m.userIds ?? false, [true, false] as const, 'metrics.userIds'));
+  return { meterProvider: m.meterProvider, userIds };
 }
 
 function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage {
@@ -280,20 +352,23 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
  */
 const DURABLE_INTENT_DEFAULT = { sqlite: true, shared: false } as const;
 
-/** `storage.journal: true` and `{}` apply each user's journaled rows after this long. */
+/** Each user's journaled rows are applied to its file after this long, by default. */
 const JOURNAL_APPLY_DELAY_MS = 1000;
 /** `storage.journal.maxUsersInMemory` by default. */
 const JOURNAL_USERS_IN_MEMORY = 100_000;
 
-function resolveJournal(
-  j: SqliteStorageOptions['journal'],
-): { applyDelayMs: number; maxUsersInMemory: number } | undefined {
-  if (j === undefined || j === false) return undefined;
-  if (j === true) return { applyDelayMs: JOURNAL_APPLY_DELAY_MS, maxUsersInMemory: JOURNAL_USERS_IN_MEMORY };
-  if (typeof j !== 'object' || j === null)
+function resolveJournal(j: SqliteStorageOptions['journal']): {
+  applyDelayMs: number;
+  maxUsersInMemory: number;
+} {
+  if (j === undefined || j === true)
+    return { applyDelayMs: JOURNAL_APPLY_DELAY_MS, maxUsersInMemory: JOURNAL_USERS_IN_MEMORY };
+  if ((j as unknown) === false)
     fail(
-      `storage.journal must be true, false or { applyDelayMs, maxUsersInMemory } (got ${JSON.stringify(j)})`,
+      'storage.journal: false is no longer supported: the journal is how the per-user store writes (the direct per-user commit was removed; one write path, the one that carries many users). Remove the option, or tune it with { applyDelayMs, maxUsersInMemory }',
     );
+  if (typeof j !== 'object' || j === null || Array.isArray(j))
+    fail(`storage.journal must be { applyDelayMs, maxUsersInMemory } (got ${JSON.stringify(j)})`);
   const applyDelayMs = positiveInt(j.applyDelayMs, 'storage.journal.applyDelayMs', JOURNAL_APPLY_DELAY_MS, 0);
   if (applyDelayMs > 60_000) fail(`storage.journal.applyDelayMs must be ≤ 60000 (got ${applyDelayMs})`);
   const maxUsersInMemory = positiveInt(
@@ -320,6 +395,9 @@ function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
   }
   const t = s.timeouts ?? {};
   const reservationTtlMs = positiveInt(s.reservationTtlMs, 'storage.reservationTtlMs', 900_000);
+  const durableIntent = checked(() =>
+    oneOf(s.durableIntent ?? DURABLE_INTENT_DEFAULT.shared, [true, false], 'storage.durableIntent'),
+  );
   return {
     type: 'shared',
     dataSource: s.dataSource,
@@ -329,24 +407,32 @@ function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
     statementMs: positiveInt(t.statementMs, 'storage.timeouts.statementMs', 2000),
     lockMs: positiveInt(t.lockMs, 'storage.timeouts.lockMs', 1000),
     reservationTtlMs,
-    durableIntent: checked(() =>
-      oneOf(s.durableIntent ?? DURABLE_INTENT_DEFAULT.shared, [true, false], 'storage.durableIntent'),
-    ),
-    leases: resolveLeases(s.leases, reservationTtlMs),
+    durableIntent,
+    // Leases by default; not with durable intent unless asked for (lease-admitted requests have no row).
+    leases: resolveLeases(s.leases ?? !durableIntent, reservationTtlMs),
   };
 }
 
+/** `storage.leases` by default (and `true`): blocks of 64 requests, held at most 1 s, 8 blocks of headroom. */
+const LEASE_DEFAULTS = { requests: 64, holdMs: 1000, headroom: 8 } as const;
+
 function resolveLeases(value: unknown, reservationTtlMs: number): ResolvedLeases | null {
-  if (value === undefined || value === false) return null;
+  if (value === false) return null;
   const l = value === true ? {} : (value as SharedLeaseOptions);
   if (!l || typeof l !== 'object' || Array.isArray(l))
     fail(
       `storage.leases must be true, false or { requests, holdMs, headroom } (got ${JSON.stringify(value)})`,
     );
   const resolved = {
-    requests: positiveInt(l.requests, 'storage.leases.requests', 64, 2),
-    holdMs: positiveInt(l.holdMs, 'storage.leases.holdMs', 1000, 10),
-    headroom: positiveInt(l.headroom, 'storage.leases.headroom', 8, 2),
+    requests: positiveInt(l.requests, 'storage.leases.requests', LEASE_DEFAULTS.requests, 2),
+    // A short reservationTtlMs shortens the default hold with it (the rule below), instead of refusing.
+    holdMs: positiveInt(
+      l.holdMs,
+      'storage.leases.holdMs',
+      Math.max(10, Math.min(LEASE_DEFAULTS.holdMs, Math.floor(reservationTtlMs / 2))),
+      10,
+    ),
+    headroom: positiveInt(l.headroom, 'storage.leases.headroom', LEASE_DEFAULTS.headroom, 2),
   };
   // The sweeper releases a lease row after reservationTtlMs: a live instance must be done admitting by then.
   if (resolved.holdMs * 2 > reservationTtlMs)

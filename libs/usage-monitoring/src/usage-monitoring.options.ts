@@ -1,3 +1,4 @@
+import type { MeterProvider } from '@opentelemetry/api';
 import type { Limit, Plan, PlanAssignment } from './plans/plan.interface';
 import type { PriceOverride } from './pricing/price.interface';
 import type { UsageAlert } from './alerts/usage-alert.interface';
@@ -40,22 +41,24 @@ export interface SqliteStorageOptions {
    */
   driver?: 'sqlite3' | 'better-sqlite3';
   /**
-   * Cross-user group commit, for many users active at once. Off, each settlement commits to its user's
-   * file before the response is released: one commit per user per turn, so a thousand users each sending
-   * a request cost a thousand commits. On, every user's settlements of a turn commit together to one
-   * journal file inside `dataDir` (`.usage-journal.sqlite`) before their responses are released; each
-   * user's rows then move to the user's own file in one commit `applyDelayMs` later (at once when the
-   * user's database is closed or evicted, and at start-up for rows a crash left in the journal). Counters
-   * and enforcement are exact either way; a user's file lags the journal by up to `applyDelayMs`.
+   * How settlements are written (one path, always on). Every user's settlements of a turn commit together
+   * to one journal file inside `dataDir` (`.usage-journal.sqlite`) before their responses are released,
+   * so a thousand users each sending a request cost one commit, not a thousand; each user's rows then move
+   * to the user's own file in one commit `applyDelayMs` later (at once when the user's database is closed
+   * or evicted, and at start-up for rows a crash left in the journal). Counters and enforcement are exact;
+   * a user's file lags the journal by up to `applyDelayMs`.
    *
-   * With the journal, a user whose database the LRU closes stays in memory with its counters (up to
-   * `maxUsersInMemory` users, least recently used dropped first, never one with rows still to apply):
-   * coming back costs no database open, and its rows reach its file in the background, one
-   * open–commit–close per user every `applyDelayMs`, within `maxOpenDataSources`. `0` turns that off.
-   * `true` means `{ applyDelayMs: 1000, maxUsersInMemory: 100000 }`.
-   * @default false
+   * A user whose database the LRU closes stays in memory with its counters (up to `maxUsersInMemory`
+   * users, least recently used dropped first, never one with rows still to apply): coming back costs no
+   * database open, and its rows reach its file in the background, one open–commit–close per user every
+   * `applyDelayMs`, within `maxOpenDataSources`. `0` turns that off.
+   *
+   * (Earlier versions made it opt-in, `journal: true`; `true` is still accepted and means the defaults. The
+   * direct per-user commit it replaced, `journal: false`, was removed: it was a little faster for one hot
+   * user and far slower for many, and two write paths were one too many.)
+   * @default { applyDelayMs: 1000, maxUsersInMemory: 100000 }
    */
-  journal?: boolean | { applyDelayMs?: number; maxUsersInMemory?: number };
+  journal?: { applyDelayMs?: number; maxUsersInMemory?: number } | true;
   /**
    * A reservation not settled after this long (a handler that never completed, a stalled upstream stream)
    * is released, so that it stops holding quota and its user's database slot; counted in
@@ -218,11 +221,65 @@ export interface UsageMonitoringModuleOptions {
    */
   onAlert?: (alert: UsageAlert) => void;
   /**
+   * Where alerts are delivered besides `onAlert` and `UsageAlerts.alerts$` (README: Alert webhooks).
+   */
+  alerts?: UsageAlertsOptions;
+  /**
+   * Metrics through `@opentelemetry/api` (README: Metrics): `gen_ai.client.token.usage` in the GenAI
+   * semantic conventions and the library's own `usage_monitoring.*`. They reach the meter provider the
+   * app registers (the OpenTelemetry SDK's, set before the app is created) or `meterProvider`; with none
+   * they cost nothing. No user ids unless `userIds: true` (an `enduser.id` attribute on cost and tokens:
+   * one series per user). `false` creates no instruments.
+   * @default { userIds: false }, on the global meter provider
+   */
+  metrics?: false | UsageMetricsOptions;
+  /**
    * Milliseconds since the epoch. Tests inject a clock to roll periods.
    * @default Date.now; in the shared mode, the database's clock (sampled every 30 s), so that instances
    * with skewed clocks agree on periods
    */
   clock?: () => number;
+}
+
+/** `alerts` of the module's options. */
+export interface UsageAlertsOptions {
+  /**
+   * POST each alert as JSON to these endpoints: written to an outbox in the same commit as the usage that
+   * crossed the threshold, signed (HMAC-SHA256 of the raw body with `secret`), retried with exponential
+   * backoff and jitter until a 2xx answer, in order per user; after `retry.maxAttempts` an alert is parked
+   * (kept, counted, logged) and the user's next alert goes.
+   */
+  webhook?: AlertWebhookOptions | AlertWebhookOptions[];
+}
+
+/** One alert webhook endpoint. */
+export interface AlertWebhookOptions {
+  /** `http:` or `https:` URL. */
+  url: string;
+  /** Signs each body (`X-Usage-Signature: sha256=<hex HMAC-SHA256 of the raw body>`); at least 16 characters. */
+  secret: string;
+  /**
+   * How long one delivery waits for the answer (ms).
+   * @default 10000
+   */
+  timeoutMs?: number;
+  /**
+   * Backoff between attempts: `initialDelayMs` doubling up to `maxDelayMs`, each with full jitter; parked
+   * after `maxAttempts` failed attempts.
+   * @default { initialDelayMs: 1000, maxDelayMs: 300000, maxAttempts: 20 }
+   */
+  retry?: { initialDelayMs?: number; maxDelayMs?: number; maxAttempts?: number };
+}
+
+/** `metrics` of the module's options. */
+export interface UsageMetricsOptions {
+  /** Where the instruments are created; by default `metrics.getMeterProvider()` of `@opentelemetry/api`. */
+  meterProvider?: MeterProvider;
+  /**
+   * Add the user id (`enduser.id`) to the cost and token metrics: one series per user, for small user counts.
+   * @default false
+   */
+  userIds?: boolean;
 }
 
 /** Module-shape extras of `forRoot` / `forRootAsync`. */

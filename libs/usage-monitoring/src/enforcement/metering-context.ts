@@ -1,3 +1,5 @@
+import type { MeteredOptions } from '../decorators/metered.decorator';
+import type { MeasuredUsage } from '../metering/usage-extractor';
 import type { Reservation } from '../storage/usage-store.interface';
 
 /** What the guard hands the interceptor on the request object. @internal */
@@ -6,6 +8,10 @@ export interface MeteringContext {
   provider: string;
   /** Model from `@Metered`, if any. */
   model: string | undefined;
+  /** The route's `@Metered` options (its `usage` reader), when the guard admitted it. */
+  route?: MeteredOptions;
+  /** What the reservation was made for: charged when the result reports no usage. */
+  estimate: MeasuredUsage;
   /** Billing-month key of the reservation (stored on the ledger row). */
   ledgerPeriodKey: string;
   startedAt: number;

@@ -24,6 +24,8 @@ export class StreamUsage {
   private usageMetadata: Record<string, unknown> | undefined;
   /** True once the provider's final usage arrived. */
   final = false;
+  /** True once the provider said the stream is complete (`[DONE]`, `message_stop`, `response.completed`). */
+  complete = false;
   private buffered: string[] = [];
   private bufferedChars = 0;
   private countedTokens = 0;
@@ -39,12 +41,16 @@ export class StreamUsage {
           return this.text(data);
         }
       } else {
-        if (t !== '[DONE]') this.text(data);
+        if (t === '[DONE]') this.complete = true;
+        else this.text(data);
         return;
       }
     }
     if (!isObject(data)) return;
     switch (data.type) {
+      case 'message_stop':
+        this.complete = true;
+        return;
       case 'message_start':
         if (isObject(data.message)) {
           this.setModel(data.message.model);
@@ -66,6 +72,7 @@ export class StreamUsage {
         return;
       case 'response.completed':
       case 'response.incomplete':
+        this.complete = true;
         if (isObject(data.response)) {
           this.setModel(data.response.model);
           if (isObject(data.response.usage)) {

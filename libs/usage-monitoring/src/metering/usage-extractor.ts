@@ -3,6 +3,7 @@ import type { UsageQuantities } from '../pricing/price.interface';
 import type { StreamUsage } from './stream-usage';
 import { count, isObject, requestText } from './text-fields';
 import { estimateTokens } from './token-estimator';
+import { isUsageFigures, type UsageEstimate, type UsageFigures } from './usage-figures';
 
 /** Quantities of one request with the model they were priced by. */
 export interface MeasuredUsage extends UsageQuantities {
@@ -21,7 +22,11 @@ export class UsageExtractor {
     private readonly adapters: Readonly<Record<string, UsageAdapter>> = DEFAULT_ADAPTERS,
   ) {}
 
-  /** Estimate for the reservation: input from the prompt fields, output bounded by `max_tokens` & co. */
+  /**
+   * Estimate for the reservation: input from the prompt fields, output bounded by `max_tokens` & co. A body
+   * without any provider prompt field (an app's own `{ message }`) has the text of all its string fields
+   * counted instead, so that it never reserves 0 input tokens for text it carries.
+   */
   estimate(provider: string, body: unknown, model?: string): MeasuredUsage {
     const adapter = this.adapters[provider] ?? genericAdapter;
     const unit = adapter.extract(undefined, body);
@@ -45,16 +50,71 @@ export class UsageExtractor {
     return {
       ...quantities,
       model: named,
-      inputTokens: estimateTokens(requestText(body), named),
+      inputTokens: estimateTokens(requestText(body) || anyText(body), named),
       outputTokens: outputBound,
       estimated: true,
     };
   }
 
+  /** The reservation for an estimate the app states: its text counted, unstated figures as for an empty request. */
+  estimateFrom(provider: string, stated: UsageEstimate, model?: string): MeasuredUsage {
+    const base = this.estimate(provider, undefined, model);
+    const text = stated.text ? estimateTokens(stated.text, model) : 0;
+    const tokenBased = (this.adapters[provider] ?? genericAdapter).tokenBased;
+    return {
+      model,
+      inputTokens: (stated.inputTokens ?? 0) + text,
+      outputTokens: stated.maxOutputTokens ?? (tokenBased ? base.outputTokens : 0),
+      searches: stated.searches ?? base.searches,
+      images: stated.images ?? base.images,
+      pages: stated.pages ?? base.pages,
+      estimated: true,
+    };
+  }
+
+  /**
+   * Usage after the call from whatever the call returned: figures the app states (`UsageFigures`) as they
+   * are; a provider's response through its adapter. When a token-priced provider's response reports no
+   * tokens and carries no text to count (an app-shaped body), the admission's `estimate` is charged instead,
+   * flagged — `reported` is false then, so that the caller can say so.
+   */
+  settleUsage(
+    provider: string,
+    requestBody: unknown,
+    result: unknown,
+    model: string | undefined,
+    estimate: MeasuredUsage | undefined,
+  ): { usage: MeasuredUsage; reported: boolean } {
+    if (isUsageFigures(result)) return { usage: fromFigures(result, model), reported: true };
+    const adapter = this.adapters[provider] ?? genericAdapter;
+    const u = adapter.extract(result, requestBody);
+    if (
+      estimate &&
+      adapter.tokenBased &&
+      u.inputTokens === undefined &&
+      u.outputTokens === undefined &&
+      !u.outputText
+    ) {
+      return {
+        usage: { ...estimate, model: u.model ?? estimate.model ?? model, estimated: true },
+        reported: false,
+      };
+    }
+    return { usage: this.fromProvider(adapter, u, requestBody, model), reported: true };
+  }
+
   /** Actual usage after the call: the provider's usage fields, estimates (flagged) where absent. */
   measure(provider: string, requestBody: unknown, responseBody: unknown, model?: string): MeasuredUsage {
     const adapter = this.adapters[provider] ?? genericAdapter;
-    const u = adapter.extract(responseBody, requestBody);
+    return this.fromProvider(adapter, adapter.extract(responseBody, requestBody), requestBody, model);
+  }
+
+  private fromProvider(
+    adapter: UsageAdapter,
+    u: ReturnType<UsageAdapter['extract']>,
+    requestBody: unknown,
+    model: string | undefined,
+  ): MeasuredUsage {
     const quantities = { searches: u.searches ?? 0, images: u.images ?? 0, pages: u.pages ?? 0 };
     if (!adapter.tokenBased) {
       return { ...quantities, inputTokens: 0, outputTokens: 0, model: u.model ?? model, estimated: false };
@@ -63,7 +123,7 @@ export class UsageExtractor {
     const named = u.model ?? model;
     let inputTokens = u.inputTokens;
     if (inputTokens === undefined) {
-      inputTokens = estimateTokens(requestText(requestBody), named);
+      inputTokens = estimateTokens(requestText(requestBody) || anyText(requestBody), named);
       estimated = true;
     }
     let outputTokens = u.outputTokens;
@@ -96,4 +156,33 @@ export class UsageExtractor {
     const produced = (this.adapters[provider] ?? genericAdapter).tokenBased ? stream.producedTokens() : 0;
     return { ...u, outputTokens: Math.max(u.outputTokens, produced), estimated: true };
   }
+}
+
+function fromFigures(f: UsageFigures, model: string | undefined): MeasuredUsage {
+  return {
+    model: f.model ?? model,
+    inputTokens: f.inputTokens ?? 0,
+    outputTokens: f.outputTokens ?? 0,
+    cachedInputTokens: f.cachedInputTokens,
+    cacheWriteTokens: f.cacheWriteTokens,
+    reasoningTokens: f.reasoningTokens,
+    searches: f.searches ?? 0,
+    images: f.images ?? 0,
+    pages: f.pages ?? 0,
+    estimated: false,
+  };
+}
+
+/** Text of every string field of an app's own body (not `model`), a few levels deep. */
+function anyText(body: unknown): string {
+  if (!isObject(body)) return typeof body === 'string' ? body : '';
+  const parts: string[] = [];
+  const walk = (v: unknown, depth: number) => {
+    if (depth > 4 || parts.length > 256) return;
+    if (typeof v === 'string') parts.push(v);
+    else if (Array.isArray(v)) for (const x of v) walk(x, depth + 1);
+    else if (isObject(v)) for (const k of Object.keys(v)) if (k !== 'model') walk(v[k], depth + 1);
+  };
+  walk(body, 0);
+  return parts.join('\n');
 }

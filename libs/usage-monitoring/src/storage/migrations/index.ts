@@ -6,6 +6,7 @@ import { UsageEventDetails1764460800000 } from './1764460800000-usage-event-deta
 import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-reserve-batch-in-memory';
 import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
 import { UsageReservationIntent1764806400000 } from './1764806400000-usage-reservation-intent';
+import { UsageAlertOutbox1764892800000 } from './1764892800000-usage-alert-outbox';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
@@ -16,6 +17,7 @@ export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageReserveBatchInMemory1764547200000,
   UsageLeases1764633600000,
   UsageReservationIntent1764806400000,
+  UsageAlertOutbox1764892800000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

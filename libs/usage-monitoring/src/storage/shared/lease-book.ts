@@ -88,6 +88,19 @@ export class LeaseBook {
   }
 
   /**
+   * Quota of one of a user's counters that this instance holds in leases and has not handed to a request
+   * (part of the counter's `reserved` in the database, though no request uses it).
+   */
+  unused(userId: string, periodKey: string, scope: string, metric: string): number {
+    let n = 0;
+    for (const lease of this.held.values()) {
+      const [u, p, s, m] = JSON.parse(lease.key) as string[];
+      if (u === userId && p === periodKey && s === scope && m === metric) n += lease.remaining;
+    }
+    return n;
+  }
+
+  /**
    * Admits a request from this instance's leases, in memory: true when every one of its charges had a
    * lease with room (all are then charged), false when one had none (nothing is charged).
    */

@@ -76,6 +76,53 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT DO NOTHING
 RETURNING threshold`;
 
+/**
+ * The alerts a settlement batch crossed ($1: JSON list), stored and put in the webhook outbox once per
+ * webhook ($2: URLs), in the batch's transaction. Returns the alerts that were new (an alert is stored once
+ * per user, period, limit and threshold).
+ */
+export const INSERT_ALERTS_OUTBOX = `
+WITH a AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb) AS a(i int, u text, p text, lid text, t int, used int8, mx int8,
+    at int8, alert jsonb)
+),
+ins AS (
+  INSERT INTO usage_alerts (user_id, period_key, limit_id, threshold, used, max_value, created_at)
+  SELECT u, p, lid, t, used, mx, at FROM a ORDER BY i
+  ON CONFLICT DO NOTHING
+  RETURNING user_id, period_key, limit_id, threshold
+),
+ob AS (
+  INSERT INTO usage_alert_outbox (target, user_id, period_key, limit_id, threshold, alert)
+  SELECT tg.target, a.u, a.p, a.lid, a.t, a.alert
+  FROM a JOIN ins ON ins.user_id = a.u AND ins.period_key = a.p AND ins.limit_id = a.lid AND ins.threshold = a.t
+  CROSS JOIN unnest($2::text[]) WITH ORDINALITY AS tg(target, n)
+  ORDER BY a.i, tg.n
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+)
+SELECT a.i FROM a JOIN ins ON ins.user_id = a.u AND ins.period_key = a.p AND ins.limit_id = a.lid AND ins.threshold = a.t`;
+
+/**
+ * Claims the outbox rows due for delivery: for each webhook and user the oldest not parked (a later one
+ * waits until it is delivered or parked), not claimed by an instance now. $1 now, $2 how many, $3 the claim
+ * (ms), $4 the webhooks this instance delivers to.
+ */
+export const CLAIM_OUTBOX = `
+WITH heads AS (
+  SELECT DISTINCT ON (target, user_id) id FROM usage_alert_outbox
+  WHERE NOT parked AND target = ANY($4::text[])
+  ORDER BY target, user_id, id
+),
+due AS (
+  SELECT o.id FROM usage_alert_outbox o JOIN heads h ON h.id = o.id
+  WHERE o.next_at <= $1 AND o.claimed_until <= $1
+  ORDER BY o.id LIMIT $2
+  FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE usage_alert_outbox o SET claimed_until = $1 + $3 FROM due WHERE o.id = due.id
+RETURNING o.id, o.target, o.user_id, o.alert::text AS alert, o.attempts`;
+
 export const INSERT_REQUEST = `
 INSERT INTO api_requests (request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

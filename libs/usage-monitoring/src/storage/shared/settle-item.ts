@@ -32,8 +32,10 @@ export interface SettleItem {
   pv: string | null;
   charges: { p: string; sc: string; m: string; a: number; act: number }[];
   limits: LimitCharge[];
-  /** Thresholds this settlement crossed, found after its batch committed. */
-  alerts: { index: number; threshold: number; used: number }[];
+  /** Thresholds this settlement crossed, found after its batch committed (`stored`: its alert row is new). */
+  alerts: { index: number; threshold: number; used: number; stored?: boolean }[];
+  /** The user's id as the app knows it (`u` is its stored form). */
+  userId: string;
 }
 
 /** The settlement of a request's ledger row `e` against its `charges`, consuming `actual`. */
@@ -79,10 +81,13 @@ export function settleItemOf(
     })),
     limits: charges,
     alerts: [],
+    userId,
   };
 }
 
 /** The settle statement's payload: the items without what only the store keeps. */
 export function settlePayload(items: SettleItem[]): string {
-  return JSON.stringify(items, (k, v: unknown) => (k === 'limits' || k === 'alerts' ? undefined : v));
+  return JSON.stringify(items, (k, v: unknown) =>
+    k === 'limits' || k === 'alerts' || k === 'userId' ? undefined : v,
+  );
 }

@@ -4,12 +4,18 @@ import { USAGE_MIGRATIONS, USAGE_MIGRATIONS_TABLE } from '../migrations';
 import { MIGRATION_LOCK_KEY } from './postgres-statements';
 import type { ResolvedSharedStorage } from './shared-store.options';
 
-/** The pg pool behind a TypeORM PostgreSQL DataSource. */
-export interface PgPool {
+/** What the store runs statements on: the pool, or one of its clients (a transaction). */
+export interface PgQueryable {
   query<R = Record<string, unknown>>(
     config: { name?: string; text: string; values?: unknown[] } | string,
     values?: unknown[],
   ): Promise<{ rows: R[]; rowCount: number | null }>;
+}
+
+/** The pg pool behind a TypeORM PostgreSQL DataSource. */
+export interface PgPool extends PgQueryable {
+  /** A client of its own, for a transaction; `release(true)` discards a broken one. */
+  connect(): Promise<PgQueryable & { release(destroy?: boolean): void }>;
 }
 
 /** Builds the DataSource the module owns: the usage entities and migrations, pool size and timeouts. */

@@ -23,7 +23,8 @@ import type {
 import * as SQL from './postgres-statements';
 import { LeaseBook } from './lease-book';
 import { PgBatcher } from './pg-batcher';
-import { createSharedDataSource, migrate, poolOf, type PgPool } from './shared-data-source';
+import { createSharedDataSource, migrate, poolOf, type PgPool, type PgQueryable } from './shared-data-source';
+import type { AlertOutbox, OutboxRow } from '../../alerts/alert-outbox';
 import type { ResolvedSharedStorage } from './shared-store.options';
 import { settleItemOf, settlePayload, type SettleItem } from './settle-item';
 import { sharedUserId } from './shared-user-id';
@@ -100,6 +101,23 @@ function markAlerts(
   }
 }
 
+/** The alert a settlement's crossing of a threshold reports. */
+function alertOf(userId: string, item: SettleItem, a: SettleItem['alerts'][number]): UsageAlert {
+  const c = item.limits[a.index];
+  return {
+    userId,
+    limitId: c.limitId,
+    scope: c.scope,
+    metric: c.metric,
+    period: c.period,
+    periodKey: c.periodKey,
+    threshold: a.threshold,
+    used: a.used,
+    max: c.max,
+    at: item.at,
+  };
+}
+
 /**
  * Shared-database store (PostgreSQL): several app instances enforce one set of limits exactly.
  * Admission is one locking, all-or-none statement against the counter rows; settlement one statement
@@ -134,6 +152,12 @@ export class SharedPostgresStore implements UsageStore {
     private readonly options: ResolvedSharedStorage,
     private readonly clock: () => number,
     private readonly skew?: ClockSkew,
+    /** Told how many expired reservations each sweep released or charged (the health stats count them). */
+    private readonly onReservationsReleased?: (count: number) => void,
+    /** Told of each settlement batch committed: how many settlements, and how long it took (s). */
+    private readonly onCommit?: (writes: number, seconds: number) => void,
+    /** Alert webhook URLs: each batch's alerts go to the outbox for each, in the batch's transaction. */
+    private readonly webhookUrls: readonly string[] = [],
   ) {
     this.owned = !(options.dataSource instanceof DataSource);
     this.leases = options.leases
@@ -183,6 +207,11 @@ export class SharedPostgresStore implements UsageStore {
       () => false,
     );
     if (this.options.durableIntent && !this.intentColumn) throw missing;
+    if (this.webhookUrls.length) {
+      await this.pool.query('SELECT 1 FROM usage_alert_outbox LIMIT 0').catch(() => {
+        throw missing;
+      });
+    }
     await this.sampleClock();
     const sweep = setInterval(
       () => void this.sweep(),
@@ -266,6 +295,9 @@ export class SharedPostgresStore implements UsageStore {
     const item = settleItemOf(reservation.userId, s.event, reservation.charges, s.actual);
     const committed = await this.settleBatcher.submit(item);
     if (!committed) return { alerts: [] };
+    // With webhooks, the batch's transaction stored the alerts (and their outbox rows) already.
+    if (this.webhookUrls.length)
+      return { alerts: item.alerts.filter((a) => a.stored).map((a) => alertOf(reservation.userId, item, a)) };
     return { alerts: await this.storeAlerts(reservation.userId, item) };
   }
 
@@ -287,15 +319,94 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   private async runSettle(items: SettleItem[]): Promise<void> {
-    const payload = settlePayload(items);
-    const { rows } = await this.pool.query<{
+    const started = performance.now();
+    for (const item of items) item.alerts = [];
+    if (this.webhookUrls.length) await this.settleWithOutbox(items);
+    else await this.settleOn(this.pool, items);
+    this.onCommit?.(items.length, (performance.now() - started) / 1000);
+  }
+
+  /** The batch statement on `db`; then the thresholds each settlement crossed are marked on it. */
+  private async settleOn(db: PgQueryable, items: SettleItem[]): Promise<void> {
+    const { rows } = await db.query<{
       inserted: string[];
       counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
     }>({ name: 'usage_settle_batch', text: SQL.SETTLE_BATCH }, [
-      payload,
+      settlePayload(items),
       Math.max(...items.map((i) => i.at)),
     ]);
     markAlerts(items, new Set(rows[0].inserted), rows[0].counters);
+  }
+
+  /**
+   * Alert webhooks: the batch, the alerts it crossed and their outbox rows in one transaction, so that an
+   * alert is in the outbox exactly when the usage that crossed it is committed.
+   */
+  private async settleWithOutbox(items: SettleItem[]): Promise<void> {
+    const client = await this.pool.connect();
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      await this.settleOn(client, items);
+      const crossed = items.flatMap((item) => item.alerts.map((a) => ({ item, a })));
+      if (crossed.length) {
+        const { rows } = await client.query<{ i: number }>(
+          { name: 'usage_insert_alerts_outbox', text: SQL.INSERT_ALERTS_OUTBOX },
+          [
+            JSON.stringify(
+              crossed.map(({ item, a }, i) => {
+                const c = item.limits[a.index];
+                return {
+                  i,
+                  u: item.u,
+                  p: c.periodKey,
+                  lid: c.limitId,
+                  t: a.threshold,
+                  used: a.used,
+                  mx: c.max,
+                  at: item.at,
+                  alert: alertOf(item.userId, item, a),
+                };
+              }),
+            ),
+            this.webhookUrls,
+          ],
+        );
+        for (const { i } of rows) crossed[i].a.stored = true;
+      }
+      await client.query('COMMIT');
+    } catch (e) {
+      broken = true;
+      await client.query('ROLLBACK').catch(() => undefined);
+      for (const item of items) item.alerts = [];
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** The alert outbox (alert webhooks): claimed, delivered and retried through these. */
+  alertOutbox(claimMs: number): AlertOutbox {
+    return {
+      outboxDue: async (now, limit) =>
+        (
+          await this.pool.query<OutboxRow>({ name: 'usage_claim_outbox', text: SQL.CLAIM_OUTBOX }, [
+            now,
+            limit,
+            claimMs,
+            this.webhookUrls,
+          ])
+        ).rows.map((r) => ({ ...r, id: Number(r.id), attempts: Number(r.attempts) })),
+      outboxDelivered: async (id) => {
+        await this.pool.query('DELETE FROM usage_alert_outbox WHERE id = $1', [id]);
+      },
+      outboxFailed: async (id, attempts, nextAt, parked, error) => {
+        await this.pool.query(
+          'UPDATE usage_alert_outbox SET attempts = $2, next_at = $3, parked = $4, last_error = $5, claimed_until = 0 WHERE id = $1',
+          [id, attempts, Math.round(nextAt), parked, error.slice(0, 200)],
+        );
+      },
+    };
   }
 
   /** Settlements committed: the leases they were admitted from may go back once all of theirs have. */
@@ -365,20 +476,7 @@ export class SharedPostgresStore implements UsageStore {
         c.max,
         item.at,
       ]);
-      if (rows.length) {
-        out.push({
-          userId,
-          limitId: c.limitId,
-          scope: c.scope,
-          metric: c.metric,
-          period: c.period,
-          periodKey: c.periodKey,
-          threshold: a.threshold,
-          used: a.used,
-          max: c.max,
-          at: item.at,
-        });
-      }
+      if (rows.length) out.push(alertOf(userId, item, a));
     }
     return out;
   }
@@ -406,7 +504,12 @@ export class SharedPostgresStore implements UsageStore {
         keys.map((k) => k.metric),
       ],
     );
-    return keys.map((k, i) => ({ ...k, used: Number(rows[i].used), reserved: Number(rows[i].reserved) }));
+    // This instance's leased quota not handed to any request is room, not a request in flight. (Another
+    // instance's unused leases still show as reserved: at most one block per instance, for `holdMs`.)
+    return keys.map((k, i) => {
+      const held = this.leases?.unused(userId, k.periodKey, k.scope, k.metric) ?? 0;
+      return { ...k, used: Number(rows[i].used), reserved: Math.max(0, Number(rows[i].reserved) - held) };
+    });
   }
 
   async health(): Promise<StoreHealth> {
@@ -448,7 +551,12 @@ export class SharedPostgresStore implements UsageStore {
         [now],
       );
       const n = Number(rows[0]?.released ?? 0) + charged;
-      if (n > 0) this.logger.warn(`released ${n} expired reservation(s) left by requests that never settled`);
+      if (n > 0) {
+        this.onReservationsReleased?.(n);
+        this.logger.warn(
+          `released ${n} expired reservation(s) not settled within storage.reservationTtlMs (${this.options.reservationTtlMs} ms)`,
+        );
+      }
       if (!this.leaseTable) return n;
       const { rows: leases } = await this.pool.query<{ released: string }>(
         { name: 'usage_return_leases', text: SQL.RETURN_LEASES },

@@ -37,19 +37,22 @@ export interface SharedStorageOptions {
    * a reservation its instance never settled (the process died while the request ran, so its upstream call
    * may still be billed to you) is charged that way, once, with outcome `interrupted`, by the sweeper after
    * `reservationTtlMs`, instead of being released. Requests admitted from a lease (`leases`) have no row
-   * and are not covered. Off by default here: it cost 3–8 % of the shared store's throughput in the bench
+   * and are not covered, so turning this on turns leases off unless `leases` is set. Off by default here: it cost 3–8 % of the shared store's throughput in the bench
    * (a larger reservation row to write and delete per request); see the README.
    * @default false
    */
   durableIntent?: boolean;
   /**
-   * Per-instance leases (opt-in): while a counter has plenty of room, an instance takes a block of it in
-   * one statement and admits requests from that block in memory, one database round trip per block
+   * Per-instance leases (on by default): while a counter has plenty of room, an instance takes a block of
+   * it in one statement and admits requests from that block in memory, one database round trip per block
    * instead of one per request; ledger rows are still written, batched, before each response. Near a
-   * limit no block is taken and every request is decided by the database, as without leases. Never admits
+   * limit no block is taken and every request is decided by the database, one statement each. Never admits
    * past a limit; may refuse early, for at most `holdMs` plus the time requests take, while another
-   * instance holds unused quota near the limit (see the README). `true` means `{ requests: 64, holdMs: 1000, headroom: 8 }`.
-   * @default false
+   * instance holds unused quota near the limit (see the README). `true` and the default mean
+   * `{ requests: 64, holdMs: 1000, headroom: 8 }` (`holdMs` at most half of `reservationTtlMs`).
+   * `false` decides every request in the database: for `durableIntent`, which covers only requests that
+   * have a reservation row (so with `durableIntent: true` leases are off unless set).
+   * @default true (false when durableIntent is true)
    */
   leases?:
     | boolean

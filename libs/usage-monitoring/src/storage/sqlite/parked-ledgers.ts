@@ -73,8 +73,13 @@ export class ParkedLedgers {
   }
 
   /** Applies every parked row now (shutdown); resolves with the number of users left with rows. */
-  async flushAll(deadlineMs = 5_000): Promise<number> {
+  flushAll(deadlineMs = 5_000): Promise<number> {
     this.closed = true;
+    return this.applyPending(deadlineMs);
+  }
+
+  /** Applies every parked row now instead of after its delay; resolves with the number of users left with rows. */
+  async applyPending(deadlineMs = 5_000): Promise<number> {
     clearTimeout(this.timer);
     this.timer = undefined;
     const until = Date.now() + deadlineMs;
@@ -85,6 +90,7 @@ export class ParkedLedgers {
       await this.running;
     } while (this.withRows.size > 0 && Date.now() < until);
     this.running = undefined;
+    if (this.withRows.size > 0 && !this.timer && !this.closed) this.schedule(this.options.applyDelayMs);
     return this.withRows.size;
   }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
 import type { LimitCharge, Reservation, Settlement } from '../usage-store.interface';
 import { PerUserSqliteStore } from './per-user-sqlite.store';
+import { JOURNAL_FILE, UsageJournal } from './usage-journal';
 
 const NOW = Date.UTC(2026, 10, 20);
 const END = Date.UTC(2026, 11, 1);
@@ -79,6 +80,7 @@ describe('PerUserSqliteStore', () => {
       busyTimeoutMs: 1000,
       synchronous: 'normal',
       reservationTtlMs: 900_000,
+      journal: { applyDelayMs: 0, maxUsersInMemory: 0 },
       clock: () => NOW,
     });
     await store.init();
@@ -128,6 +130,7 @@ describe('PerUserSqliteStore', () => {
     }
     expect(reservations).toHaveLength(200);
     await Promise.all(reservations.map((r, i) => store.settle(r, settlement(r, i % 7))));
+    expect(await store.flush()).toBe(true); // the journal's rows, applied to the user's file now
     const file = store.filePath('u');
     expect(await query(file, 'SELECT COUNT(*) AS n, SUM(input_tokens) AS t FROM usage_events')).toEqual([
       { n: 200, t: reservations.reduce((s, _r, i) => s + (i % 7), 0) },
@@ -174,5 +177,80 @@ describe('PerUserSqliteStore', () => {
       charges: [charge('calls', 1, 1)],
     });
     expect(third.admitted).toBe(true);
+  });
+});
+
+describe('PerUserSqliteStore start-up with rows a crash left in the journal', () => {
+  it('applies them once, in this version’s entry format and in the object format of earlier versions', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-journal-spec-'));
+    const options = {
+      dataDir: dir,
+      maxOpenDataSources: 8,
+      busyTimeoutMs: 1000,
+      synchronous: 'normal' as const,
+      reservationTtlMs: 900_000,
+      journal: { applyDelayMs: 0, maxUsersInMemory: 0 },
+      clock: () => NOW,
+    };
+    try {
+      // Journaled and never applied: what a crash between the two commits leaves.
+      const journal = await UsageJournal.open(dir, {
+        busyTimeoutMs: 1000,
+        synchronous: 'normal',
+        driver: 'sqlite3',
+      });
+      const reservation = (id: string): Reservation => ({
+        requestId: id,
+        userId: 'u',
+        provider: 'openai',
+        charges: [],
+        createdAt: NOW,
+      });
+      const delta = { periodKey: 'month:2026-11-01', scope: '*', metric: 'calls', periodEnd: END, amount: 1 };
+      const journaled = new Promise<void>((resolve) =>
+        journal.append(
+          'u',
+          { event: settlement(reservation('new-format'), 7).event, deltas: [delta] },
+          () => undefined,
+          () => resolve(),
+        ),
+      );
+      await journaled;
+      expect(await journal.drain()).toBe(true);
+      await journal.close();
+      const old = JSON.stringify([
+        'u',
+        { event: settlement(reservation('old-format'), 5).event, deltas: [delta] },
+      ]);
+      await new Promise<void>((resolve, reject) => {
+        const db = new Database(join(dir, JOURNAL_FILE), (e) => {
+          if (e) return reject(e);
+          db.run('INSERT INTO usage_journal (entry) VALUES (?)', [old], (err) =>
+            db.close(() => (err ? reject(err) : resolve())),
+          );
+        });
+      });
+      const store = new PerUserSqliteStore(options);
+      await store.init();
+      await store.close();
+      const file = store.filePath('u');
+      expect(
+        await query(
+          file,
+          'SELECT request_id, input_tokens, counter_deltas IS NOT NULL AS d FROM usage_events ORDER BY request_id',
+        ),
+      ).toEqual([
+        { request_id: 'new-format', input_tokens: 7, d: 1 },
+        { request_id: 'old-format', input_tokens: 5, d: 1 },
+      ]);
+      expect(await query(file, "SELECT used FROM usage_counters WHERE metric = 'calls'")).toEqual([
+        { used: 2 },
+      ]);
+      expect(await query(join(dir, JOURNAL_FILE), 'SELECT COUNT(*) AS n FROM usage_journal')).toEqual([
+        { n: 0 },
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

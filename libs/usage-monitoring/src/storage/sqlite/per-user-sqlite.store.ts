@@ -38,6 +38,8 @@ export interface PerUserSqliteStoreOptions {
   reservationTtlMs: number;
   /** Told how many reservations each sweep released. */
   onReservationsReleased?: (count: number) => void;
+  /** Told of each journal commit: how many writes it held and how long it took (s). */
+  onCommit?: (writes: number, seconds: number) => void;
   /**
    * Durable intent: each admitted request's charge at its estimate (`ReserveRequest.interrupted`) is
    * committed to the intent log before the request is admitted, and forgotten once it settles or is
@@ -50,14 +52,17 @@ export interface PerUserSqliteStoreOptions {
    * @default 250 (the enforcement timeout)
    */
   stallMs?: number;
-  /** Cross-user group commit through a journal file (see `SqliteStorageOptions.journal`). */
-  journal?: { applyDelayMs: number; maxUsersInMemory: number };
+  /** Cross-user group commit through the journal file (see `SqliteStorageOptions.journal`). */
+  journal: { applyDelayMs: number; maxUsersInMemory: number };
+  /** Alert webhook URLs: alerts go to the journal's outbox for each (`alerts.webhook`). */
+  webhookUrls?: readonly string[];
 }
 
 /**
  * The default store: one SQLite database per user under `dataDir`, opened on demand through an LRU of
  * DataSources. Open users' counters are held in memory as the single authority, so reservations cost
- * no I/O; ledger rows and counter deltas are group-committed before a response is released.
+ * no I/O; every user's settlements of a turn are group-committed to the journal before their responses
+ * are released, and reach each user's file in a later, larger commit.
  */
 export class PerUserSqliteStore implements UsageStore {
   private readonly logger = new Logger('UsageMonitoring');
@@ -68,8 +73,8 @@ export class PerUserSqliteStore implements UsageStore {
   private readonly cache: UserLedgerCache;
   private readonly lock: DataDirLock;
   private openFailing = false;
-  private journal: UsageJournal | undefined;
-  /** Journal mode: users whose database the LRU closed, kept with their counters. */
+  private journal!: UsageJournal;
+  /** Users whose database the LRU closed, kept with their counters (unless `maxUsersInMemory` is 0). */
   private parked: ParkedLedgers | undefined;
   /** Durable intent: the log, and each admitted request's row in it. */
   private intents: UsageJournal | undefined;
@@ -89,6 +94,11 @@ export class PerUserSqliteStore implements UsageStore {
       (ledger) => this.retire(ledger),
     );
     this.lock = new DataDirLock(this.dataDir);
+  }
+
+  /** The alert outbox (in the journal's database); after `init`. */
+  alertOutbox(): UsageJournal {
+    return this.journal;
   }
 
   /** Path of a user's database file (always directly inside `dataDir`). */
@@ -129,35 +139,35 @@ export class PerUserSqliteStore implements UsageStore {
         );
       }
     }
-    if (this.options.journal) {
-      try {
-        this.journal = await UsageJournal.open(this.dataDir, {
-          ...this.options,
-          driver: this.factory.driver,
+    try {
+      this.journal = await UsageJournal.open(this.dataDir, {
+        ...this.options,
+        driver: this.factory.driver,
+        outboxTargets: this.options.webhookUrls ?? [],
+      });
+      this.journal.onCommit = this.options.onCommit;
+      if (this.options.journal.maxUsersInMemory > 0) {
+        this.parked = new ParkedLedgers({
+          max: this.options.journal.maxUsersInMemory,
+          applyDelayMs: this.options.journal.applyDelayMs,
+          journal: this.journal,
+          openFile: (userId) => this.factory.openFile(userId),
+          withSlot: (fn) => this.cache.withSlot(fn),
         });
-        if (this.options.journal.maxUsersInMemory > 0) {
-          this.parked = new ParkedLedgers({
-            max: this.options.journal.maxUsersInMemory,
-            applyDelayMs: this.options.journal.applyDelayMs,
-            journal: this.journal,
-            openFile: (userId) => this.factory.openFile(userId),
-            withSlot: (fn) => this.cache.withSlot(fn),
-          });
-        }
-      } catch (e) {
-        await this.intents?.close();
-        this.lock.release();
-        throw new Error(
-          `storage.journal: cannot open ${JOURNAL_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
-        );
       }
-      // Rows a crash left in the journal reach their users' files before anything is served.
-      const users = this.journal.leftoverUsers();
-      if (users.length) {
-        for (const userId of users) await this.cache.acquire(userId);
-        await this.journal.drain();
-        this.logger.log(`applied journaled usage of ${users.length} user(s) left by the previous run`);
-      }
+    } catch (e) {
+      await this.intents?.close();
+      this.lock.release();
+      throw new Error(
+        `storage.dataDir: cannot open the journal ${JOURNAL_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
+      );
+    }
+    // Rows a crash left in the journal reach their users' files before anything is served.
+    const users = this.journal.leftoverUsers();
+    if (users.length) {
+      for (const userId of users) await this.cache.acquire(userId);
+      await this.journal.drain();
+      this.logger.log(`applied journaled usage of ${users.length} user(s) left by the previous run`);
     }
     // Requests a crash interrupted are charged at their estimate (opening a ledger applies its intents).
     const interrupted = this.intents?.leftoverUsers() ?? [];
@@ -267,7 +277,18 @@ export class PerUserSqliteStore implements UsageStore {
     return ledger.snapshot(keys);
   }
 
-  /** Users kept in memory while their database is closed (journal mode). */
+  /**
+   * Applies every journaled row to its user's file now, instead of `applyDelayMs` after it was journaled,
+   * for reading the files right after a request. Resolves true once all of them committed.
+   */
+  async flush(): Promise<boolean> {
+    if (!(await this.journal.drain())) return false;
+    const applied = await Promise.all([...this.cache.values()].map((l) => l.applyPending()));
+    const left = (await this.parked?.applyPending()) ?? 0;
+    return left === 0 && applied.every(Boolean);
+  }
+
+  /** Users kept in memory while their database is closed. */
   get usersInMemory(): number {
     return this.parked?.size ?? 0;
   }
@@ -277,7 +298,7 @@ export class PerUserSqliteStore implements UsageStore {
     return this.cache.get(userId) ?? this.parked?.get(userId);
   }
 
-  /** An idle ledger the LRU evicts: closed, or (journal mode) parked with its counters. */
+  /** An idle ledger the LRU evicts: parked with its counters, or closed when none are kept in memory. */
   private retire(ledger: UserLedger): Promise<unknown> {
     const parked = this.parked;
     if (!parked) return ledger.close();
@@ -293,15 +314,14 @@ export class PerUserSqliteStore implements UsageStore {
       return { up: false, reason: 'data directory unavailable' };
     }
     if (this.openFailing) return { up: false, reason: 'cannot open user databases' };
-    if (this.journal?.failure || this.parked?.anyFailing)
-      return { up: false, reason: 'usage writes failing' };
+    if (this.journal.failure || this.parked?.anyFailing) return { up: false, reason: 'usage writes failing' };
     for (const l of this.cache.values()) if (l.failing) return { up: false, reason: 'usage writes failing' };
     return { up: true };
   }
 
   /** Writes queued but not yet committed, across open users. */
   pendingWrites(): number {
-    let n = this.journal?.pending ?? 0;
+    let n = this.journal.pending;
     for (const l of this.cache.values()) n += l.pendingWrites;
     return n;
   }
@@ -310,15 +330,13 @@ export class PerUserSqliteStore implements UsageStore {
     clearInterval(this.sweeper);
     // The journal first (its commits hand rows to the ledgers), the ledgers (they apply them, and ask the
     // journal to forget them), then the journal's last deletions.
-    const journaled = (await this.journal?.drain()) ?? true;
+    const journaled = await this.journal.drain();
     await this.parked?.flushAll();
     let uncommitted = await this.cache.closeAll();
     // Rows parked while the open databases closed (requests that were still finishing).
     if (this.parked) uncommitted += await this.parked.flushAll();
-    if (this.journal) {
-      await this.journal.drain();
-      await this.journal.close();
-    }
+    await this.journal.drain();
+    await this.journal.close();
     if (this.intents) {
       await this.intents.drain();
       await this.intents.close();
@@ -326,8 +344,7 @@ export class PerUserSqliteStore implements UsageStore {
     if (!journaled) this.logger.error('usage writes could not be committed to the journal before closing');
     if (uncommitted > 0) {
       this.logger.error(
-        `${uncommitted} user database(s) closed with usage writes that could not be committed` +
-          (this.journal ? ' (they stay in the journal and are applied at the next start)' : ''),
+        `${uncommitted} user database(s) closed with usage writes that could not be committed (they stay in the journal and are applied at the next start)`,
       );
     }
     this.lock.release();
@@ -349,7 +366,7 @@ export class PerUserSqliteStore implements UsageStore {
         this.options.clock(),
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
-        this.journal && { journal: this.journal, applyDelayMs: this.options.journal!.applyDelayMs },
+        { journal: this.journal, applyDelayMs: this.options.journal.applyDelayMs },
         this.intents,
       );
       this.openFailing = false;

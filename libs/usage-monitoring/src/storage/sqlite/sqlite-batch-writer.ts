@@ -30,6 +30,13 @@ export interface PendingWrite {
   committed?: () => void;
   /** The write's row in the journal, when it came through one. */
   journalSeq?: number;
+  /**
+   * The row's column values as JSON (`rowJson`), made once per write: the journal stores it as it is and
+   * the user's database inserts it as it is. A write read back from the journal has only this (and
+   * `kind`), not `event` or `request`.
+   */
+  row?: string;
+  kind?: 'event' | 'request';
 }
 
 interface ChunkResult {
@@ -89,10 +96,16 @@ export const RETRY_MAX_MS = 2_000;
  * Binding 23 parameters per row cost ~9.6 µs of main-thread time per row; `JSON.stringify` of the rows
  * ~2.3 µs, for the same total CPU (the parsing moves to SQLite's thread). The user id, the same on every
  * row of a user's database, is bound as the first parameter (JSON text cannot carry a NUL through SQLite
- * intact); it appears once, before `json_each`, so plain `?` placeholders serve both drivers.
+ * intact); the chunk's summed counter deltas go on its last row (`key`, the row's index, bound next to
+ * them), so that each row's JSON is the same text the journal holds. Parameters appear in that order,
+ * before `json_each`, so plain `?` placeholders serve both drivers.
  */
 function insertSql(table: string, columns: string[]): string {
-  const picks = columns.map((c, i) => (c === 'user_id' ? '?' : `value ->> ${i}`)).join(', ');
+  const picks = columns
+    .map((c, i) =>
+      c === 'user_id' ? '?' : c === 'counter_deltas' ? 'CASE WHEN key = ? THEN ? END' : `value ->> ${i}`,
+    )
+    .join(', ');
   return `INSERT INTO ${table} (${columns.join(', ')}) SELECT ${picks} FROM json_each(?) WHERE true
     ON CONFLICT (request_id) DO NOTHING`;
 }
@@ -100,7 +113,18 @@ function insertSql(table: string, columns: string[]): string {
 const EVENT_SQL = insertSql('usage_events', EVENT_COLUMNS);
 const REQUEST_SQL = insertSql('api_requests', REQUEST_COLUMNS);
 
-function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
+/** A write's row values as JSON, made once (see `PendingWrite.row`). */
+export function rowJson(w: PendingWrite): string {
+  return (w.row ??= JSON.stringify(w.event ? eventRow(w) : requestRow(w)));
+}
+
+/** Whether a write is a ledger row or a bare request row. */
+export function kindOf(w: PendingWrite): 'event' | 'request' | undefined {
+  return w.kind ?? (w.event ? 'event' : w.request ? 'request' : undefined);
+}
+
+/** The ledger row's column values, in `EVENT_COLUMNS` order (`counter_deltas` is bound per chunk). */
+function eventRow(w: PendingWrite): unknown[] {
   const e = w.event!;
   return [
     e.requestId,
@@ -125,7 +149,7 @@ function eventRow(w: PendingWrite, counterDeltas: string | null): unknown[] {
     e.outcome,
     e.periodKey,
     e.occurredAt,
-    counterDeltas,
+    null,
     e.cachedInputTokens,
     e.cacheWriteTokens,
     e.reasoningTokens,
@@ -273,13 +297,14 @@ export class SqliteBatchWriter {
     const requests: PendingWrite[] = [];
     const alerts: UsageAlert[] = [];
     for (const w of batch) {
-      if (w.event) events.push(w);
-      else if (w.request) requests.push(w);
+      const kind = kindOf(w);
+      if (kind === 'event') events.push(w);
+      else if (kind === 'request') requests.push(w);
       if (w.alerts) alerts.push(...w.alerts);
     }
     const results = await Promise.all([
-      ...this.chunked(events, EVENT_SQL, eventRow),
-      ...this.chunked(requests, REQUEST_SQL, requestRow),
+      ...this.chunked(events, EVENT_SQL, true),
+      ...this.chunked(requests, REQUEST_SQL, false),
     ]);
     const failed: PendingWrite[] = [];
     let firstError: Error | null = null;
@@ -347,11 +372,7 @@ export class SqliteBatchWriter {
   }
 
   /** One statement per chunk of rows (a retried row alone), all queued at once. */
-  private chunked(
-    rows: PendingWrite[],
-    sql: string,
-    row: (w: PendingWrite, counterDeltas: string | null) => unknown[],
-  ): Promise<ChunkResult>[] {
+  private chunked(rows: PendingWrite[], sql: string, withDeltas: boolean): Promise<ChunkResult>[] {
     const out: Promise<ChunkResult>[] = [];
     let i = 0;
     while (i < rows.length) {
@@ -360,10 +381,14 @@ export class SqliteBatchWriter {
       const part = rows.slice(i, i + size);
       i += size;
       // The chunk's last row carries the summed counter deltas; one statement applies them all or none.
-      const deltas = summedDeltas(part);
-      const values = part.map((w, j) => row(w, j === part.length - 1 ? deltas : null));
+      let json = '[';
+      for (let j = 0; j < part.length; j++) json += (j ? ',' : '') + rowJson(part[j]);
+      json += ']';
+      const params = withDeltas
+        ? [this.userId, part.length - 1, summedDeltas(part), json]
+        : [this.userId, json];
       out.push(
-        this.statements.run(sql, [this.userId, JSON.stringify(values)]).then(
+        this.statements.run(sql, params).then(
           () => ({ rows: part, error: null }),
           (error: Error) => ({ rows: part, error }),
         ),

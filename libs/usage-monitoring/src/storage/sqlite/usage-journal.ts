@@ -1,7 +1,15 @@
 import { join } from 'node:path';
+import type { OutboxRow } from '../../alerts/alert-outbox';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 import { synchronousPragma } from './user-data-source.factory';
-import { MAX_ROWS_PER_STATEMENT, RETRY_MAX_MS, RETRY_MIN_MS, type PendingWrite } from './sqlite-batch-writer';
+import {
+  kindOf,
+  MAX_ROWS_PER_STATEMENT,
+  RETRY_MAX_MS,
+  RETRY_MIN_MS,
+  rowJson,
+  type PendingWrite,
+} from './sqlite-batch-writer';
 
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
 export const JOURNAL_FILE = '.usage-journal.sqlite';
@@ -13,7 +21,88 @@ export const JOURNAL_FILE = '.usage-journal.sqlite';
 export const INTENT_FILE = '.usage-intents.sqlite';
 
 /** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
-export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts'>;
+export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts' | 'row' | 'kind'>;
+
+/** The journal's entry format: `[userId, 2, isEvent, row values, deltas | null, alerts | null]`. */
+const FORMAT = 2;
+
+/** A write's journal entry (JSON text), the row values in the same text its user's database will insert. */
+function entryJson(userId: string, w: JournaledWrite): string {
+  return `[${JSON.stringify(userId)},${FORMAT},${kindOf(w) === 'event'},${rowJson(w)},${
+    w.deltas?.length ? JSON.stringify(w.deltas) : 'null'
+  },${w.alerts?.length ? JSON.stringify(w.alerts) : 'null'}]`;
+}
+
+/**
+ * A journal entry read back at start-up: this format, or the object form of earlier versions
+ * (`[userId, { event, deltas, request, alerts }]`), which a crash may have left.
+ */
+function parseEntry(text: string): [string, JournaledWrite] {
+  const e = JSON.parse(text) as unknown[];
+  if (e[1] !== FORMAT) return e as [string, JournaledWrite];
+  return [
+    e[0] as string,
+    {
+      kind: e[2] ? 'event' : 'request',
+      row: JSON.stringify(e[3]),
+      deltas: (e[4] as PendingWrite['deltas']) ?? undefined,
+      alerts: (e[5] as PendingWrite['alerts']) ?? undefined,
+    },
+  ];
+}
+
+/**
+ * The alert outbox lives in the journal's database: a trigger on the journal's insert adds a row per alert
+ * and webhook, in the statement (so the transaction) that makes the settlement durable. An alert is
+ * unique per webhook, user, period, limit and threshold.
+ */
+const OUTBOX_SCHEMA = `
+CREATE TABLE IF NOT EXISTS usage_alert_outbox (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  target TEXT NOT NULL,
+  user_id TEXT NOT NULL,
+  period_key TEXT NOT NULL,
+  limit_id TEXT NOT NULL,
+  threshold INTEGER NOT NULL,
+  alert TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_at INTEGER NOT NULL DEFAULT 0,
+  parked INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  UNIQUE (target, user_id, period_key, limit_id, threshold)
+);
+CREATE INDEX IF NOT EXISTS usage_alert_outbox_head ON usage_alert_outbox (target, user_id, parked, id);
+CREATE TABLE IF NOT EXISTS usage_webhook_targets (target TEXT PRIMARY KEY);`;
+
+const OUTBOX_TRIGGER = `
+CREATE TRIGGER IF NOT EXISTS usage_alert_outbox_fill AFTER INSERT ON usage_journal
+WHEN json_type(NEW.entry, '$[5]') = 'array'
+BEGIN
+  INSERT OR IGNORE INTO usage_alert_outbox (target, user_id, period_key, limit_id, threshold, alert)
+  SELECT t.target, json_extract(NEW.entry, '$[0]'), json_extract(a.value, '$.periodKey'),
+    json_extract(a.value, '$.limitId'), json_extract(a.value, '$.threshold'), a.value
+  FROM json_each(NEW.entry, '$[5]') AS a CROSS JOIN usage_webhook_targets AS t;
+END;`;
+
+const OUTBOX_DUE_SQL = `
+SELECT o.id, o.target, o.user_id, o.alert, o.attempts FROM usage_alert_outbox o
+WHERE o.parked = 0 AND o.next_at <= ?
+  AND o.id = (SELECT min(p.id) FROM usage_alert_outbox p
+              WHERE p.target = o.target AND p.user_id = o.user_id AND p.parked = 0)
+ORDER BY o.id LIMIT ?`;
+
+/** Creates the outbox and sets its webhooks; with none, alerts stop being added (rows left stay). */
+async function prepareOutbox(c: SqliteConnection, targets: readonly string[]): Promise<void> {
+  for (const stmt of OUTBOX_SCHEMA.split(';').filter((x) => x.trim())) await c.run(stmt, []);
+  // Alerts for a webhook no longer configured are dropped with it.
+  await c.run('DELETE FROM usage_alert_outbox WHERE target NOT IN (SELECT value FROM json_each(?))', [
+    JSON.stringify(targets),
+  ]);
+  await c.run('DELETE FROM usage_webhook_targets', []);
+  for (const t of targets) await c.run('INSERT INTO usage_webhook_targets (target) VALUES (?)', [t]);
+  if (targets.length) await c.run(OUTBOX_TRIGGER, []);
+  else await c.run('DROP TRIGGER IF EXISTS usage_alert_outbox_fill', []);
+}
 
 /** A journaled write on its way to its user's database, with its row number in the journal. */
 export interface JournalRow {
@@ -33,7 +122,14 @@ export function pendingOf(row: JournalRow, journal: UsageJournal): PendingWrite 
 export function journalRowOf(w: PendingWrite): JournalRow {
   return {
     seq: w.journalSeq!,
-    write: { event: w.event, deltas: w.deltas, request: w.request, alerts: w.alerts },
+    write: {
+      event: w.event,
+      deltas: w.deltas,
+      request: w.request,
+      alerts: w.alerts,
+      row: w.row,
+      kind: w.kind,
+    },
     retried: w.retried,
   };
 }
@@ -41,6 +137,8 @@ export function journalRowOf(w: PendingWrite): JournalRow {
 interface Entry {
   userId: string;
   write: JournaledWrite;
+  /** The write's entry text (`entryJson`). */
+  json: string;
   /** Called once: `true` when the journal holds the write, `false` when its first commit failed (it stays queued). */
   done: (committed: boolean) => void;
   /** Called when the journal holds the write (also after retries), with its sequence number. */
@@ -71,12 +169,20 @@ export class UsageJournal {
   failure: Error | null = null;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
   busySince = 0;
+  /** Told of each commit that appended writes: how many, and how long it took (s). */
+  onCommit: ((writes: number, seconds: number) => void) | undefined;
 
   private constructor(private readonly statements: SqliteConnection) {}
 
   static async open(
     dataDir: string,
-    options: { busyTimeoutMs: number; synchronous: 'normal' | 'full'; driver: SqliteDriver },
+    options: {
+      busyTimeoutMs: number;
+      synchronous: 'normal' | 'full';
+      driver: SqliteDriver;
+      /** Alert webhook URLs: each alert a journaled settlement carries gets an outbox row per URL. */
+      outboxTargets?: readonly string[];
+    },
     file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
     const connection = await openConnection(options.driver, join(dataDir, file), {
@@ -88,11 +194,12 @@ export class UsageJournal {
     });
     const journal = new UsageJournal(connection);
     try {
+      if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
       const rows = await connection.all<{ seq: number; entry: string }>(
         'SELECT seq, entry FROM usage_journal ORDER BY seq',
       );
       for (const r of rows) {
-        const [userId, write] = JSON.parse(r.entry) as [string, JournaledWrite];
+        const [userId, write] = parseEntry(r.entry);
         const list = journal.left.get(userId) ?? [];
         list.push({ seq: r.seq, write });
         journal.left.set(userId, list);
@@ -102,6 +209,33 @@ export class UsageJournal {
       throw e;
     }
     return journal;
+  }
+
+  /**
+   * The alert outbox: for each webhook and user, the oldest alert not delivered nor parked, when it is due
+   * (`next_at ≤ now`), oldest first, up to `limit`.
+   */
+  outboxDue(now: number, limit: number): Promise<OutboxRow[]> {
+    return this.statements.all<OutboxRow>(OUTBOX_DUE_SQL, [now, limit]);
+  }
+
+  /** An outbox row was acknowledged: gone. */
+  async outboxDelivered(id: number): Promise<void> {
+    await this.statements.run('DELETE FROM usage_alert_outbox WHERE id = ?', [id]);
+  }
+
+  /** An attempt failed: the next one at `nextAt`, or parked for good. */
+  async outboxFailed(
+    id: number,
+    attempts: number,
+    nextAt: number,
+    parked: boolean,
+    error: string,
+  ): Promise<void> {
+    await this.statements.run(
+      'UPDATE usage_alert_outbox SET attempts = ?, next_at = ?, parked = ?, last_error = ? WHERE id = ?',
+      [attempts, nextAt, parked ? 1 : 0, error.slice(0, 200), id],
+    );
   }
 
   /** Users with rows left in the journal that their database has not confirmed. */
@@ -133,7 +267,7 @@ export class UsageJournal {
     done: (committed: boolean) => void,
     journaled: (seq: number) => void,
   ): void {
-    this.queue.push({ userId, write, done, journaled });
+    this.queue.push({ userId, write, json: entryJson(userId, write), done, journaled });
     this.schedule();
   }
 
@@ -173,6 +307,7 @@ export class UsageJournal {
 
   private async flush(): Promise<void> {
     this.busySince = Date.now();
+    const started = this.onCommit ? performance.now() : 0;
     const batch = this.queue;
     this.queue = [];
     const forgotten = this.forgotten;
@@ -182,7 +317,7 @@ export class UsageJournal {
     for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
       const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
       chunks.push(
-        this.statements.run(INSERT_SQL, [JSON.stringify(part.map((e) => [e.userId, e.write]))]).then(
+        this.statements.run(INSERT_SQL, [`[${part.map((e) => e.json).join(',')}]`]).then(
           (last) => {
             part.forEach((e, j) => {
               if (!e.failed) e.done(true);
@@ -227,6 +362,7 @@ export class UsageJournal {
     }
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
+    if (this.onCommit && batch.length > 0) this.onCommit(batch.length, (performance.now() - started) / 1000);
     if (this.queue.length > 0 || this.forgotten.length > 0) {
       setImmediate(() => void this.flush());
       return;

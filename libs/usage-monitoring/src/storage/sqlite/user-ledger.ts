@@ -13,7 +13,7 @@ import type {
   SettleResult,
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds } from '../settlement';
-import { type CounterDelta, type PendingWrite, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
 import type { SqliteConnection } from './sqlite-connection';
 import {
   type JournaledWrite,
@@ -41,7 +41,8 @@ const counterKey = (periodKey: string, scope: string, metric: string) =>
 /**
  * One open user database. Its counters live here, in memory, as the single authority (one process owns
  * the dataDir), so a reservation is a synchronous check-and-add: atomic by construction, no database
- * round trip. Settlements reach the database through the group-commit writer.
+ * round trip. Settlements are durable once the cross-user journal holds them; they reach this database
+ * through its group-commit writer `applyDelayMs` later.
  */
 export class UserLedger {
   private readonly counters = new Map<string, Counter>();
@@ -62,13 +63,12 @@ export class UserLedger {
     private dataSource: DataSource | undefined,
     private readonly onIdle: (ledger: UserLedger) => void,
     private readonly stallMs: number,
-    private readonly journal: UsageJournal | undefined,
+    private readonly journal: UsageJournal,
   ) {}
 
   /**
    * Opens the ledger: applies rows the journal still holds for this user (a crash, or a close that could
-   * not commit them), then reads the counters back. Without a journal, settlements commit to this
-   * database before their response; with one, to the journal, and reach this database `applyDelayMs` later.
+   * not commit them), then reads the counters back.
    */
   static async open(
     userId: string,
@@ -77,28 +77,20 @@ export class UserLedger {
     now: number,
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
-    journaled?: LedgerJournal,
+    { journal, applyDelayMs }: LedgerJournal,
     intents?: UsageJournal,
   ): Promise<UserLedger> {
-    const journal = journaled?.journal;
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
-    const writer = new SqliteBatchWriter(
-      connection,
-      userId,
-      () => ledger.notifyIfIdle(),
-      journaled?.applyDelayMs ?? 0,
-    );
+    const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), applyDelayMs);
     ledger.writer = writer;
-    if (journal) {
-      const left = journal.takeLeftovers(userId);
-      // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
-      for (const row of left) ledger.apply({ ...row, retried: true });
-      if (left.length && !(await writer.drain())) {
-        journal.putBack(userId, ledger.unapplied());
-        throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
-          cause: writer.failure,
-        });
-      }
+    const left = journal.takeLeftovers(userId);
+    // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
+    for (const row of left) ledger.apply({ ...row, retried: true });
+    if (left.length && !(await writer.drain())) {
+      journal.putBack(userId, ledger.unapplied());
+      throw new UsageStoreError('operational_error', 'cannot apply journaled usage to the user database', {
+        cause: writer.failure,
+      });
     }
     if (intents) {
       // Requests admitted before a crash that never settled: charged at their estimate, after the journal's
@@ -132,12 +124,11 @@ export class UserLedger {
   }
 
   /**
-   * No request in flight and nothing waiting to commit: safe to close. With a journal, rows waiting to be
-   * applied here do not count (they are in the journal; closing applies them first).
+   * No request in flight and nothing waiting for the journal: safe to close. Rows waiting to be applied
+   * here do not count (they are in the journal; closing applies them first).
    */
   isIdle(): boolean {
-    if (this.inFlight !== 0) return false;
-    return this.journal ? this.unjournaled === 0 : this.writer!.pending === 0;
+    return this.inFlight === 0 && this.unjournaled === 0;
   }
 
   /** The last commit failed and has not yet succeeded on retry. */
@@ -161,13 +152,13 @@ export class UserLedger {
   }
 
   reserve(req: ReserveRequest): ReserveResult {
-    const failure = this.writer?.failure ?? this.applyFailure ?? this.journal?.failure;
+    const failure = this.writer?.failure ?? this.applyFailure ?? this.journal.failure;
     if (failure) {
       throw new UsageStoreError('operational_error', 'usage writes are failing; refusing new reservations', {
         cause: failure,
       });
     }
-    const since = this.writer?.busySince || this.journal?.busySince || 0;
+    const since = this.writer?.busySince || this.journal.busySince;
     if (since !== 0 && Date.now() - since > this.stallMs) {
       throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
@@ -256,8 +247,8 @@ export class UserLedger {
   }
 
   /**
-   * Queues a write and calls `released` once it is durable (or its first commit failed: it stays queued and
-   * is retried). Durable means committed to this database, or to the journal when there is one.
+   * Queues a write and calls `released` once the journal holds it (or its first commit failed: it stays
+   * queued and is retried).
    */
   private write(write: JournaledWrite, released: () => void): void {
     const done = () => {
@@ -265,12 +256,6 @@ export class UserLedger {
       released();
       this.notifyIfIdle();
     };
-    if (!this.journal) {
-      // The write object is this settlement's own: it becomes the pending write, no copy on the hot path.
-      (write as PendingWrite).done = done;
-      this.writer!.enqueue(write);
-      return;
-    }
     this.unjournaled++;
     this.journal.append(this.userId, write, done, (seq) => {
       this.unjournaled--;
@@ -286,7 +271,7 @@ export class UserLedger {
       this.onParked!(this);
       return;
     }
-    this.writer.enqueue(pendingOf(row, this.journal!));
+    this.writer.enqueue(pendingOf(row, this.journal));
   }
 
   /** Journaled writes this database has not committed. */
@@ -295,7 +280,7 @@ export class UserLedger {
   }
 
   /**
-   * Closes the database but keeps the ledger, counters and all (journal mode): later journaled rows wait
+   * Closes the database but keeps the ledger, counters and all: later journaled rows wait
    * in `parkedQueue` and `onParked` is told, so that they reach the file in the background (`ParkedLedgers`).
    * Rows the database could not commit before closing are parked too.
    */
@@ -314,6 +299,11 @@ export class UserLedger {
       this.applyFailure = writer.failure;
     }
     if (this.parkedQueue.length) onParked(this);
+  }
+
+  /** Commits the journaled rows waiting for this (open) database now; false when they could not be. */
+  applyPending(): Promise<boolean> {
+    return this.writer ? this.writer.drain() : Promise.resolve(this.parkedQueue.length === 0);
   }
 
   /** Hands the parked rows to the applier. */
@@ -342,7 +332,7 @@ export class UserLedger {
     if (!this.writer) return this.parkedQueue.length === 0;
     const drained = await this.writer.drain();
     // What could not be applied stays in the journal, and is applied before this user is opened again.
-    if (!drained && this.journal) this.journal.putBack(this.userId, this.unapplied());
+    if (!drained) this.journal.putBack(this.userId, this.unapplied());
     await this.writer.finalize();
     await this.dataSource!.destroy();
     return drained;

@@ -1,0 +1,316 @@
+import { HttpException, Inject, Injectable, Logger } from '@nestjs/common';
+import { RollingStats } from '../health/rolling-stats';
+import { newRequestId } from '../metering/request-id';
+import { UsageMetrics } from '../metrics/usage-metrics';
+import type { MeasuredUsage } from '../metering/usage-extractor';
+import type { UsageEstimate } from '../metering/usage-figures';
+import { PeriodClock } from '../plans/billing-period';
+import { PlanLookupError } from '../plans/plan-lookup';
+import type { ResolvedPlan } from '../plans/plan-resolver';
+import type { PlanAssignment } from '../plans/plan.interface';
+import type { PricedUsage } from '../pricing/price-book';
+import { UsageStoreError } from '../storage/usage-store.error';
+import type {
+  LimitCharge,
+  ReserveResult,
+  UsageEventRecord,
+  UsageStore,
+} from '../storage/usage-store.interface';
+import type { EnforcementFailureReason } from '../usage-monitoring.constants';
+import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
+import { EnforcementUnavailableException } from './enforcement-unavailable.exception';
+import { EnforcementMetrics } from './enforcement-metrics';
+import type { MeteringContext } from './metering-context';
+import { ThrottledLogger } from './throttled-logger';
+import { UNKNOWN_MODEL_CODE, UnknownModelException } from './unknown-model.exception';
+import { limitExceeded } from './usage-limit-exceeded.exception';
+
+/** What one metered call asks to be admitted for. */
+export interface AdmissionRequest {
+  userId: string;
+  provider: string;
+  /** The model assumed when the request names none (`@Metered`, or the meter's spec). */
+  model: string | undefined;
+  /** The provider-shaped request the estimate reads: prompt, `max_tokens` and the like. */
+  body: unknown;
+  /** An estimate the app states instead (`@Metered({ estimate })`, the meter's spec): `body` is not read. */
+  estimate?: UsageEstimate;
+  /** Where the call is recorded from (the route's path), its method and request size. */
+  endpoint: string;
+  method: string;
+  requestBytes: number;
+}
+
+class EnforcementTimeoutError extends Error {}
+
+/** An admission waiting for the store (`withTimeout`). */
+interface Waiter {
+  deadline: number;
+  reject: (e: Error) => void;
+  late: boolean;
+}
+
+const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
+  typeof v === 'object' && v !== null && typeof (v as PromiseLike<T>).then === 'function';
+
+/**
+ * Admission, the same for every way a call is metered: the user's plan (a cached lookup with its own
+ * deadline), the limits that apply and the request's estimate, then one all-or-none reservation within
+ * `enforcementTimeoutMs`. Answers synchronously when the plan is cached and the store decides in memory.
+ *
+ * Refusals are thrown (or rejected): `UsageLimitExceededException` over a limit (with its headers),
+ * `EnforcementUnavailableException` when the store or the plan lookup failed (counted by reason),
+ * `UnknownModelException` for a model `unknownModels: 'deny'` refuses. With the emergency fail-open switch,
+ * an unavailable store admits without a reservation: `null`.
+ */
+@Injectable()
+export class UsageEnforcer {
+  private readonly throttledLog = new ThrottledLogger(new Logger('UsageLimitGuard'));
+  private readonly periods = new PeriodClock();
+  /** Admissions waiting for the store, oldest first, and the timer that expires them. */
+  private readonly waiting = new Set<Waiter>();
+  private ticker: NodeJS.Timeout | undefined;
+
+  /** @internal Nest injects these. */
+  constructor(
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    @Inject(USAGE_STORE) private readonly store: UsageStore,
+    private readonly metrics: EnforcementMetrics,
+    private readonly stats: RollingStats,
+    private readonly usageMetrics: UsageMetrics,
+  ) {}
+
+  admit(req: AdmissionRequest): MeteringContext | null | Promise<MeteringContext | null> {
+    const { userId, provider } = req;
+    const now = this.options.clock();
+    let ledgerPeriodKey = '';
+    let estimate: MeasuredUsage | undefined;
+    const reserveWith = (assignment: PlanAssignment | undefined): ReserveResult | Promise<ReserveResult> => {
+      const plan = this.options.plans.resolve(assignment);
+      const built = this.charges(plan, req, now);
+      estimate = built.estimate;
+      ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
+      const requestId = newRequestId();
+      return this.store.reserve({
+        requestId,
+        userId,
+        provider,
+        charges: built.charges,
+        now,
+        interrupted: this.options.durableIntent
+          ? interruptedRow(requestId, req, built, ledgerPeriodKey, now)
+          : undefined,
+      });
+    };
+    const admitted = (result: ReserveResult): MeteringContext => {
+      if (!result.admitted) {
+        this.stats.record(429);
+        const refusal = limitExceeded(result.exceeded, provider, now);
+        this.usageMetrics.decision('refused', provider, refusal.getResponse().code);
+        throw refusal;
+      }
+      this.usageMetrics.decision('admitted', provider, 'ok');
+      return {
+        reservation: result.reservation,
+        provider,
+        model: req.model,
+        estimate: estimate!,
+        ledgerPeriodKey,
+        startedAt: now,
+        intercepted: false,
+        settled: false,
+      };
+    };
+    const decide = (assignment: PlanAssignment | undefined) => {
+      let outcome: ReserveResult | PromiseLike<ReserveResult>;
+      try {
+        outcome = reserveWith(assignment);
+      } catch (e) {
+        return this.onFailure(e, provider);
+      }
+      if (!isThenable<ReserveResult>(outcome)) return admitted(outcome);
+      return this.withTimeout(outcome).then(admitted, (e) => this.onFailure(e, provider));
+    };
+    let assignment: PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+    try {
+      assignment = this.options.resolvePlan(userId);
+    } catch (e) {
+      return this.onFailure(e, provider);
+    }
+    if (!isThenable<PlanAssignment | undefined>(assignment)) return decide(assignment);
+    return Promise.resolve(assignment).then(decide, (e) => this.onFailure(e, provider));
+  }
+
+  /** Gives an admitted reservation back uncharged (the call never ran). */
+  release(metering: MeteringContext): Promise<void> {
+    if (metering.settled) return Promise.resolve();
+    metering.settled = true;
+    return Promise.resolve(this.store.release(metering.reservation)).catch(() => undefined);
+  }
+
+  private charges(plan: ResolvedPlan, req: AdmissionRequest, now: number) {
+    const { provider } = req;
+    const limits = this.options.catalog.limitsFor(plan.name, provider);
+    const extractor = this.options.extractor;
+    const estimate = req.estimate
+      ? extractor.estimateFrom(provider, req.estimate, req.model)
+      : extractor.estimate(provider, req.body, req.model);
+    const book = this.options.priceBook;
+    if (
+      book.unknownModels === 'deny' &&
+      typeof estimate.model === 'string' &&
+      book.defaultModel(provider) !== undefined &&
+      !book.isKnown(provider, estimate.model)
+    ) {
+      throw new UnknownModelException(provider, estimate.model);
+    }
+    // Priced when a limit counts cost, or when the estimate may be charged as it is (durable intent).
+    const priced =
+      this.options.durableIntent || limits.some((l) => l.metric === 'cost')
+        ? book.price(provider, estimate.model ?? book.defaultModel(provider), estimate)
+        : undefined;
+    const cost = priced?.costMicros ?? 0;
+    const tokens = estimate.inputTokens + estimate.outputTokens;
+    const charges: LimitCharge[] = limits.map((l) => {
+      const w = this.periods.window(l.period, now, plan.anchorDay);
+      return {
+        limitId: l.limitId,
+        scope: l.scope,
+        metric: l.metric,
+        period: l.period,
+        periodKey: w.key,
+        periodStart: w.start,
+        periodEnd: w.end,
+        max: l.max,
+        amount: l.metric === 'calls' ? 1 : l.metric === 'tokens' ? tokens : cost,
+      };
+    });
+    return { charges, estimate, priced };
+  }
+
+  /**
+   * Waits for the store until `enforcementTimeoutMs`. One interval timer serves every admission waiting
+   * (their deadlines expire in the order they were made), instead of a timer set and cleared per request;
+   * a late admission is rejected within a fifth of the timeout after its deadline.
+   */
+  private withTimeout(p: PromiseLike<ReserveResult>): Promise<ReserveResult> {
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        deadline: Date.now() + this.options.enforcementTimeoutMs,
+        reject,
+        late: false,
+      };
+      this.waiting.add(waiter);
+      this.ticker ??= setInterval(
+        () => this.expireWaiters(),
+        Math.max(5, this.options.enforcementTimeoutMs / 5),
+      );
+      p.then(
+        (r) => {
+          if (!waiter.late) {
+            this.waiting.delete(waiter);
+            resolve(r);
+          } else if (r.admitted) {
+            // Answered after we gave up: give the reservation back, nobody will settle it.
+            void Promise.resolve(this.store.release(r.reservation)).catch(() => undefined);
+          }
+        },
+        (e: unknown) => {
+          if (!waiter.late) {
+            this.waiting.delete(waiter);
+            reject(e instanceof Error ? e : new Error(String(e)));
+          }
+        },
+      );
+    });
+  }
+
+  private expireWaiters(): void {
+    const now = Date.now();
+    for (const w of this.waiting) {
+      if (w.deadline > now) break; // the rest were made later
+      w.late = true;
+      this.waiting.delete(w);
+      w.reject(new EnforcementTimeoutError('usage store did not answer in time'));
+    }
+    if (this.waiting.size === 0) {
+      clearInterval(this.ticker);
+      this.ticker = undefined;
+    }
+  }
+
+  /** A failure to decide: counted by reason, then fail-open (`null`) or the 503. HTTP errors pass as they are. */
+  private onFailure(error: unknown, provider: string): null {
+    if (error instanceof UnknownModelException)
+      this.usageMetrics.decision('refused', provider, UNKNOWN_MODEL_CODE);
+    if (error instanceof HttpException) throw error;
+    const reason: EnforcementFailureReason =
+      error instanceof UsageStoreError
+        ? error.reason
+        : error instanceof PlanLookupError
+          ? 'plan_lookup_failed'
+          : error instanceof EnforcementTimeoutError
+            ? 'database_session_unavailable'
+            : 'unexpected_enforcement_error';
+    this.metrics.recordFailure(reason, provider);
+    if (this.options.emergencyFailOpen) {
+      this.metrics.recordFailOpen(provider);
+      this.usageMetrics.decision('fail_open', provider, reason);
+      this.throttledLog.warn(
+        'fail-open',
+        `usage enforcement unavailable (${reason}); letting requests through because USAGE_LIMITS_EMERGENCY_FAIL_OPEN is on`,
+      );
+      return null;
+    }
+    const cause =
+      reason === 'plan_lookup_failed'
+        ? `the plan(userId) option failed or did not answer within planTimeoutMs`
+        : 'the usage store could not decide in time';
+    this.throttledLog.error(
+      `failure:${reason}`,
+      `usage enforcement unavailable (${reason}): ${cause}; answering 503`,
+    );
+    this.stats.record(503);
+    this.usageMetrics.decision('unavailable', provider, reason);
+    throw new EnforcementUnavailableException();
+  }
+}
+
+/** The ledger row of an admitted request the process dies during: charged at its estimate (durable intent). */
+function interruptedRow(
+  requestId: string,
+  req: AdmissionRequest,
+  { estimate, priced }: { estimate: MeasuredUsage; priced: PricedUsage | undefined },
+  periodKey: string,
+  now: number,
+): UsageEventRecord {
+  return {
+    requestId,
+    userId: req.userId,
+    provider: req.provider,
+    model: estimate.model ?? null,
+    endpoint: req.endpoint,
+    method: req.method,
+    statusCode: 0,
+    inputTokens: estimate.inputTokens,
+    outputTokens: estimate.outputTokens,
+    cachedInputTokens: 0,
+    cacheWriteTokens: 0,
+    reasoningTokens: 0,
+    costMicros: priced?.costMicros ?? 0,
+    priceVersion: priced?.priceVersion ?? null,
+    responseTimeMs: 0,
+    requestBytes: req.requestBytes,
+    responseBytes: 0,
+    userAgent: null,
+    ip: null,
+    searches: estimate.searches,
+    images: estimate.images,
+    pages: estimate.pages,
+    estimated: true,
+    outcome: 'interrupted',
+    periodKey,
+    occurredAt: now,
+  };
+}
