@@ -309,6 +309,21 @@ describeStore('UsageMeter through the official SDKs', () => {
     expect(ok.body).toEqual({ reply: fakeFigures(PROMPT).text });
   });
 
+  it('counts a call in the health stats by the time its response arrives', async () => {
+    // meter.run with durable intent returns before the ledger row commits: the call is counted already.
+    const recent = async () =>
+      (await request(t.url).get('/health/usage')).body.usage.recent_requests as number;
+    const before = await recent();
+    for (let i = 1; i <= 20; i++) {
+      const res = await request(t.url)
+        .post('/meter-route')
+        .set('authorization', bearer('plan=big;counted'))
+        .send({});
+      expect(res.status).toBe(200);
+      expect(await recent()).toBe(before + i);
+    }
+  });
+
   it('reserves several operations up front and settles each as it completes', async () => {
     const user = 'plan=free;preflight';
     // free: 5 AI text calls a month, 3 tavily searches.

@@ -114,12 +114,15 @@ export class UsageSettler {
         periodKey: metering.ledgerPeriodKey,
         occurredAt: now,
       };
-      const result = await this.store.settle(reservation, {
+      const committed = this.store.settle(reservation, {
         actual: { calls: 1, tokens: usage.inputTokens + usage.outputTokens, costMicros: priced.costMicros },
         event,
       });
+      // The call is counted when it settles, not when its row commits: a caller that does not wait for the
+      // commit (the interceptor, UsageMeter.run with durable intent) already sees it in the stats and metrics.
       this.stats.record(call.statusCode);
       this.usageMetrics.settled(event, usage, metering.estimate, metering.estimate.model ?? metering.model);
+      const result = await committed;
       if (result.alerts.length) this.alerts.publish(result.alerts);
     } catch (e) {
       this.metrics.recordTrackingFailure();
