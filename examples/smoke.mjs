@@ -7,7 +7,8 @@
 // `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
 // POST /v1/chat/completions (whose handler calls the official `openai` SDK) for a user whose plan allows
 // 5 calls a month, and checks: 5 × 200, then the documented 429 body and headers without a sixth
-// upstream call; the same through POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
+// upstream call; a grant of 2 more calls through the admin API (403 for a non-admin); the same plan through
+// POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
 // the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
 // after a graceful stop, one ledger row per call with the upstream's token counts. `missing-driver` checks that start-up fails, naming the package to install.
 import assert from 'node:assert/strict';
@@ -101,6 +102,25 @@ async function run(adapter, storage) {
     assert.equal(h('x-should-retry'), retryAfter > 60 ? 'false' : null);
     assert.equal(upstream.calls(), 5, 'the refused call must not reach the upstream');
 
+    // The admin API (adminController, behind the app's AdminGuard): the user is not an admin (403); the
+    // admin grants 2 more calls this month: exactly 2 more pass, then 429 again.
+    const grant = (as) =>
+      fetch(`${app.url}/usage/admin/users/${user}/grants`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ scope: 'openai', metric: 'calls', amount: 2, reason: 'smoke test' }),
+      });
+    assert.equal((await grant(user)).status, 403);
+    const granted = await grant('admin@example.com');
+    assert.equal(granted.status, 201, await granted.clone().text());
+    const change = await granted.json();
+    assert.deepEqual(
+      [change.kind, change.user_id, change.amount, change.actor, change.reason],
+      ['grant', user, 2, 'admin@example.com', 'smoke test'],
+    );
+    assert.deepEqual([(await chat()).status, (await chat()).status, (await chat()).status], [200, 200, 429]);
+    assert.equal(upstream.calls(), 7, 'the granted calls reach the upstream, the refused one does not');
+
     // The same plan through UsageMeter.run inside a service (an app-shaped route, no guard): 5 × 200, then
     // the 429 with the same body and headers, the upstream not called a sixth time.
     const summarizer = `smoke-meter-${adapter}`;
@@ -121,7 +141,7 @@ async function run(adapter, storage) {
     assert.equal(refusedSummary.headers.get('x-ratelimit-remaining'), '0');
     const summaryReset = Number(/^"openai:calls:month";r=0;t=(\d+)$/.exec(refusedSummary.headers.get('ratelimit'))?.[1]);
     assert.ok(Math.abs(summaryReset - retryAfter) <= 2, `RateLimit of the refused summary: t=${summaryReset}`);
-    assert.equal(upstream.calls(), 10, 'the refused summary must not reach the upstream');
+    assert.equal(upstream.calls(), 12, 'the refused summary must not reach the upstream');
 
     const health = await fetch(`${app.url}/health/usage`);
     assert.equal(health.status, 200);
@@ -129,11 +149,11 @@ async function run(adapter, storage) {
     assert.equal(stats.status, 'ok');
     assert.deepEqual(stats.details, { usage_store: { status: 'up' } });
     assert.equal(stats.usage.status, 'healthy');
-    assert.equal(stats.usage.recent_requests, 12);
+    assert.equal(stats.usage.recent_requests, 15);
     assert.equal(stats.usage.recent_errors, 0);
 
     // Metrics: the app registered the OpenTelemetry SDK globally (Prometheus exporter on METRICS_PORT); the
-    // library recorded into it without being told: 10 admitted, 2 refused, and the upstream's tokens.
+    // library recorded into it without being told: 12 admitted, 3 refused, and the upstream's tokens.
     const scraped = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     const sample = (name, labels) => {
       const line = scraped
@@ -147,23 +167,23 @@ async function run(adapter, storage) {
         'usage_monitoring_provider="openai"',
         `usage_monitoring_code="${code}"`,
       ]);
-    assert.equal(decision('admitted', 'ok'), 10, scraped);
-    assert.equal(decision('refused', 'USAGE_LIMIT_CALLS'), 2, scraped);
+    assert.equal(decision('admitted', 'ok'), 12, scraped);
+    assert.equal(decision('refused', 'USAGE_LIMIT_CALLS'), 3, scraped);
     const tokens = (type) => [
       'gen_ai_operation_name="chat"',
       'gen_ai_provider_name="openai"',
       `gen_ai_token_type="${type}"`,
       'gen_ai_request_model="gpt-4o-mini"',
     ];
-    assert.equal(sample('gen_ai_client_token_usage_count', tokens('input')), 10, scraped);
-    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('input')), 10 * USAGE.prompt_tokens);
-    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('output')), 10 * USAGE.completion_tokens);
+    assert.equal(sample('gen_ai_client_token_usage_count', tokens('input')), 12, scraped);
+    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('input')), 12 * USAGE.prompt_tokens);
+    assert.equal(sample('gen_ai_client_token_usage_sum', tokens('output')), 12 * USAGE.completion_tokens);
 
     // Nest's shutdown hooks run on SIGTERM, then re-raise it: the process ends by that signal.
     assert.ok(['0', 'SIGTERM'].includes(String(await app.stop())), 'graceful stop');
     const rows = db ? await db.rows() : await sqliteRows(dataDir);
-    const expected = (endpoint) =>
-      Array.from({ length: 5 }, () => ({
+    const expected = (endpoint, length) =>
+      Array.from({ length }, () => ({
         provider: 'openai',
         model: 'gpt-4o-mini',
         endpoint,
@@ -176,9 +196,9 @@ async function run(adapter, storage) {
     const clean = (r) => ({ ...r, estimated: Boolean(r.estimated) });
     assert.deepEqual(
       rows.filter((r) => r.endpoint !== 'meter:openai').map(clean),
-      expected('/v1/chat/completions'),
+      expected('/v1/chat/completions', 7),
     );
-    assert.deepEqual(rows.filter((r) => r.endpoint === 'meter:openai').map(clean), expected('meter:openai'));
+    assert.deepEqual(rows.filter((r) => r.endpoint === 'meter:openai').map(clean), expected('meter:openai', 5));
   } finally {
     await app.stop();
     upstream.close();

@@ -4,6 +4,7 @@ import type { MeterProvider } from '@opentelemetry/sdk-metrics';
 import { UsageMonitoringModule } from '@app/usage-monitoring';
 import { ArticlesController } from './articles/articles.controller';
 import { ArticlesService } from './articles/articles.service';
+import { AdminKeyGuard } from './auth/admin-key.guard';
 import { ApiKeyGuard, DEMO_KEYS } from './auth/api-key.guard';
 import { DemoAuthModule } from './auth/demo-auth.module';
 import type { DemoKey } from './auth/demo-keys';
@@ -23,6 +24,8 @@ import { UsageController } from './usage.controller';
     DemoMetricsModule,
     UsageMonitoringModule.forRootAsync({
       imports: [DemoAuthModule, DemoMetricsModule],
+      // The admin API (grants, resets, limit overrides) at /usage/admin, behind the demo's admin key.
+      adminController: { guards: [AdminKeyGuard] },
       inject: [DEMO_KEYS, DEMO_METER_PROVIDER],
       useFactory: (keys: Map<string, DemoKey>, meterProvider: MeterProvider) => {
         const planOf = new Map([...keys.values()].map((k) => [k.user, k.plan]));

@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
 import { AppModule } from './app.module';
+import { DEMO_ADMIN_KEY } from './auth/admin-key.guard';
 import { DEMO_KEYS } from './auth/api-key.guard';
 import type { DemoKey } from './auth/demo-keys';
 
@@ -20,6 +21,8 @@ async function bootstrap(): Promise<void> {
   } else {
     logger.log(`${keys.size} key(s) loaded from DEMO_API_KEYS`);
   }
+  if (!process.env.DEMO_ADMIN_KEY)
+    logger.log(`demo admin key ${app.get<string>(DEMO_ADMIN_KEY)} → /usage/admin (header x-admin-key)`);
 }
 
 void bootstrap();

@@ -3,6 +3,7 @@ import { startDemo, type DemoApp } from './utils/demo-app';
 import { describeSqlite } from './utils/test-store';
 import { queryUserDbUntil } from './utils/user-db';
 import { simulatedChat } from '../src/providers/simulator';
+import { DEMO_ADMIN_KEY } from '../src/auth/admin-key.guard';
 
 describeSqlite('demo app contract', () => {
   let demo: DemoApp;
@@ -117,6 +118,32 @@ describeSqlite('demo app contract', () => {
     const health = await request(url).get('/health/usage');
     expect(health.status).toBe(200);
     expect(JSON.stringify(health.body)).not.toContain('odd:chars');
+  });
+
+  it('lets the admin key grant the free user 2 more calls at /usage/admin; any other key gets 403', async () => {
+    // After the previous test the free user has used all 50 AI text calls.
+    const key = demo.app.get<string>(DEMO_ADMIN_KEY);
+    const user = encodeURIComponent(freeUser);
+    const grant = { scope: 'ai_text', metric: 'calls', amount: 2, reason: 'conference demo' };
+    const refused = await request(url)
+      .post(`/usage/admin/users/${user}/grants`)
+      .set('x-admin-key', 'guess')
+      .send(grant);
+    expect(refused.status).toBe(403);
+    const granted = await request(url)
+      .post(`/usage/admin/users/${user}/grants`)
+      .set('x-admin-key', key)
+      .send(grant);
+    expect(granted.status).toBe(201);
+    expect(granted.body).toMatchObject({ kind: 'grant', user_id: freeUser, amount: 2, actor: 'demo-admin' });
+    const chat = () =>
+      request(url)
+        .post('/openai/v1/chat/completions')
+        .set('authorization', 'Bearer key-free')
+        .send({ messages: [{ role: 'user', content: 'more' }] });
+    expect([(await chat()).status, (await chat()).status, (await chat()).status]).toEqual([200, 200, 429]);
+    const me = await request(url).get('/usage/me').set('authorization', 'Bearer key-free');
+    expect(me.body.limits[0]).toMatchObject({ scope: 'ai_text', used: 52, limit: 52 });
   });
 
   it('POST /articles meters two LLM calls and a search inside a service: three ledger rows, real tokens', async () => {

@@ -1,9 +1,14 @@
 import { Module } from '@nestjs/common';
+import { randomBytes } from 'node:crypto';
 import { DEMO_PLANS } from '../plans';
+import { DEMO_ADMIN_KEY } from './admin-key.guard';
 import { DEMO_KEYS } from './api-key.guard';
 import { loadDemoKeys } from './demo-keys';
 
-/** Provides the demo's API keys (from DEMO_API_KEYS, or the two built-in ones). */
+/**
+ * Provides the demo's API keys (from DEMO_API_KEYS, or the two built-in ones) and its admin key (from
+ * DEMO_ADMIN_KEY, or a random one printed at start).
+ */
 @Module({
   providers: [
     {
@@ -14,7 +19,11 @@ import { loadDemoKeys } from './demo-keys';
           DEMO_PLANS.map((p) => p.name),
         ),
     },
+    {
+      provide: DEMO_ADMIN_KEY,
+      useFactory: () => process.env.DEMO_ADMIN_KEY || `demo-admin-${randomBytes(12).toString('hex')}`,
+    },
   ],
-  exports: [DEMO_KEYS],
+  exports: [DEMO_KEYS, DEMO_ADMIN_KEY],
 })
 export class DemoAuthModule {}

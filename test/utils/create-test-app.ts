@@ -20,6 +20,7 @@ import {
   type SharedStorageOptions,
   type SqliteStorageOptions,
   type StorageOptions,
+  type UsageMonitoringModuleExtras,
   type UsageMonitoringModuleOptions,
 } from '@app/usage-monitoring';
 import { AI_TEXT_GROUP } from '@app/usage-monitoring/usage-monitoring.constants';
@@ -43,6 +44,8 @@ export interface TestAppOptions {
   /** Overrides merged over the test defaults (plans, a fresh temporary dataDir). */
   usage?: Partial<UsageMonitoringModuleOptions>;
   healthController?: boolean;
+  /** The admin API's extra (`adminController`). */
+  adminController?: UsageMonitoringModuleExtras['adminController'];
   /** Extra controllers. */
   controllers?: Type[];
   /** Extra modules of the app module (GraphQL, …). */
@@ -140,7 +143,7 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.usage,
     storage,
   };
-  const extras = { healthController: opts.healthController };
+  const extras = { healthController: opts.healthController, adminController: opts.adminController };
 
   @Injectable()
   class OptionsFactory {

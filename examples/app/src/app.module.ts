@@ -1,7 +1,7 @@
 import { Module } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { UsageMonitoringModule, type StorageOptions } from 'nestjs-usage-monitoring';
-import { AuthGuard } from './auth.guard.js';
+import { AdminGuard, AuthGuard } from './auth.guard.js';
 import { ChatController } from './chat.controller.js';
 import { SummaryController } from './summary.controller.js';
 import { SummaryService } from './summary.service.js';
@@ -16,6 +16,8 @@ const storage: StorageOptions = process.env.USAGE_DATABASE_URL
     UsageMonitoringModule.forRoot({
       plans: [{ name: 'starter', limits: [{ metric: 'calls', scope: 'openai', period: 'month', max: 5 }] }],
       storage,
+      // Grants, resets and limit overrides at /usage/admin, for the app's admin only.
+      adminController: { guards: [AdminGuard] },
     }),
   ],
   controllers: [ChatController, SummaryController],

@@ -14,3 +14,12 @@ export class AuthGuard implements CanActivate {
     return true;
   }
 }
+
+/** The app's admin check: only its admin may use the usage admin API (`adminController` below). */
+@Injectable()
+export class AdminGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    const request = context.switchToHttp().getRequest<{ user?: { id?: string } }>();
+    return request.user?.id === 'admin@example.com';
+  }
+}

@@ -56,6 +56,21 @@ export type { AlertWebhookBody } from './alerts/alert-webhooks';
 export { UsageHealthIndicator } from './health/usage-health.indicator';
 export { METER_NAME } from './metrics/usage-metrics';
 
+// Steering: grants, resets and limit overrides per user, with their history
+export { UsageAdminService, InvalidAdjustmentException } from './admin/usage-admin.service';
+export { UsageAdminController } from './admin/usage-admin.controller';
+export type { UserAdminView } from './admin/usage-admin.controller';
+export type {
+  AdjustmentNote,
+  ClearLimitInput,
+  GrantInput,
+  LimitOverride,
+  LimitSelector,
+  ResetInput,
+  SetLimitInput,
+  UsageAdjustment,
+} from './admin/usage-adjustment.interface';
+
 // Storage (the shared store on a DataSource of the host's)
 export { USAGE_ENTITIES } from './storage/entities';
 export { USAGE_MIGRATIONS } from './storage/migrations';

@@ -7,10 +7,14 @@ import {
   type OnApplicationShutdown,
   type OnModuleInit,
   type Provider,
+  type Type,
 } from '@nestjs/common';
 import { APP_FILTER, DiscoveryModule, DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 import { TerminusModule } from '@nestjs/terminus';
 import { Metered } from './decorators/metered.decorator';
+import { adminControllerFor } from './admin/usage-admin.controller';
+import { LimitOverrides } from './admin/limit-overrides';
+import { UsageAdminService } from './admin/usage-admin.service';
 import { startupSummary } from './startup-summary';
 import { UsageAlerts } from './alerts/usage-alerts.service';
 import { AlertWebhooks } from './alerts/alert-webhooks';
@@ -87,6 +91,8 @@ const providers: Provider[] = [
   UsageLimitGuard,
   MeteringInterceptor,
   AlertWebhooks,
+  LimitOverrides,
+  UsageAdminService,
   { provide: APP_FILTER, useClass: UsageExceptionFilter },
 ];
 
@@ -117,6 +123,8 @@ const providers: Provider[] = [
     UsageMeter,
     UsageLimitGuard,
     MeteringInterceptor,
+    LimitOverrides,
+    UsageAdminService,
   ],
 })
 export class UsageMonitoringModule
@@ -133,6 +141,7 @@ export class UsageMonitoringModule
     private readonly scanner: MetadataScanner,
     private readonly reflector: Reflector,
     private readonly webhooks: AlertWebhooks,
+    private readonly overrides: LimitOverrides,
   ) {
     super();
   }
@@ -141,7 +150,7 @@ export class UsageMonitoringModule
   static override forRoot(
     options: UsageMonitoringModuleOptions & UsageMonitoringModuleExtras,
   ): DynamicModule {
-    return withController(super.forRoot(options), options.healthController);
+    return withControllers(super.forRoot(options), options);
   }
 
   /**
@@ -152,7 +161,7 @@ export class UsageMonitoringModule
     options: ConfigurableModuleAsyncOptions<UsageMonitoringModuleOptions, 'createUsageMonitoringOptions'> &
       UsageMonitoringModuleExtras,
   ): DynamicModule {
-    return withController(super.forRootAsync(options), options.healthController);
+    return withControllers(super.forRootAsync(options), options);
   }
 
   async onModuleInit(): Promise<void> {
@@ -162,12 +171,35 @@ export class UsageMonitoringModule
       throw new Error(`UsageMonitoringModule: ${(e as Error).message}`);
     }
     await this.store.init?.();
+    await this.loadOverrides();
     if (this.store instanceof PerUserSqliteStore) this.webhooks.start(this.store.alertOutbox());
     else if (this.store instanceof SharedPostgresStore)
       this.webhooks.start(this.store.alertOutbox(this.webhooks.claimMs));
     const summary = startupSummary(this.options);
     if (this.options.emergencyFailOpen) this.logger.warn(summary);
     else this.logger.log(summary);
+  }
+
+  /** Overrides in force, then (shared store) those other instances change: per user, or all after a gap. */
+  private async loadOverrides(): Promise<void> {
+    const { store, overrides, options } = this;
+    overrides.replace(await store.overrides(options.clock()));
+    const latest = new Map<string, number>();
+    let generation = 0;
+    store.watchOverrides?.((userId) => {
+      // Reloads may answer out of order: only the latest one started for a user (or for all) applies.
+      const key = userId ?? '\u0000all';
+      const mine = ++generation;
+      latest.set(key, mine);
+      store.overrides(options.clock(), userId).then(
+        (rows) => {
+          if (latest.get(key) !== mine) return;
+          latest.delete(key);
+          overrides.replace(rows, userId);
+        },
+        (e: Error) => this.logger.error(`limit overrides could not be reloaded: ${e.message}`),
+      );
+    });
   }
 
   /**
@@ -198,6 +230,20 @@ export class UsageMonitoringModule
   }
 }
 
-function withController(definition: DynamicModule, healthController: boolean | undefined): DynamicModule {
-  return healthController === false ? definition : { ...definition, controllers: [UsageHealthController] };
+function withControllers(definition: DynamicModule, extras: UsageMonitoringModuleExtras): DynamicModule {
+  const controllers: Type[] = extras.healthController === false ? [] : [UsageHealthController];
+  const admin = extras.adminController;
+  if (admin !== undefined) {
+    if (!Array.isArray(admin?.guards) || admin.guards.length === 0 || admin.guards.some((g) => !g))
+      throw new Error(
+        'UsageMonitoringModule: adminController.guards must list at least one guard of yours that lets only admins through (the admin API changes what users may spend)',
+      );
+    const path = admin.path ?? 'usage/admin';
+    if (typeof path !== 'string' || path.replace(/\//g, '') === '')
+      throw new Error(
+        "UsageMonitoringModule: adminController.path must be a non-empty route path, e.g. 'usage/admin'",
+      );
+    controllers.push(adminControllerFor(path, admin.guards));
+  }
+  return { ...definition, controllers };
 }

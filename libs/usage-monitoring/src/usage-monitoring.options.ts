@@ -1,3 +1,4 @@
+import type { CanActivate, Type } from '@nestjs/common';
 import type { MeterProvider } from '@opentelemetry/api';
 import type { Limit, Plan, PlanAssignment } from './plans/plan.interface';
 import type { PriceOverride } from './pricing/price.interface';
@@ -291,6 +292,18 @@ export interface UsageMonitoringModuleExtras {
    * @default true
    */
   healthController?: boolean;
+  /**
+   * Mount the admin API (`UsageAdminController`: a user's usage, overrides and history; grants, resets and
+   * limit changes) at `path`, behind `guards` — the host's own, which must let only admins through. Start-up
+   * fails without one. The actor each change records is the admin request's principal (the `userId`
+   * option). Off by default; `UsageAdminService` is always there for the app's own code.
+   */
+  adminController?: {
+    /** At least one guard of the host's that lets only admins through. */
+    guards: (Type<CanActivate> | CanActivate)[];
+    /** @default 'usage/admin' */
+    path?: string;
+  };
 }
 
 export type { Limit, Plan, PlanAssignment };

@@ -1,4 +1,5 @@
 import { HttpException, Inject, Injectable, Logger } from '@nestjs/common';
+import { LimitOverrides } from '../admin/limit-overrides';
 import { RollingStats } from '../health/rolling-stats';
 import { newRequestId } from '../metering/request-id';
 import { UsageMetrics } from '../metrics/usage-metrics';
@@ -79,6 +80,7 @@ export class UsageEnforcer {
     private readonly metrics: EnforcementMetrics,
     private readonly stats: RollingStats,
     private readonly usageMetrics: UsageMetrics,
+    private readonly overrides: LimitOverrides,
   ) {}
 
   admit(req: AdmissionRequest): MeteringContext | null | Promise<MeteringContext | null> {
@@ -172,6 +174,8 @@ export class UsageEnforcer {
         : undefined;
     const cost = priced?.costMicros ?? 0;
     const tokens = estimate.inputTokens + estimate.outputTokens;
+    // Limits an admin overrode for this user (most users have none).
+    const overridden = this.overrides.of(req.userId);
     const charges: LimitCharge[] = limits.map((l) => {
       const w = this.periods.window(l.period, now, plan.anchorDay);
       return {
@@ -182,7 +186,7 @@ export class UsageEnforcer {
         periodKey: w.key,
         periodStart: w.start,
         periodEnd: w.end,
-        max: l.max,
+        max: overridden ? LimitOverrides.maxOf(overridden, l.limitId, l.max, now) : l.max,
         amount: l.metric === 'calls' ? 1 : l.metric === 'tokens' ? tokens : cost,
       };
     });

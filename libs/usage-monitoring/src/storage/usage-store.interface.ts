@@ -38,6 +38,10 @@ export interface Reservation {
   createdAt: number;
 }
 
+/**
+ * The limit a request would exceed, as the user sees it: `charge.max` includes what was granted for the
+ * period and `used` leaves out what a reset forgave (see `CounterAdjustment`).
+ */
 export interface ExceededLimit {
   charge: LimitCharge;
   used: number;
@@ -124,8 +128,73 @@ export interface CounterKey {
 }
 
 export interface CounterSnapshot extends CounterKey {
+  /** Settled usage of the period, less what resets forgave. */
   used: number;
   reserved: number;
+  /** Granted on top of the limit for this period (calls, tokens or micro-dollars). */
+  granted: number;
+}
+
+/** An admin change to one counter of the current period: extra quota, or a reset of what was used. */
+export interface CounterAdjustment {
+  kind: 'grant' | 'reset';
+  userId: string;
+  scope: string;
+  metric: LimitMetric;
+  period: PeriodUnit;
+  periodKey: string;
+  periodEnd: number;
+  /** For a grant: how much (calls, tokens or micro-dollars). A reset forgives whatever is used then. */
+  amount: number;
+  actor: string;
+  reason: string;
+  now: number;
+}
+
+/** An admin change to one of a user's limits: a new `max` (until a time, or for good), or back to the plan's. */
+export interface LimitOverrideChange {
+  kind: 'override' | 'override_cleared';
+  userId: string;
+  scope: string;
+  metric: LimitMetric;
+  period: PeriodUnit;
+  /** The new limit (calls, tokens or micro-dollars); null when cleared. */
+  max: number | null;
+  /** Until when it applies (ms); null for good. */
+  until: number | null;
+  actor: string;
+  reason: string;
+  now: number;
+}
+
+/** A user's limit override as the stores keep it. */
+export interface StoredOverride {
+  userId: string;
+  scope: string;
+  metric: LimitMetric;
+  period: PeriodUnit;
+  max: number;
+  until: number | null;
+}
+
+/** One row of the audit history of admin changes (never deleted). Amounts in store units. */
+export interface StoredAdjustment {
+  id: string;
+  userId: string;
+  kind: 'grant' | 'reset' | 'override' | 'override_cleared';
+  scope: string;
+  metric: LimitMetric;
+  period: PeriodUnit;
+  /** The period a grant or reset applied to; null for overrides. */
+  periodKey: string | null;
+  /** A grant's amount, or what a reset forgave; null for overrides. */
+  amount: number | null;
+  /** An override's new limit; null otherwise. */
+  max: number | null;
+  until: number | null;
+  actor: string;
+  reason: string;
+  createdAt: number;
 }
 
 export interface StoreHealth {
@@ -147,6 +216,22 @@ export interface UsageStore {
   release(reservation: Reservation): void | Promise<void>;
   recordRequest(request: ApiRequestRecord): Promise<void>;
   readCounters(userId: string, keys: CounterKey[]): Promise<CounterSnapshot[]>;
+  /**
+   * Applies a grant or reset to its counter atomically with admissions (the next decision sees it) and
+   * appends it to the audit history.
+   */
+  adjustCounter(change: CounterAdjustment): Promise<StoredAdjustment>;
+  /** Stores or clears a limit override and appends it to the audit history. */
+  overrideLimit(change: LimitOverrideChange): Promise<StoredAdjustment>;
+  /** Every override in force at `now` (loaded at start-up), or one user's. */
+  overrides(now: number, userId?: string): Promise<StoredOverride[]>;
+  /** A user's audit history, newest first. */
+  adjustments(userId: string, limit: number): Promise<StoredAdjustment[]>;
+  /**
+   * Tells `onChange` the id of a user whose overrides another instance changed, or `undefined` when
+   * changes may have been missed (reload all). Shared store only.
+   */
+  watchOverrides?(onChange: (userId: string | undefined) => void): void;
   health(): Promise<StoreHealth>;
   close(): Promise<void>;
 }

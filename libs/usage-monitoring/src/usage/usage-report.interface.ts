@@ -12,11 +12,11 @@ export interface LimitUsage {
   period: PeriodUnit;
   /** The current period, e.g. `month:2026-11-01`. */
   period_key: string;
-  /** Settled usage this period. */
+  /** Settled usage this period (less what an admin's reset forgave). */
   used: number;
   /** Held by requests in flight. */
   reserved: number;
-  /** The limit's `max`. */
+  /** The limit's `max` (or an admin's override of it), plus what an admin granted this period. */
   limit: number;
   /** What is left: `limit - used - reserved`, at least 0. */
   remaining: number;

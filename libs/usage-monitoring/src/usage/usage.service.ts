@@ -1,4 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
+import { LimitOverrides } from '../admin/limit-overrides';
 import { EnforcementMetrics, type EnforcementStats } from '../enforcement/enforcement-metrics';
 import { percentageOf } from '../enforcement/usage-limit-exceeded.exception';
 import { periodWindow } from '../plans/billing-period';
@@ -19,9 +20,13 @@ export class UsageService {
     @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
     @Inject(USAGE_STORE) private readonly store: UsageStore,
     private readonly metrics: EnforcementMetrics,
+    private readonly overrides: LimitOverrides,
   ) {}
 
-  /** The user's current-period usage per limit, with percentages and reset times. */
+  /**
+   * The user's current-period usage per limit, with percentages and reset times; a limit an admin changed
+   * shows as changed (an override's max, plus what was granted; usage a reset forgave left out).
+   */
   async getUsage(userId: string): Promise<UsageReport> {
     const plan = this.options.plans.resolve(await this.options.resolvePlan(userId));
     const now = this.options.clock();
@@ -32,8 +37,10 @@ export class UsageService {
       limits.map((l, i) => ({ scope: l.scope, metric: l.metric, periodKey: windows[i].key })),
     );
     const groups = this.options.providerGroups;
+    const overridden = this.overrides.of(userId);
     const rows: LimitUsage[] = limits.map((l, i) => {
-      const { used, reserved } = counters[i];
+      const { used, reserved, granted } = counters[i];
+      const max = (overridden ? LimitOverrides.maxOf(overridden, l.limitId, l.max, now) : l.max) + granted;
       const money = (n: number) => (l.metric === 'cost' ? microsToUsd(n) : n);
       return {
         scope: l.scope,
@@ -43,9 +50,9 @@ export class UsageService {
         period_key: windows[i].key,
         used: money(used),
         reserved: money(reserved),
-        limit: money(l.max),
-        remaining: money(Math.max(0, l.max - used - reserved)),
-        percentage: percentageOf(used, l.max),
+        limit: money(max),
+        remaining: money(Math.max(0, max - used - reserved)),
+        percentage: percentageOf(used, max),
         reset_at: new Date(windows[i].end).toISOString(),
       };
     });

@@ -22,6 +22,14 @@ export class UsageCounterEntity {
   @Column({ type: 'bigint', default: 0, transformer: bigintAsNumber })
   reserved!: number;
 
+  /** Granted by an admin on top of the limit for this period (shared store; 0 in per-user files). */
+  @Column({ type: 'bigint', default: 0, transformer: bigintAsNumber })
+  granted!: number;
+
+  /** Usage an admin's reset took off this period (shared store; 0 in per-user files). */
+  @Column({ type: 'bigint', default: 0, transformer: bigintAsNumber })
+  forgiven!: number;
+
   @Column({ name: 'period_end', type: 'bigint', transformer: bigintAsNumber })
   periodEnd!: number;
 

@@ -1,34 +1,7 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 
-/**
- * PostgreSQL only: per-instance leases (`storage.leases`). A lease is a block of one counter's quota
- * added to its `reserved` in one statement; the instance admits requests from the block in memory and
- * gives the block back (`reserved -= amount`, the row deleted) once its requests have settled. Rows of an
- * instance that died are released by the sweeper after `expires_at`, once each.
- *
- * `usage_take_leases(now, headroom, leases)` grants each asked lease whole or not at all: only while the
- * counter still has room for `headroom` such leases (`used + reserved + want × headroom <= max`), so near a
- * limit every request is decided by `usage_reserve_batch` instead. Counters are locked in the same
- * (user, period, scope, metric) order as admission and settlement.
- */
-export class UsageLeases1764633600000 implements MigrationInterface {
-  name = 'UsageLeases1764633600000';
-
-  async up(q: QueryRunner): Promise<void> {
-    if (q.connection.options.type !== 'postgres') return;
-    await q.query(`
-      CREATE TABLE usage_leases (
-        lease_id varchar(64) PRIMARY KEY,
-        user_id varchar(1024) NOT NULL,
-        period_key varchar(40) NOT NULL,
-        scope varchar(128) NOT NULL,
-        metric varchar(16) NOT NULL,
-        amount bigint NOT NULL,
-        created_at bigint NOT NULL,
-        expires_at bigint NOT NULL
-      )`);
-    await q.query('CREATE INDEX idx_usage_leases_expires ON usage_leases (expires_at)');
-    await q.query(`
+/** The function this migration installs (a later migration derives its successor from it). */
+export const TAKE_LEASES_FUNCTION = `
       CREATE OR REPLACE FUNCTION usage_take_leases(p_now bigint, p_headroom bigint, p_leases jsonb)
       RETURNS TABLE (o_id text, o_amount bigint)
       LANGUAGE plpgsql AS $fn$
@@ -75,7 +48,37 @@ export class UsageLeases1764633600000 implements MigrationInterface {
         )
         SELECT g.id::text, g.amount::int8 FROM g;
       END
-      $fn$`);
+      $fn$`;
+
+/**
+ * PostgreSQL only: per-instance leases (`storage.leases`). A lease is a block of one counter's quota
+ * added to its `reserved` in one statement; the instance admits requests from the block in memory and
+ * gives the block back (`reserved -= amount`, the row deleted) once its requests have settled. Rows of an
+ * instance that died are released by the sweeper after `expires_at`, once each.
+ *
+ * `usage_take_leases(now, headroom, leases)` grants each asked lease whole or not at all: only while the
+ * counter still has room for `headroom` such leases (`used + reserved + want × headroom <= max`), so near a
+ * limit every request is decided by `usage_reserve_batch` instead. Counters are locked in the same
+ * (user, period, scope, metric) order as admission and settlement.
+ */
+export class UsageLeases1764633600000 implements MigrationInterface {
+  name = 'UsageLeases1764633600000';
+
+  async up(q: QueryRunner): Promise<void> {
+    if (q.connection.options.type !== 'postgres') return;
+    await q.query(`
+      CREATE TABLE usage_leases (
+        lease_id varchar(64) PRIMARY KEY,
+        user_id varchar(1024) NOT NULL,
+        period_key varchar(40) NOT NULL,
+        scope varchar(128) NOT NULL,
+        metric varchar(16) NOT NULL,
+        amount bigint NOT NULL,
+        created_at bigint NOT NULL,
+        expires_at bigint NOT NULL
+      )`);
+    await q.query('CREATE INDEX idx_usage_leases_expires ON usage_leases (expires_at)');
+    await q.query(TAKE_LEASES_FUNCTION);
   }
 
   async down(q: QueryRunner): Promise<void> {

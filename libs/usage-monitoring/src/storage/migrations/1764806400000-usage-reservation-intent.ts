@@ -8,6 +8,9 @@ const INSERT_AFTER = `INSERT INTO usage_reservations (request_id, user_id, provi
         SELECT x.id, x.u, x.provider, x.pk, x.charges::text, 'open', p_now, x.expires, x.intent::text
         FROM jsonb_to_recordset(p_requests) AS x(id text, u text, provider text, pk text, charges jsonb, expires bigint, intent jsonb)`;
 
+/** `usage_reserve_batch` as this migration installs it (a later migration derives its successor from it). */
+export const RESERVE_BATCH_WITH_INTENT = RESERVE_BATCH_IN_MEMORY.replace(INSERT_BEFORE, INSERT_AFTER);
+
 /**
  * Durable intent in the shared store: each reservation row may carry `interrupted`, the settlement that
  * charges its request at the estimate (JSON, as the settle statement takes it). The sweeper settles an
@@ -25,7 +28,7 @@ export class UsageReservationIntent1764806400000 implements MigrationInterface {
     if (q.connection.options.type !== 'postgres') return;
     if (!RESERVE_BATCH_IN_MEMORY.includes(INSERT_BEFORE))
       throw new Error('usage_reserve_batch: unexpected text');
-    await q.query(RESERVE_BATCH_IN_MEMORY.replace(INSERT_BEFORE, INSERT_AFTER));
+    await q.query(RESERVE_BATCH_WITH_INTENT);
   }
 
   async down(q: QueryRunner): Promise<void> {

@@ -7,6 +7,7 @@ import { UsageReserveBatchInMemory1764547200000 } from './1764547200000-usage-re
 import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
 import { UsageReservationIntent1764806400000 } from './1764806400000-usage-reservation-intent';
 import { UsageAlertOutbox1764892800000 } from './1764892800000-usage-alert-outbox';
+import { UsageAdjustments1764979200000 } from './1764979200000-usage-adjustments';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
@@ -18,6 +19,7 @@ export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageLeases1764633600000,
   UsageReservationIntent1764806400000,
   UsageAlertOutbox1764892800000,
+  UsageAdjustments1764979200000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

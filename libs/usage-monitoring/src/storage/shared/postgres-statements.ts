@@ -129,7 +129,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (request_id) DO NOTHING`;
 
 export const READ_COUNTERS = `
-SELECT r.i, coalesce(c.used, 0) AS used, coalesce(c.reserved, 0) AS reserved
+SELECT r.i, coalesce(c.used, 0) AS used, coalesce(c.reserved, 0) AS reserved, coalesce(c.granted, 0) AS granted,
+  coalesce(c.forgiven, 0) AS forgiven
 FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS r(period_key, scope, metric, i)
 LEFT JOIN usage_counters c
   ON c.user_id = $1 AND c.period_key = r.period_key AND c.scope = r.scope AND c.metric = r.metric
@@ -195,12 +196,13 @@ upd AS (
   SET used = uc.used + l.used_delta, reserved = greatest(0, uc.reserved - l.res_delta), updated_at = $2
   FROM lk l
   WHERE uc.user_id = l.user_id AND uc.period_key = l.period_key AND uc.scope = l.scope AND uc.metric = l.metric
-  RETURNING uc.user_id, uc.period_key, uc.scope, uc.metric, uc.used
+  RETURNING uc.user_id, uc.period_key, uc.scope, uc.metric, uc.used, uc.granted, uc.forgiven
 )
 SELECT (SELECT coalesce(jsonb_agg(request_id), '[]'::jsonb) FROM ev) AS inserted,
        (SELECT count(*) FROM rq) AS requests,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('u', user_id, 'p', period_key, 'sc', scope, 'm', metric,
-                                                     'used', used)), '[]'::jsonb) FROM upd) AS counters`;
+                                                     'used', used, 'granted', granted, 'forgiven', forgiven)),
+                        '[]'::jsonb) FROM upd) AS counters`;
 
 /** Takes a batch of leases in one statement (see the `usage_take_leases` migration): each whole or not at all. */
 export const TAKE_LEASES = `SELECT o_id, o_amount FROM usage_take_leases($1, $2, $3::jsonb)`;
@@ -220,3 +222,35 @@ parts AS (
 ),
 ${UNRESERVE_PARTS}
 SELECT (SELECT count(*) FROM del) AS released`;
+
+/** Creates a counter row of the current period if it is missing ($1 user … $6 now), for an admin change. */
+export const ENSURE_COUNTER = `
+INSERT INTO usage_counters (user_id, period_key, scope, metric, used, reserved, period_end, updated_at)
+VALUES ($1, $2, $3, $4, 0, 0, $5, $6)
+ON CONFLICT (user_id, period_key, scope, metric) DO NOTHING`;
+
+/** Locks a counter row (as admissions do) for a grant or reset, and reads what a reset forgives. */
+export const LOCK_COUNTER = `
+SELECT used, forgiven FROM usage_counters
+WHERE user_id = $1 AND period_key = $2 AND scope = $3 AND metric = $4
+FOR UPDATE`;
+
+export const ADJUST_COUNTER = `
+UPDATE usage_counters SET granted = granted + $5, forgiven = forgiven + $6, updated_at = $7
+WHERE user_id = $1 AND period_key = $2 AND scope = $3 AND metric = $4`;
+
+export const INSERT_ADJUSTMENT = `
+INSERT INTO usage_adjustments (id, user_id, kind, scope, metric, period, period_key, amount, max_value, until,
+  actor, reason, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`;
+
+export const UPSERT_OVERRIDE = `
+INSERT INTO usage_limit_overrides (user_id, scope, metric, period, max_value, until)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (user_id, scope, metric, period) DO UPDATE SET max_value = excluded.max_value, until = excluded.until`;
+
+export const DELETE_OVERRIDE = `
+DELETE FROM usage_limit_overrides WHERE user_id = $1 AND scope = $2 AND metric = $3 AND period = $4`;
+
+/** The channel an override change is announced on (payload: the stored user id), to every instance. */
+export const OVERRIDES_CHANNEL = 'usage_limit_overrides';

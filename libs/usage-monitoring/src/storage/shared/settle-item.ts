@@ -32,8 +32,11 @@ export interface SettleItem {
   pv: string | null;
   charges: { p: string; sc: string; m: string; a: number; act: number }[];
   limits: LimitCharge[];
-  /** Thresholds this settlement crossed, found after its batch committed (`stored`: its alert row is new). */
-  alerts: { index: number; threshold: number; used: number; stored?: boolean }[];
+  /**
+   * Thresholds this settlement crossed, found after its batch committed, with the counter's usage and limit
+   * as adjusted (`stored`: its alert row is new).
+   */
+  alerts: { index: number; threshold: number; used: number; max: number; stored?: boolean }[];
   /** The user's id as the app knows it (`u` is its stored form). */
   userId: string;
 }

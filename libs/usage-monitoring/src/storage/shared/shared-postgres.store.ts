@@ -5,12 +5,17 @@ import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
 import { admittedAs, crossedThresholds } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
+import { adjustmentOf, type AdjustmentRow } from '../adjustment-row';
 import type {
   ActualUsage,
   ApiRequestRecord,
+  CounterAdjustment,
   CounterKey,
   CounterSnapshot,
   LimitCharge,
+  LimitOverrideChange,
+  StoredAdjustment,
+  StoredOverride,
   ReserveRequest,
   ReserveResult,
   Reservation,
@@ -27,7 +32,8 @@ import { createSharedDataSource, migrate, poolOf, type PgPool, type PgQueryable 
 import type { AlertOutbox, OutboxRow } from '../../alerts/alert-outbox';
 import type { ResolvedSharedStorage } from './shared-store.options';
 import { settleItemOf, settlePayload, type SettleItem } from './settle-item';
-import { sharedUserId } from './shared-user-id';
+import { appUserId, sharedUserId } from './shared-user-id';
+import { newRequestId } from '../../metering/request-id';
 
 /** Shared with the module's clock: the database clock minus this process's, sampled periodically. */
 export interface ClockSkew {
@@ -40,6 +46,8 @@ interface LockedCounter {
   m: string;
   used: number | string;
   reserved: number | string;
+  granted?: number | string;
+  forgiven?: number | string;
 }
 
 const CLOCK_SAMPLE_MS = 30_000;
@@ -70,14 +78,16 @@ interface ReserveRow {
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
  * gives every request's before and after.
  */
-function markAlerts(
-  items: SettleItem[],
-  inserted: Set<string>,
-  counters: { u: string; p: string; sc: string; m: string; used: number | string }[],
-): void {
+function markAlerts(items: SettleItem[], inserted: Set<string>, counters: SettledCounter[]): void {
   const key = (u: string, p: string, sc: string, m: string) => `${u}\u0001${p}\u0001${sc}\u0001${m}`;
+  // Thresholds are of the limit as adjusted: granted quota added, forgiven usage left out.
   const running = new Map<string, number>();
-  for (const c of counters) running.set(key(c.u, c.p, c.sc, c.m), Number(c.used));
+  const adjusted = new Map<string, SettledCounter>();
+  for (const c of counters) {
+    const k = key(c.u, c.p, c.sc, c.m);
+    running.set(k, Number(c.used) - Number(c.forgiven ?? 0));
+    adjusted.set(k, c);
+  }
   for (const item of items) {
     if (!inserted.has(item.id)) continue;
     for (const ch of item.charges) {
@@ -94,11 +104,30 @@ function markAlerts(
       const after = before + ch.act;
       running.set(k, after);
       if (ch.act <= 0) return;
-      for (const threshold of crossedThresholds(before, after, item.limits[index].max)) {
-        item.alerts.push({ index, threshold, used: after });
+      const max = item.limits[index].max + Number(adjusted.get(k)?.granted ?? 0);
+      for (const threshold of crossedThresholds(before, after, max)) {
+        item.alerts.push({ index, threshold, used: after, max });
       }
     });
   }
+}
+
+/** A pool client that can LISTEN (pg's `Client`). */
+type ListeningClient = PgQueryable & {
+  release(destroy?: boolean): void;
+  on(event: 'notification', listener: (n: { channel: string; payload?: string }) => void): void;
+  on(event: 'error', listener: (e: Error) => void): void;
+};
+
+/** A counter as the settle statement left it. */
+interface SettledCounter {
+  u: string;
+  p: string;
+  sc: string;
+  m: string;
+  used: number | string;
+  granted?: number | string;
+  forgiven?: number | string;
 }
 
 /** The alert a settlement's crossing of a threshold reports. */
@@ -113,7 +142,7 @@ function alertOf(userId: string, item: SettleItem, a: SettleItem['alerts'][numbe
     periodKey: c.periodKey,
     threshold: a.threshold,
     used: a.used,
-    max: c.max,
+    max: a.max,
     at: item.at,
   };
 }
@@ -147,6 +176,10 @@ export class SharedPostgresStore implements UsageStore {
   private intentColumn = false;
   /** Per-instance leases (`storage.leases`), or null. */
   private readonly leases: LeaseBook | null;
+  /** The connection listening for override changes (`watchOverrides`), and its reconnection timer. */
+  private listener: ListeningClient | undefined;
+  private relisten: NodeJS.Timeout | undefined;
+  private closing = false;
 
   constructor(
     private readonly options: ResolvedSharedStorage,
@@ -207,6 +240,9 @@ export class SharedPostgresStore implements UsageStore {
       () => false,
     );
     if (this.options.durableIntent && !this.intentColumn) throw missing;
+    await this.pool.query('SELECT granted, forgiven FROM usage_counters LIMIT 0').catch(() => {
+      throw missing;
+    });
     if (this.webhookUrls.length) {
       await this.pool.query('SELECT 1 FROM usage_alert_outbox LIMIT 0').catch(() => {
         throw missing;
@@ -328,13 +364,10 @@ export class SharedPostgresStore implements UsageStore {
 
   /** The batch statement on `db`; then the thresholds each settlement crossed are marked on it. */
   private async settleOn(db: PgQueryable, items: SettleItem[]): Promise<void> {
-    const { rows } = await db.query<{
-      inserted: string[];
-      counters: { u: string; p: string; sc: string; m: string; used: number | string }[];
-    }>({ name: 'usage_settle_batch', text: SQL.SETTLE_BATCH }, [
-      settlePayload(items),
-      Math.max(...items.map((i) => i.at)),
-    ]);
+    const { rows } = await db.query<{ inserted: string[]; counters: SettledCounter[] }>(
+      { name: 'usage_settle_batch', text: SQL.SETTLE_BATCH },
+      [settlePayload(items), Math.max(...items.map((i) => i.at))],
+    );
     markAlerts(items, new Set(rows[0].inserted), rows[0].counters);
   }
 
@@ -363,7 +396,7 @@ export class SharedPostgresStore implements UsageStore {
                   lid: c.limitId,
                   t: a.threshold,
                   used: a.used,
-                  mx: c.max,
+                  mx: a.max,
                   at: item.at,
                   alert: alertOf(item.userId, item, a),
                 };
@@ -473,7 +506,7 @@ export class SharedPostgresStore implements UsageStore {
         c.limitId,
         a.threshold,
         a.used,
-        c.max,
+        a.max,
         item.at,
       ]);
       if (rows.length) out.push(alertOf(userId, item, a));
@@ -495,21 +528,197 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   async readCounters(userId: string, keys: CounterKey[]): Promise<CounterSnapshot[]> {
-    const { rows } = await this.pool.query<{ used: string | number; reserved: string | number }>(
-      { name: 'usage_read_counters', text: SQL.READ_COUNTERS },
-      [
-        sharedUserId(userId),
-        keys.map((k) => k.periodKey),
-        keys.map((k) => k.scope),
-        keys.map((k) => k.metric),
-      ],
-    );
+    const { rows } = await this.pool.query<{
+      used: string | number;
+      reserved: string | number;
+      granted: string | number;
+      forgiven: string | number;
+    }>({ name: 'usage_read_counters', text: SQL.READ_COUNTERS }, [
+      sharedUserId(userId),
+      keys.map((k) => k.periodKey),
+      keys.map((k) => k.scope),
+      keys.map((k) => k.metric),
+    ]);
     // This instance's leased quota not handed to any request is room, not a request in flight. (Another
     // instance's unused leases still show as reserved: at most one block per instance, for `holdMs`.)
     return keys.map((k, i) => {
       const held = this.leases?.unused(userId, k.periodKey, k.scope, k.metric) ?? 0;
-      return { ...k, used: Number(rows[i].used), reserved: Math.max(0, Number(rows[i].reserved) - held) };
+      const r = rows[i];
+      return {
+        ...k,
+        used: Number(r.used) - Number(r.forgiven),
+        reserved: Math.max(0, Number(r.reserved) - held),
+        granted: Number(r.granted),
+      };
     });
+  }
+
+  /** A grant or reset, under the counter row's lock (as admissions take it), with its audit row: one transaction. */
+  adjustCounter(change: CounterAdjustment): Promise<StoredAdjustment> {
+    const u = sharedUserId(change.userId);
+    const key = [u, change.periodKey, change.scope, change.metric];
+    return this.transaction(async (client) => {
+      await client.query(SQL.ENSURE_COUNTER, [...key, change.periodEnd, change.now]);
+      const { rows } = await client.query<{ used: string; forgiven: string }>(SQL.LOCK_COUNTER, key);
+      // A reset forgives the settled usage at this moment; requests in flight count after it.
+      const amount =
+        change.kind === 'reset' ? Number(rows[0].used) - Number(rows[0].forgiven) : change.amount;
+      await client.query(SQL.ADJUST_COUNTER, [
+        ...key,
+        change.kind === 'grant' ? amount : 0,
+        change.kind === 'reset' ? amount : 0,
+        change.now,
+      ]);
+      return this.audit(client, change, { periodKey: change.periodKey, amount, max: null, until: null });
+    });
+  }
+
+  /** Stores or clears an override with its audit row, and tells the other instances (NOTIFY, on commit). */
+  overrideLimit(change: LimitOverrideChange): Promise<StoredAdjustment> {
+    const u = sharedUserId(change.userId);
+    return this.transaction(async (client) => {
+      const key = [u, change.scope, change.metric, change.period];
+      if (change.kind === 'override')
+        await client.query(SQL.UPSERT_OVERRIDE, [...key, change.max, change.until]);
+      else await client.query(SQL.DELETE_OVERRIDE, key);
+      const stored = await this.audit(client, change, {
+        periodKey: null,
+        amount: null,
+        max: change.max,
+        until: change.until,
+      });
+      await client.query('SELECT pg_notify($1, $2)', [SQL.OVERRIDES_CHANNEL, u]);
+      return stored;
+    });
+  }
+
+  async overrides(now: number, userId?: string): Promise<StoredOverride[]> {
+    const { rows } = await this.pool.query<{
+      user_id: string;
+      scope: string;
+      metric: StoredOverride['metric'];
+      period: StoredOverride['period'];
+      max_value: string;
+      until: string | null;
+    }>(
+      `SELECT user_id, scope, metric, period, max_value, until FROM usage_limit_overrides
+       WHERE (until IS NULL OR until > $1) ${userId === undefined ? '' : 'AND user_id = $2'}`,
+      userId === undefined ? [now] : [now, sharedUserId(userId)],
+    );
+    return rows.map((r) => ({
+      userId: appUserId(r.user_id),
+      scope: r.scope,
+      metric: r.metric,
+      period: r.period,
+      max: Number(r.max_value),
+      until: r.until === null ? null : Number(r.until),
+    }));
+  }
+
+  async adjustments(userId: string, limit: number): Promise<StoredAdjustment[]> {
+    const { rows } = await this.pool.query<AdjustmentRow>(
+      `SELECT id, user_id, kind, scope, metric, period, period_key, amount, max_value, until, actor, reason, created_at
+       FROM usage_adjustments WHERE user_id = $1 ORDER BY seq DESC LIMIT $2`,
+      [sharedUserId(userId), limit],
+    );
+    return rows.map((r) => ({ ...adjustmentOf(r), userId }));
+  }
+
+  /**
+   * Listens for override changes of other instances (one pool connection, LISTEN). When the connection
+   * drops it is opened again after a second and `onChange` is told `undefined`: reload every override.
+   */
+  watchOverrides(onChange: (userId: string | undefined) => void): void {
+    const listen = async () => {
+      if (this.closing) return;
+      let client: ListeningClient | undefined;
+      try {
+        client = (await this.pool.connect()) as ListeningClient;
+        if (this.closing) return client.release(true);
+        const c = client;
+        c.on('notification', (n) => {
+          if (n.channel === SQL.OVERRIDES_CHANNEL && n.payload !== undefined) onChange(appUserId(n.payload));
+        });
+        c.on('error', () => {
+          if (this.listener !== c) return;
+          this.listener = undefined;
+          c.release(true);
+          this.relisten = setTimeout(() => void listen(), 1_000);
+          this.relisten.unref();
+        });
+        await c.query(`LISTEN ${SQL.OVERRIDES_CHANNEL}`);
+        this.listener = c;
+        if (this.closing) return this.stopListening();
+        onChange(undefined); // what changed while nobody listened
+      } catch {
+        client?.release(true);
+        this.relisten = setTimeout(() => void listen(), 1_000);
+        this.relisten.unref();
+      }
+    };
+    void listen();
+  }
+
+  private stopListening(): void {
+    clearTimeout(this.relisten);
+    const c = this.listener;
+    this.listener = undefined;
+    c?.release(true);
+  }
+
+  private async audit(
+    client: PgQueryable,
+    change: CounterAdjustment | LimitOverrideChange,
+    what: { periodKey: string | null; amount: number | null; max: number | null; until: number | null },
+  ): Promise<StoredAdjustment> {
+    const row: AdjustmentRow = {
+      id: newRequestId(),
+      user_id: sharedUserId(change.userId),
+      kind: change.kind,
+      scope: change.scope,
+      metric: change.metric,
+      period: change.period,
+      period_key: what.periodKey,
+      amount: what.amount,
+      max_value: what.max,
+      until: what.until,
+      actor: change.actor,
+      reason: change.reason,
+      created_at: change.now,
+    };
+    await client.query(SQL.INSERT_ADJUSTMENT, [
+      row.id,
+      row.user_id,
+      row.kind,
+      row.scope,
+      row.metric,
+      row.period,
+      row.period_key,
+      row.amount,
+      row.max_value,
+      row.until,
+      row.actor,
+      row.reason,
+      row.created_at,
+    ]);
+    return { ...adjustmentOf(row), userId: change.userId };
+  }
+
+  private async transaction<T>(fn: (client: PgQueryable) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const out = await fn(client);
+      await client.query('COMMIT');
+      return out;
+    } catch (e) {
+      broken = true;
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    } finally {
+      client.release(broken);
+    }
   }
 
   async health(): Promise<StoreHealth> {
@@ -522,6 +731,8 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    this.stopListening();
     for (const t of this.timers) clearInterval(t);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.retryQueue.length) {
@@ -617,7 +828,11 @@ function firstExceeded(charges: LimitCharge[], state: LockedCounter[]) {
     const s = state.find((r) => r.p === c.periodKey && r.sc === c.scope && r.m === c.metric);
     const used = Number(s?.used ?? 0);
     const reserved = Number(s?.reserved ?? 0);
-    if (used + reserved + Math.max(c.amount, 1) > c.max) return { charge: c, used, reserved };
+    const granted = Number(s?.granted ?? 0);
+    const forgiven = Number(s?.forgiven ?? 0);
+    // As the user sees it: the limit with what was granted, the usage without what a reset forgave.
+    if (used + reserved + Math.max(c.amount, 1) > c.max + granted + forgiven)
+      return { charge: { ...c, max: c.max + granted }, used: used - forgiven, reserved };
   }
   // Every row passed on its own: a row was missing (concurrently deleted); report the first charge.
   return { charge: charges[0], used: 0, reserved: 0 };

@@ -10,3 +10,10 @@ export function sharedUserId(userId: string): string {
   if (!userId.includes('\u0000') && !userId.startsWith(ENCODED)) return userId;
   return ENCODED + Buffer.from(userId, 'utf8').toString('base64url');
 }
+
+/** The app's user id of a stored `user_id` (the inverse of `sharedUserId`). */
+export function appUserId(stored: string): string {
+  return stored.startsWith(ENCODED)
+    ? Buffer.from(stored.slice(ENCODED.length), 'base64url').toString('utf8')
+    : stored;
+}

@@ -5,9 +5,13 @@ import { resolve } from 'node:path';
 import { UsageStoreError } from '../usage-store.error';
 import type {
   ApiRequestRecord,
+  CounterAdjustment,
   CounterKey,
   LimitCharge,
+  LimitOverrideChange,
   CounterSnapshot,
+  StoredAdjustment,
+  StoredOverride,
   ReserveRequest,
   ReserveResult,
   Reservation,
@@ -17,6 +21,7 @@ import type {
   UsageStore,
 } from '../usage-store.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
+import { ADMIN_FILE, AdminLog, AllowanceBook, counterKey } from './admin-log';
 import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
@@ -79,6 +84,9 @@ export class PerUserSqliteStore implements UsageStore {
   /** Durable intent: the log, and each admitted request's row in it. */
   private intents: UsageJournal | undefined;
   private readonly intentSeq = new Map<string, number>();
+  /** Admin changes: their history and the overrides (a file), grants and resets (in memory too). */
+  private admin!: AdminLog;
+  private readonly allowances = new AllowanceBook();
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -125,6 +133,15 @@ export class PerUserSqliteStore implements UsageStore {
     }
     this.lock.acquire();
     await this.factory.prepareTemplate();
+    try {
+      this.admin = await AdminLog.open(this.dataDir, { ...this.options, driver: this.factory.driver });
+      await this.admin.loadAllowances(this.allowances, this.options.clock());
+    } catch (e) {
+      this.lock.release();
+      throw new Error(
+        `storage.dataDir: cannot open ${ADMIN_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
+      );
+    }
     if (this.options.durableIntent) {
       try {
         this.intents = await UsageJournal.open(
@@ -133,6 +150,7 @@ export class PerUserSqliteStore implements UsageStore {
           INTENT_FILE,
         );
       } catch (e) {
+        await this.admin.close();
         this.lock.release();
         throw new Error(
           `storage.durableIntent: cannot open ${INTENT_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
@@ -157,6 +175,7 @@ export class PerUserSqliteStore implements UsageStore {
       }
     } catch (e) {
       await this.intents?.close();
+      await this.admin.close();
       this.lock.release();
       throw new Error(
         `storage.dataDir: cannot open the journal ${JOURNAL_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
@@ -278,6 +297,40 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   /**
+   * A grant, or a reset forgiving the counter's settled usage at this moment (requests in flight count
+   * after it), recorded in the admin file, then in force for the next admission.
+   */
+  adjustCounter(change: CounterAdjustment): Promise<StoredAdjustment> {
+    const key = counterKey(change.periodKey, change.scope, change.metric);
+    const { userId } = change;
+    return this.admin.recordCounter(
+      change,
+      async () => {
+        if (change.kind === 'grant') return change.amount;
+        const ledger = this.ledger(userId) ?? (await this.cache.acquire(userId));
+        const forgiven = this.allowances.of(userId)?.get(key)?.forgiven ?? 0;
+        return ledger.settledUsage(change.periodKey, change.scope, change.metric) - forgiven;
+      },
+      (amount) =>
+        change.kind === 'grant'
+          ? this.allowances.add(userId, key, amount, 0)
+          : this.allowances.add(userId, key, 0, amount),
+    );
+  }
+
+  overrideLimit(change: LimitOverrideChange): Promise<StoredAdjustment> {
+    return this.admin.recordOverride(change);
+  }
+
+  overrides(now: number, userId?: string): Promise<StoredOverride[]> {
+    return this.admin.overrides(now, userId);
+  }
+
+  adjustments(userId: string, limit: number): Promise<StoredAdjustment[]> {
+    return this.admin.adjustments(userId, limit);
+  }
+
+  /**
    * Applies every journaled row to its user's file now, instead of `applyDelayMs` after it was journaled,
    * for reading the files right after a request. Resolves true once all of them committed.
    */
@@ -341,6 +394,7 @@ export class PerUserSqliteStore implements UsageStore {
       await this.intents.drain();
       await this.intents.close();
     }
+    await this.admin.close();
     if (!journaled) this.logger.error('usage writes could not be committed to the journal before closing');
     if (uncommitted > 0) {
       this.logger.error(
@@ -367,6 +421,7 @@ export class PerUserSqliteStore implements UsageStore {
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
         { journal: this.journal, applyDelayMs: this.options.journal.applyDelayMs },
+        this.allowances,
         this.intents,
       );
       this.openFailing = false;

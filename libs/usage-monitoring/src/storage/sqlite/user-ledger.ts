@@ -14,6 +14,7 @@ import type {
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds } from '../settlement';
 import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type AllowanceBook, counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
 import {
   type JournaledWrite,
@@ -34,9 +35,6 @@ interface Counter {
   reserved: number;
   periodEnd: number;
 }
-
-const counterKey = (periodKey: string, scope: string, metric: string) =>
-  `${periodKey}\u0001${scope}\u0001${metric}`;
 
 /**
  * One open user database. Its counters live here, in memory, as the single authority (one process owns
@@ -64,6 +62,7 @@ export class UserLedger {
     private readonly onIdle: (ledger: UserLedger) => void,
     private readonly stallMs: number,
     private readonly journal: UsageJournal,
+    private readonly allowances: AllowanceBook,
   ) {}
 
   /**
@@ -78,9 +77,10 @@ export class UserLedger {
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
     { journal, applyDelayMs }: LedgerJournal,
+    allowances: AllowanceBook,
     intents?: UsageJournal,
   ): Promise<UserLedger> {
-    const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal);
+    const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal, allowances);
     const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), applyDelayMs);
     ledger.writer = writer;
     const left = journal.takeLeftovers(userId);
@@ -163,11 +163,26 @@ export class UserLedger {
       throw new UsageStoreError('operational_error', 'a usage commit is stalled; refusing new reservations');
     }
     const { charges } = req;
+    // Grants and resets of this user (admin changes): most users have none.
+    const adjusted = this.allowances.of(this.userId);
     for (const c of charges) {
       const ctr = this.counter(c, req.now);
+      const a = adjusted?.get(counterKey(c.periodKey, c.scope, c.metric));
       // `max(amount, 1)`: an exhausted limit refuses even a request estimated at zero.
-      if (ctr.used + ctr.reserved + (c.amount > 0 ? c.amount : 1) > c.max) {
-        return { admitted: false, exceeded: { charge: c, used: ctr.used, reserved: ctr.reserved } };
+      if (
+        ctr.used + ctr.reserved + (c.amount > 0 ? c.amount : 1) >
+        (a ? c.max + a.granted + a.forgiven : c.max)
+      ) {
+        return {
+          admitted: false,
+          exceeded: a
+            ? {
+                charge: { ...c, max: c.max + a.granted },
+                used: ctr.used - a.forgiven,
+                reserved: ctr.reserved,
+              }
+            : { charge: c, used: ctr.used, reserved: ctr.reserved },
+        };
       }
     }
     for (const c of charges) this.counter(c, req.now).reserved += c.amount;
@@ -205,12 +220,17 @@ export class UserLedger {
     if (!held) this.inFlight++; // the write below ends it
     const deltas: CounterDelta[] = [];
     const alerts: UsageAlert[] = [];
+    const adjusted = this.allowances.of(this.userId);
     for (const c of reservation.charges) {
       const ctr = this.counter(c, reservation.createdAt);
       if (held) ctr.reserved -= c.amount;
       const actual = actualOf(s.actual, c.metric);
       if (actual <= 0) continue;
-      const before = ctr.used;
+      const a = adjusted?.get(counterKey(c.periodKey, c.scope, c.metric));
+      // Thresholds are of the limit as adjusted: granted quota added, forgiven usage left out.
+      const forgiven = a?.forgiven ?? 0;
+      const max = c.max + (a?.granted ?? 0);
+      const before = ctr.used - forgiven;
       ctr.used += actual;
       deltas.push({
         periodKey: c.periodKey,
@@ -219,7 +239,7 @@ export class UserLedger {
         periodEnd: c.periodEnd,
         amount: actual,
       });
-      for (const threshold of crossedThresholds(before, ctr.used, c.max)) {
+      for (const threshold of crossedThresholds(before, ctr.used - forgiven, max)) {
         alerts.push({
           userId: this.userId,
           limitId: c.limitId,
@@ -228,8 +248,8 @@ export class UserLedger {
           period: c.period,
           periodKey: c.periodKey,
           threshold,
-          used: ctr.used,
-          max: c.max,
+          used: ctr.used - forgiven,
+          max,
           at: s.event.occurredAt,
         });
       }
@@ -320,10 +340,23 @@ export class UserLedger {
   }
 
   snapshot(keys: CounterKey[]): CounterSnapshot[] {
+    const adjusted = this.allowances.of(this.userId);
     return keys.map((k) => {
-      const ctr = this.counters.get(counterKey(k.periodKey, k.scope, k.metric));
-      return { ...k, used: ctr?.used ?? 0, reserved: ctr?.reserved ?? 0 };
+      const key = counterKey(k.periodKey, k.scope, k.metric);
+      const ctr = this.counters.get(key);
+      const a = adjusted?.get(key);
+      return {
+        ...k,
+        used: (ctr?.used ?? 0) - (a?.forgiven ?? 0),
+        reserved: ctr?.reserved ?? 0,
+        granted: a?.granted ?? 0,
+      };
     });
+  }
+
+  /** Settled usage of a counter, before any reset (what a reset forgives). */
+  settledUsage(periodKey: string, scope: string, metric: string): number {
+    return this.counters.get(counterKey(periodKey, scope, metric))?.used ?? 0;
   }
 
   /** Commits what is queued, then closes the database. Returns false when writes were left uncommitted. */
