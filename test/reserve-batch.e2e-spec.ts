@@ -123,15 +123,17 @@ describePostgres('usage_reserve_batch (PostgreSQL)', () => {
       expect(passes.filter((p) => !p).length).toBeGreaterThan(0);
 
       // Revert to the row-per-request version of the function (and the migrations after it: leases, the
-      // intent column, whose function decides the same, the alert outbox, and the admin adjustments, whose
-      // function decides the same without any) and run the same batches.
-      const latest = USAGE_MIGRATIONS.slice(-5).map((m) => new m().name);
+      // intent column, whose function decides the same, the alert outbox, the admin adjustments, whose
+      // function decides the same without any, and shadow limits, the same without any) and run the same
+      // batches.
+      const latest = USAGE_MIGRATIONS.slice(-6).map((m) => new m().name);
       expect(latest).toEqual([
         'UsageReserveBatchInMemory1764547200000',
         'UsageLeases1764633600000',
         'UsageReservationIntent1764806400000',
         'UsageAlertOutbox1764892800000',
         'UsageAdjustments1764979200000',
+        'UsageShadowLimits1765065600000',
       ]);
       for (let i = 0; i < latest.length; i++) await ds.undoLastMigration();
       for (const r of runs) expect(await outcome(ds, r.first, r.second)).toEqual(r.now);

@@ -56,7 +56,13 @@ const SHARED_KEYS: Record<keyof SharedStorageOptions, true> = {
   leases: true,
 };
 const PLAN_KEYS: Record<keyof Plan, true> = { name: true, limits: true };
-const LIMIT_KEYS: Record<keyof Limit, true> = { metric: true, scope: true, period: true, max: true };
+const LIMIT_KEYS: Record<keyof Limit, true> = {
+  metric: true,
+  scope: true,
+  period: true,
+  max: true,
+  mode: true,
+};
 const NESTED_KEYS = {
   'storage.journal': ['applyDelayMs', 'maxUsersInMemory'],
   'storage.timeouts': ['connectMs', 'statementMs', 'lockMs'],

@@ -84,8 +84,15 @@ export class UsageAdminService {
     const { limits, anchorDay } = await this.planOf(userId);
     if (input.metric !== undefined) oneOf(input.metric, METRICS, 'metric');
     if (input.period !== undefined) oneOf(input.period, PERIODS, 'period');
+    // One reset per counter: a shadow limit beside an enforced one of the same counter shares it.
     const chosen = limits.filter(
       (l) =>
+        !(
+          l.shadow &&
+          limits.some(
+            (e) => !e.shadow && e.scope === l.scope && e.metric === l.metric && e.period === l.period,
+          )
+        ) &&
         (input.scope === undefined || l.scope === input.scope) &&
         (input.metric === undefined || l.metric === input.metric) &&
         (input.period === undefined || l.period === input.period),
@@ -120,6 +127,10 @@ export class UsageAdminService {
     checkUser(userId);
     const note = checkNote(input);
     const { limit } = await this.limitOf(userId, input);
+    if (limit.shadow)
+      throw new InvalidAdjustmentException(
+        `${limit.metric} for ${limit.scope} per ${limit.period} is a shadow limit of the user's plan: it refuses nothing, so there is nothing to override (change the plan)`,
+      );
     const max = toUnits(limit.metric, input?.max, 'max', false);
     const now = this.options.clock();
     let until: number | null = null;
@@ -209,7 +220,11 @@ export class UsageAdminService {
   ): Promise<{ limit: CompiledLimit; anchorDay: number }> {
     const s = checkSelector(input);
     const { limits, anchorDay } = await this.planOf(userId);
-    const limit = limits.find((l) => l.scope === s.scope && l.metric === s.metric && l.period === s.period);
+    // The enforced limit when there is one (a shadow limit of the same counter shares its grants).
+    const matching = limits.filter(
+      (l) => l.scope === s.scope && l.metric === s.metric && l.period === s.period,
+    );
+    const limit = matching.find((l) => !l.shadow) ?? matching[0];
     if (!limit)
       throw new InvalidAdjustmentException(
         `the user's plan has no ${s.metric} limit for ${s.scope} per ${s.period}; its limits: ${listed(limits)}`,

@@ -22,4 +22,6 @@ export interface UsageAlert {
   max: number;
   /** When it was crossed (milliseconds since the epoch). */
   at: number;
+  /** A shadow limit's threshold (`Limit.mode: 'shadow'`): it never refused anything. */
+  shadow?: true;
 }

@@ -18,4 +18,6 @@ export interface MeteringContext {
   /** Set by the interceptor when it takes over: from then on it settles, whatever the client does. */
   intercepted: boolean;
   settled: boolean;
+  /** A shadow limit that would have refused the request (its id), recorded on the ledger row. */
+  shadowRefused?: string;
 }

@@ -17,7 +17,7 @@ import type {
   UsageEventRecord,
   UsageStore,
 } from '../storage/usage-store.interface';
-import type { EnforcementFailureReason } from '../usage-monitoring.constants';
+import { USAGE_LIMIT_CODES, type EnforcementFailureReason } from '../usage-monitoring.constants';
 import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 import { EnforcementUnavailableException } from './enforcement-unavailable.exception';
@@ -113,6 +113,15 @@ export class UsageEnforcer {
         throw refusal;
       }
       this.usageMetrics.decision('admitted', provider, 'ok');
+      const shadow = result.shadow;
+      if (shadow) {
+        const code = USAGE_LIMIT_CODES[shadow.charge.metric];
+        this.usageMetrics.decision('shadow_refused', provider, code);
+        this.throttledLog.warn(
+          `shadow:${shadow.charge.limitId}`,
+          `shadow limit ${shadow.charge.limitId} would have refused a request (${code}); admitted, recorded on its ledger row`,
+        );
+      }
       return {
         reservation: result.reservation,
         provider,
@@ -122,6 +131,7 @@ export class UsageEnforcer {
         startedAt: now,
         intercepted: false,
         settled: false,
+        shadowRefused: shadow?.charge.limitId,
       };
     };
     const decide = (assignment: PlanAssignment | undefined) => {
@@ -188,6 +198,8 @@ export class UsageEnforcer {
         periodEnd: w.end,
         max: overridden ? LimitOverrides.maxOf(overridden, l.limitId, l.max, now) : l.max,
         amount: l.metric === 'calls' ? 1 : l.metric === 'tokens' ? tokens : cost,
+        shadowMax: l.shadowMax,
+        shadowLimitId: l.shadowLimitId,
       };
     });
     return { charges, estimate, priced };
@@ -314,6 +326,7 @@ function interruptedRow(
     pages: estimate.pages,
     estimated: true,
     outcome: 'interrupted',
+    shadowRefused: null,
     periodKey,
     occurredAt: now,
   };

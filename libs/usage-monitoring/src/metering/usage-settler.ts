@@ -111,6 +111,7 @@ export class UsageSettler {
         pages: usage.pages,
         estimated: usage.estimated,
         outcome: call.outcome,
+        shadowRefused: metering.shadowRefused ?? null,
         periodKey: metering.ledgerPeriodKey,
         occurredAt: now,
       };

@@ -45,6 +45,7 @@ function event(model: string | null, userId = 'alice'): UsageEventRecord {
     pages: 0,
     estimated: false,
     outcome: 'ok',
+    shadowRefused: null,
     periodKey: 'month:2026-12-01',
     occurredAt: 0,
   };

@@ -40,7 +40,7 @@ const GEN_AI_PROVIDERS: Readonly<Record<string, string>> = {
 const MAX_UNPRICED_MODELS = 64;
 
 /** How an admission ended. */
-export type UsageDecision = 'admitted' | 'refused' | 'unavailable' | 'fail_open';
+export type UsageDecision = 'admitted' | 'refused' | 'unavailable' | 'fail_open' | 'shadow_refused';
 
 /** Where the instruments' values come from that are read, not pushed (the store's gauges). */
 export interface ObservedStore {

@@ -11,7 +11,15 @@ export interface CompiledLimit {
   max: number;
   /** Where the options declared it, e.g. `plans[0].limits[2]`. */
   where: string;
+  /** `mode: 'shadow'`: never refuses (see `Limit.mode`). Its `limitId` ends in `:shadow`. */
+  shadow: boolean;
+  /** In `limitsFor` lists: a shadow limit of the same counter, checked beside this one. */
+  shadowMax?: number;
+  shadowLimitId?: string;
 }
+
+/** The `max` of a charge only a shadow limit counts: it never refuses. */
+export const UNLIMITED = Number.MAX_SAFE_INTEGER;
 
 const METRICS: readonly LimitMetric[] = ['calls', 'tokens', 'cost'];
 const PERIODS: readonly PeriodUnit[] = ['month', 'day', 'hour', 'minute'];
@@ -44,7 +52,9 @@ export class PlanCatalog {
       const seen = new Set<string>();
       for (const [j, l] of compiled.entries()) {
         if (seen.has(l.limitId)) {
-          throw new Error(`${where}.limits[${j}] repeats ${l.metric} per ${l.period} for scope "${l.scope}"`);
+          throw new Error(
+            `${where}.limits[${j}] repeats ${l.shadow ? 'the shadow ' : ''}${l.metric} per ${l.period} for scope "${l.scope}"`,
+          );
         }
         seen.add(l.limitId);
       }
@@ -73,7 +83,7 @@ export class PlanCatalog {
     const key = `${plan}\u0001${provider}`;
     let hit = this.byProvider.get(key);
     if (!hit) {
-      hit = this.limitsOf(plan).filter((l) => this.applies(l.scope, provider));
+      hit = chargedLimits(this.limitsOf(plan).filter((l) => this.applies(l.scope, provider)));
       this.byProvider.set(key, hit);
     }
     return hit;
@@ -109,6 +119,7 @@ function compileLimit(l: Limit, where: string): CompiledLimit {
   if (!l || typeof l !== 'object')
     throw new Error(`${where} must be an object { metric, scope, period, max }`);
   const metric = oneOf(l.metric, METRICS, `${where}.metric`);
+  const shadow = oneOf(l.mode ?? 'enforce', ['enforce', 'shadow'] as const, `${where}.mode`) === 'shadow';
   const period = oneOf(l.period ?? 'month', PERIODS, `${where}.period`);
   if (typeof l.scope !== 'string' || l.scope === '') {
     throw new Error(`${where}.scope must be a provider, a provider group or '*'`);
@@ -124,5 +135,23 @@ function compileLimit(l: Limit, where: string): CompiledLimit {
     }
     max = l.max;
   }
-  return { limitId: `${l.scope}:${metric}:${period}`, scope: l.scope, metric, period, max, where };
+  const limitId = `${l.scope}:${metric}:${period}${shadow ? ':shadow' : ''}`;
+  return { limitId, scope: l.scope, metric, period, max, where, shadow };
+}
+
+/**
+ * The limits a request is charged against, one per counter: a shadow limit is folded into the enforced
+ * limit of the same counter (`shadowMax`), or stands alone as a charge that never refuses (`UNLIMITED`).
+ */
+function chargedLimits(limits: readonly CompiledLimit[]): CompiledLimit[] {
+  const out = limits.filter((l) => !l.shadow).map((l) => ({ ...l }));
+  for (const s of limits) {
+    if (!s.shadow) continue;
+    const shadowed = { shadowMax: s.max, shadowLimitId: s.limitId };
+    const enforced = out.find((l) => l.scope === s.scope && l.metric === s.metric && l.period === s.period);
+    if (enforced) Object.assign(enforced, shadowed);
+    else out.push({ ...s, max: UNLIMITED, ...shadowed });
+  }
+  out.sort((a, b) => METRICS.indexOf(a.metric) - METRICS.indexOf(b.metric));
+  return out;
 }

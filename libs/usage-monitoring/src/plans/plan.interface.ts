@@ -18,6 +18,14 @@ export interface Limit {
   period?: PeriodUnit;
   /** Calls, tokens, or US dollars for `cost` (at most 6 decimals). `0` allows nothing. */
   max: number;
+  /**
+   * `'shadow'`: never refuses; a request it would have refused is admitted, counted
+   * (`usage_monitoring.decisions{decision="shadow_refused"}`), flagged on its ledger row (`shadow_refused`)
+   * and logged, and its thresholds alert (`shadow: true`), so a new limit can be tried before it is
+   * enforced. A plan may hold a shadow limit beside an enforced one of the same scope, metric and period.
+   * @default 'enforce'
+   */
+  mode?: 'enforce' | 'shadow';
 }
 
 /**

@@ -15,6 +15,12 @@ export interface LimitCharge {
   max: number;
   /** Reserved by this request (calls, tokens or micro-dollars). */
   amount: number;
+  /**
+   * A shadow limit on this counter (`Limit.mode: 'shadow'`): checked like `max` (with the counter's
+   * adjustments) but never refuses; the store reports it (`ReserveResult.shadow`).
+   */
+  shadowMax?: number;
+  shadowLimitId?: string;
 }
 
 export interface ReserveRequest {
@@ -49,7 +55,13 @@ export interface ExceededLimit {
 }
 
 export type ReserveResult =
-  { admitted: true; reservation: Reservation } | { admitted: false; exceeded: ExceededLimit };
+  | {
+      admitted: true;
+      reservation: Reservation;
+      /** A shadow limit that would have refused the request (its charge with the shadow limit's id and max). */
+      shadow?: ExceededLimit;
+    }
+  | { admitted: false; exceeded: ExceededLimit };
 
 /** One row of the append-only ledger (`usage_events`). */
 export interface UsageEventRecord {
@@ -86,6 +98,8 @@ export interface UsageEventRecord {
    * `interrupted` (the process died while the request ran: charged at its estimate, with durable intent).
    */
   outcome: 'ok' | 'error' | 'partial' | 'interrupted';
+  /** The id of a shadow limit that would have refused the request (`scope:metric:period:shadow`), or null. */
+  shadowRefused: string | null;
   /** The billing month key the reservation was made in. */
   periodKey: string;
   occurredAt: number;

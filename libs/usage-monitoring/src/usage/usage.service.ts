@@ -30,7 +30,8 @@ export class UsageService {
   async getUsage(userId: string): Promise<UsageReport> {
     const plan = this.options.plans.resolve(await this.options.resolvePlan(userId));
     const now = this.options.clock();
-    const limits = this.options.catalog.limitsOf(plan.name);
+    // Shadow limits are being tried, not enforced: the user's report leaves them out.
+    const limits = this.options.catalog.limitsOf(plan.name).filter((l) => !l.shadow);
     const windows = limits.map((l) => periodWindow(l.period, now, plan.anchorDay));
     const counters = await this.store.readCounters(
       userId,

@@ -81,6 +81,10 @@ export class UsageEventEntity {
   @Column({ type: 'varchar', length: 16 })
   outcome!: string;
 
+  /** The shadow limit that would have refused this request (`scope:metric:period:shadow`), or null. */
+  @Column({ name: 'shadow_refused', type: 'varchar', length: 160, nullable: true })
+  shadowRefused!: string | null;
+
   @Column({ name: 'period_key', type: 'varchar', length: 40 })
   periodKey!: string;
 

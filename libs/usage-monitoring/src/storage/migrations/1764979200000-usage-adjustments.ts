@@ -3,7 +3,7 @@ import { TAKE_LEASES_FUNCTION } from './1764633600000-usage-leases';
 import { RESERVE_BATCH_WITH_INTENT } from './1764806400000-usage-reservation-intent';
 
 /** Replaces each `[from, to]` once in `text`, refusing a text that changed under it. */
-function derive(name: string, text: string, edits: [string, string][]): string {
+export function derive(name: string, text: string, edits: [string, string][]): string {
   let out = text;
   for (const [from, to] of edits) {
     if (out.split(from).length !== 2) throw new Error(`${name}: unexpected text`);

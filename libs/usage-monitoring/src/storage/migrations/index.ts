@@ -8,6 +8,7 @@ import { UsageLeases1764633600000 } from './1764633600000-usage-leases';
 import { UsageReservationIntent1764806400000 } from './1764806400000-usage-reservation-intent';
 import { UsageAlertOutbox1764892800000 } from './1764892800000-usage-alert-outbox';
 import { UsageAdjustments1764979200000 } from './1764979200000-usage-adjustments';
+import { UsageShadowLimits1765065600000 } from './1765065600000-usage-shadow-limits';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
@@ -20,6 +21,7 @@ export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageReservationIntent1764806400000,
   UsageAlertOutbox1764892800000,
   UsageAdjustments1764979200000,
+  UsageShadowLimits1765065600000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

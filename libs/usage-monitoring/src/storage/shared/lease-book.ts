@@ -149,7 +149,9 @@ export class LeaseBook {
         p: c.periodKey,
         sc: c.scope,
         m: c.metric,
-        mx: c.max,
+        // A shadow limit's counter gets no lease near the shadow limit either: the database then decides,
+        // and reports the requests it would have refused.
+        mx: c.shadowMax === undefined ? c.max : Math.min(c.max, c.shadowMax),
         e: c.periodEnd,
         want,
         exp: now + this.ttlMs,
@@ -250,7 +252,7 @@ export class LeaseBook {
   }
 }
 
-/** A lease's counter, with the limit it was granted under: a changed plan never admits from an old lease. */
+/** A lease's counter, with the limits it was granted under: a changed plan never admits from an old lease. */
 function counterKey(userId: string, c: LimitCharge): string {
-  return JSON.stringify([userId, c.periodKey, c.scope, c.metric, c.max]);
+  return JSON.stringify([userId, c.periodKey, c.scope, c.metric, c.max, c.shadowMax ?? null]);
 }

@@ -155,7 +155,7 @@ WITH s AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb) AS s(id text, u text, provider text, model text, endpoint text,
     method text, status int, it int8, ot int8, cost int8, rt int, rqb int, rsb int, ua text, ip text, se int,
     im int, pa int, est boolean, outcome text, pk text, at int8, cit int8, cwt int8, rst int8, pv text,
-    charges jsonb)
+    sr text, charges jsonb)
 ),
 del AS (
   DELETE FROM usage_reservations r USING s WHERE r.request_id = s.id RETURNING r.request_id
@@ -164,9 +164,9 @@ ev AS (
   INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code, input_tokens,
     output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images,
     pages, estimated, outcome, period_key, occurred_at, cached_input_tokens, cache_write_tokens, reasoning_tokens,
-    price_version)
+    price_version, shadow_refused)
   SELECT id, u, provider, model, endpoint, method, status, it, ot, cost, rt, rqb, rsb, ua, ip, se, im, pa, est,
-    outcome, pk, at, cit, cwt, rst, pv
+    outcome, pk, at, cit, cwt, rst, pv, sr
   FROM s ORDER BY id
   ON CONFLICT (request_id) DO NOTHING
   RETURNING request_id

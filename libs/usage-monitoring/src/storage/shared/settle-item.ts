@@ -30,13 +30,15 @@ export interface SettleItem {
   cwt: number;
   rst: number;
   pv: string | null;
+  /** The shadow limit that would have refused it. */
+  sr: string | null;
   charges: { p: string; sc: string; m: string; a: number; act: number }[];
   limits: LimitCharge[];
   /**
    * Thresholds this settlement crossed, found after its batch committed, with the counter's usage and limit
    * as adjusted (`stored`: its alert row is new).
    */
-  alerts: { index: number; threshold: number; used: number; max: number; stored?: boolean }[];
+  alerts: { index: number; threshold: number; used: number; max: number; shadow?: true; stored?: boolean }[];
   /** The user's id as the app knows it (`u` is its stored form). */
   userId: string;
 }
@@ -75,6 +77,7 @@ export function settleItemOf(
     cwt: e.cacheWriteTokens,
     rst: e.reasoningTokens,
     pv: withoutNul(e.priceVersion),
+    sr: e.shadowRefused ?? null,
     charges: charges.map((c) => ({
       p: c.periodKey,
       sc: c.scope,

@@ -108,6 +108,12 @@ function markAlerts(items: SettleItem[], inserted: Set<string>, counters: Settle
       for (const threshold of crossedThresholds(before, after, max)) {
         item.alerts.push({ index, threshold, used: after, max });
       }
+      const shadowMax = item.limits[index].shadowMax;
+      if (shadowMax !== undefined) {
+        const limit = shadowMax + Number(adjusted.get(k)?.granted ?? 0);
+        for (const threshold of crossedThresholds(before, after, limit))
+          item.alerts.push({ index, threshold, used: after, max: limit, shadow: true });
+      }
     });
   }
 }
@@ -135,7 +141,7 @@ function alertOf(userId: string, item: SettleItem, a: SettleItem['alerts'][numbe
   const c = item.limits[a.index];
   return {
     userId,
-    limitId: c.limitId,
+    limitId: a.shadow ? c.shadowLimitId! : c.limitId,
     scope: c.scope,
     metric: c.metric,
     period: c.period,
@@ -144,6 +150,7 @@ function alertOf(userId: string, item: SettleItem, a: SettleItem['alerts'][numbe
     used: a.used,
     max: a.max,
     at: item.at,
+    ...(a.shadow ? { shadow: true as const } : {}),
   };
 }
 
@@ -286,6 +293,7 @@ export class SharedPostgresStore implements UsageStore {
         a: c.amount,
         x: c.max,
         e: c.periodEnd,
+        ...(c.shadowMax === undefined ? {} : { sx: c.shadowMax }),
       })),
       intent:
         this.options.durableIntent && req.interrupted
@@ -295,8 +303,11 @@ export class SharedPostgresStore implements UsageStore {
             }
           : undefined,
     });
-    if (row.o_pass) return admittedAs(req);
-    return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
+    if (!row.o_pass) return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
+    const admitted = admittedAs(req);
+    // An admitted request's state is the shadow limit that would have refused it, if any.
+    if (row.o_state?.length) admitted.shadow = shadowExceeded(charges, row.o_state[0]);
+    return admitted;
   }
 
   /** One statement admits every queued request, in order (see `usage_reserve_batch`). */
@@ -393,7 +404,7 @@ export class SharedPostgresStore implements UsageStore {
                   i,
                   u: item.u,
                   p: c.periodKey,
-                  lid: c.limitId,
+                  lid: a.shadow ? c.shadowLimitId : c.limitId,
                   t: a.threshold,
                   used: a.used,
                   mx: a.max,
@@ -503,7 +514,7 @@ export class SharedPostgresStore implements UsageStore {
       const { rows } = await this.pool.query({ name: 'usage_insert_alert', text: SQL.INSERT_ALERT }, [
         item.u,
         c.periodKey,
-        c.limitId,
+        a.shadow ? c.shadowLimitId : c.limitId,
         a.threshold,
         a.used,
         a.max,
@@ -821,6 +832,19 @@ export class SharedPostgresStore implements UsageStore {
 
 function col<K extends keyof LimitCharge>(charges: LimitCharge[], key: K): LimitCharge[K][] {
   return charges.map((c) => c[key]);
+}
+
+/** The shadow limit an admitted request would have exceeded, from the counter state the database reported. */
+function shadowExceeded(charges: LimitCharge[], s: LockedCounter) {
+  const c = charges.find(
+    (x) => x.periodKey === s.p && x.scope === s.sc && x.metric === s.m && x.shadowMax !== undefined,
+  );
+  if (!c) return undefined;
+  return {
+    charge: { ...c, limitId: c.shadowLimitId!, max: c.shadowMax! + Number(s.granted ?? 0) },
+    used: Number(s.used) - Number(s.forgiven ?? 0),
+    reserved: Number(s.reserved),
+  };
 }
 
 function firstExceeded(charges: LimitCharge[], state: LockedCounter[]) {

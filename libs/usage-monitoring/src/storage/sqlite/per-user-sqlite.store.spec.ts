@@ -51,6 +51,7 @@ function settlement(r: Reservation, tokens: number): Settlement {
       pages: 0,
       estimated: false,
       outcome: 'ok',
+      shadowRefused: null,
       periodKey: 'month:2026-11-01',
       occurredAt: NOW,
     },

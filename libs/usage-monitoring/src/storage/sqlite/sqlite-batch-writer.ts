@@ -72,6 +72,7 @@ const EVENT_COLUMNS = [
   'cache_write_tokens',
   'reasoning_tokens',
   'price_version',
+  'shadow_refused',
 ];
 const REQUEST_COLUMNS = [
   'request_id',
@@ -154,6 +155,7 @@ function eventRow(w: PendingWrite): unknown[] {
     e.cacheWriteTokens,
     e.reasoningTokens,
     withoutNul(e.priceVersion),
+    e.shadowRefused ?? null,
   ];
 }
 

@@ -5,6 +5,7 @@ import type {
   ApiRequestRecord,
   CounterKey,
   CounterSnapshot,
+  ExceededLimit,
   LimitCharge,
   ReserveRequest,
   ReserveResult,
@@ -14,7 +15,7 @@ import type {
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds } from '../settlement';
 import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
-import { type AllowanceBook, counterKey } from './admin-log';
+import { type Allowance, type AllowanceBook, counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
 import {
   type JournaledWrite,
@@ -34,6 +35,25 @@ interface Counter {
   used: number;
   reserved: number;
   periodEnd: number;
+}
+
+/**
+ * The limit a request would exceed with `max` (an enforced or a shadow one), as the user sees it: the
+ * limit with what was granted, the usage without what a reset forgave. Undefined while there is room.
+ */
+function exceeded(
+  c: LimitCharge,
+  max: number,
+  limitId: string,
+  ctr: Counter,
+  a: Allowance | undefined,
+): ExceededLimit | undefined {
+  // `max(amount, 1)`: an exhausted limit refuses even a request estimated at zero.
+  if (ctr.used + ctr.reserved + (c.amount > 0 ? c.amount : 1) <= (a ? max + a.granted + a.forgiven : max))
+    return undefined;
+  const charge =
+    max === c.max && limitId === c.limitId && !a ? c : { ...c, limitId, max: max + (a?.granted ?? 0) };
+  return { charge, used: ctr.used - (a?.forgiven ?? 0), reserved: ctr.reserved };
 }
 
 /**
@@ -167,28 +187,27 @@ export class UserLedger {
     const adjusted = this.allowances.of(this.userId);
     for (const c of charges) {
       const ctr = this.counter(c, req.now);
+      const over = exceeded(
+        c,
+        c.max,
+        c.limitId,
+        ctr,
+        adjusted?.get(counterKey(c.periodKey, c.scope, c.metric)),
+      );
+      if (over) return { admitted: false, exceeded: over };
+    }
+    // Shadow limits never refuse: the first that would have is reported with the admission.
+    let shadow: ExceededLimit | undefined;
+    for (const c of charges) {
+      if (c.shadowMax === undefined || shadow) continue;
       const a = adjusted?.get(counterKey(c.periodKey, c.scope, c.metric));
-      // `max(amount, 1)`: an exhausted limit refuses even a request estimated at zero.
-      if (
-        ctr.used + ctr.reserved + (c.amount > 0 ? c.amount : 1) >
-        (a ? c.max + a.granted + a.forgiven : c.max)
-      ) {
-        return {
-          admitted: false,
-          exceeded: a
-            ? {
-                charge: { ...c, max: c.max + a.granted },
-                used: ctr.used - a.forgiven,
-                reserved: ctr.reserved,
-              }
-            : { charge: c, used: ctr.used, reserved: ctr.reserved },
-        };
-      }
+      shadow = exceeded(c, c.shadowMax, c.shadowLimitId!, this.counter(c, req.now), a);
     }
     for (const c of charges) this.counter(c, req.now).reserved += c.amount;
     this.inFlight++;
     const admitted = admittedAs(req);
     this.outstanding.set(req.requestId, admitted.reservation);
+    if (shadow) admitted.shadow = shadow;
     return admitted;
   }
 
@@ -239,19 +258,26 @@ export class UserLedger {
         periodEnd: c.periodEnd,
         amount: actual,
       });
-      for (const threshold of crossedThresholds(before, ctr.used - forgiven, max)) {
-        alerts.push({
-          userId: this.userId,
-          limitId: c.limitId,
-          scope: c.scope,
-          metric: c.metric,
-          period: c.period,
-          periodKey: c.periodKey,
-          threshold,
-          used: ctr.used - forgiven,
-          max,
-          at: s.event.occurredAt,
-        });
+      const after = ctr.used - forgiven;
+      const alert = (limitId: string, limit: number, threshold: number, shadow: boolean): UsageAlert => ({
+        userId: this.userId,
+        limitId,
+        scope: c.scope,
+        metric: c.metric,
+        period: c.period,
+        periodKey: c.periodKey,
+        threshold,
+        used: after,
+        max: limit,
+        at: s.event.occurredAt,
+        ...(shadow ? { shadow: true as const } : {}),
+      });
+      for (const threshold of crossedThresholds(before, after, max))
+        alerts.push(alert(c.limitId, max, threshold, false));
+      if (c.shadowMax !== undefined) {
+        const shadowMax = c.shadowMax + (a?.granted ?? 0);
+        for (const threshold of crossedThresholds(before, after, shadowMax))
+          alerts.push(alert(c.shadowLimitId!, shadowMax, threshold, true));
       }
     }
     return new Promise((resolve) =>
