@@ -5,7 +5,13 @@ import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
 import { admittedAs, crossedThresholds } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
-import { adjustmentOf, type AdjustmentRow } from '../adjustment-row';
+import {
+  ADJUSTMENT_COLUMNS,
+  adjustmentOf,
+  overrideOf,
+  type AdjustmentRow,
+  type OverrideRow,
+} from '../adjustment-row';
 import type {
   ActualUsage,
   ApiRequestRecord,
@@ -604,32 +610,17 @@ export class SharedPostgresStore implements UsageStore {
   }
 
   async overrides(now: number, userId?: string): Promise<StoredOverride[]> {
-    const { rows } = await this.pool.query<{
-      user_id: string;
-      scope: string;
-      metric: StoredOverride['metric'];
-      period: StoredOverride['period'];
-      max_value: string;
-      until: string | null;
-    }>(
+    const { rows } = await this.pool.query<OverrideRow>(
       `SELECT user_id, scope, metric, period, max_value, until FROM usage_limit_overrides
        WHERE (until IS NULL OR until > $1) ${userId === undefined ? '' : 'AND user_id = $2'}`,
       userId === undefined ? [now] : [now, sharedUserId(userId)],
     );
-    return rows.map((r) => ({
-      userId: appUserId(r.user_id),
-      scope: r.scope,
-      metric: r.metric,
-      period: r.period,
-      max: Number(r.max_value),
-      until: r.until === null ? null : Number(r.until),
-    }));
+    return rows.map((r) => overrideOf(r, appUserId(r.user_id)));
   }
 
   async adjustments(userId: string, limit: number): Promise<StoredAdjustment[]> {
     const { rows } = await this.pool.query<AdjustmentRow>(
-      `SELECT id, user_id, kind, scope, metric, period, period_key, amount, max_value, until, actor, reason, created_at
-       FROM usage_adjustments WHERE user_id = $1 ORDER BY seq DESC LIMIT $2`,
+      `SELECT ${ADJUSTMENT_COLUMNS} FROM usage_adjustments WHERE user_id = $1 ORDER BY seq DESC LIMIT $2`,
       [sharedUserId(userId), limit],
     );
     return rows.map((r) => ({ ...adjustmentOf(r), userId }));

@@ -1,7 +1,12 @@
 import { join } from 'node:path';
 import { newRequestId } from '../../metering/request-id';
-import type { LimitMetric, PeriodUnit } from '../../plans/plan.interface';
-import { adjustmentOf, type AdjustmentRow } from '../adjustment-row';
+import {
+  ADJUSTMENT_COLUMNS,
+  adjustmentOf,
+  overrideOf,
+  type AdjustmentRow,
+  type OverrideRow,
+} from '../adjustment-row';
 import type {
   CounterAdjustment,
   LimitOverrideChange,
@@ -181,32 +186,17 @@ export class AdminLog {
   }
 
   async overrides(now: number, userId?: string): Promise<StoredOverride[]> {
-    const rows = await this.connection.all<{
-      user_id: string;
-      scope: string;
-      metric: LimitMetric;
-      period: PeriodUnit;
-      max_value: number;
-      until: number | null;
-    }>(
+    const rows = await this.connection.all<OverrideRow>(
       `SELECT user_id, scope, metric, period, max_value, until FROM usage_overrides
        WHERE (until IS NULL OR until > ?) ${userId === undefined ? '' : 'AND user_id = ?'}`,
       userId === undefined ? [now] : [now, userId],
     );
-    return rows.map((r) => ({
-      userId: r.user_id,
-      scope: r.scope,
-      metric: r.metric,
-      period: r.period,
-      max: Number(r.max_value),
-      until: r.until === null ? null : Number(r.until),
-    }));
+    return rows.map((r) => overrideOf(r, r.user_id));
   }
 
   async adjustments(userId: string, limit: number): Promise<StoredAdjustment[]> {
     const rows = await this.connection.all<AdjustmentRow>(
-      `SELECT id, user_id, kind, scope, metric, period, period_key, amount, max_value, until, actor, reason, created_at
-       FROM usage_adjustments WHERE user_id = ? ORDER BY seq DESC LIMIT ?`,
+      `SELECT ${ADJUSTMENT_COLUMNS} FROM usage_adjustments WHERE user_id = ? ORDER BY seq DESC LIMIT ?`,
       [userId, limit],
     );
     return rows.map(adjustmentOf);
