@@ -328,6 +328,14 @@ describeStore('admin API: grants, resets and limit overrides', () => {
       expect(history.body.map((a: { kind: string }) => a.kind)).toEqual(['override_cleared', 'reset']);
     });
 
+    it('sends parked alerts again: 0 without webhooks; a user_id that is not a string is a 400', async () => {
+      const res = await asAdmin(http().post('/usage/admin/alerts/resend')).send({});
+      expect([res.status, res.body]).toEqual([200, { resent: 0 }]);
+      const bad = await asAdmin(http().post('/usage/admin/alerts/resend')).send({ user_id: 5 });
+      expect([bad.status, bad.body.message]).toEqual([400, 'user_id must be a string']);
+      expect((await http().post('/usage/admin/alerts/resend').send({})).status).toBe(403);
+    });
+
     it('answers 400 with the reason for a change that cannot be right', async () => {
       const res = await asAdmin(http().post('/usage/admin/users/x/grants')).send({
         ...AI_TEXT_CALLS,

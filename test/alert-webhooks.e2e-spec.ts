@@ -1,7 +1,7 @@
 import { Agent } from 'node:http';
 import { join } from 'node:path';
 import request from 'supertest';
-import { alertKey } from '@app/usage-monitoring';
+import { alertKey, UsageAdminService } from '@app/usage-monitoring';
 import { JOURNAL_FILE } from '@app/usage-monitoring/storage/sqlite/usage-journal';
 import { createTestApp, tempDataDir, type TestApp } from './utils/create-test-app';
 import { postStatus } from './utils/post-status';
@@ -127,10 +127,10 @@ describeStore(`alert webhooks: outbox, signature, retries, order per user (${STO
     await receiver.down();
   });
 
-  it('parks an alert after maxAttempts and goes on with the same user’s next one', async () => {
-    // The 80 % alert of each user always fails; the others succeed.
+  it('parks an alert after maxAttempts and goes on with the same user’s next one; the admin API sends parked ones again', async () => {
+    // One endpoint fails its first 9 requests (every alert, 3 attempts each), the other none.
     const receiver = receiverWith();
-    const failing = receiverWith(() => ({ answer: 500 }));
+    const failing = receiverWith((n) => (n < 9 ? { answer: 500 } : { answer: 200 }));
     await receiver.up();
     await failing.up();
     t = await createTestApp({
@@ -184,6 +184,18 @@ describeStore(`alert webhooks: outbox, signature, retries, order per user (${STO
     ).toEqual(
       [80, 90, 100].map(() => ({ target: failing.url, parked: 1, attempts: 3, last_error: 'HTTP 500' })),
     );
+    // The endpoint is fixed: the admin sends the parked alerts again, from their first attempt, in order.
+    const admin = t.app.get(UsageAdminService);
+    expect(await admin.resendParkedAlerts('someone-else')).toBe(0);
+    expect(await admin.resendParkedAlerts('ann')).toBe(3);
+    await until(() => failing.acknowledged().length === 3, 10_000, '3 alerts sent again');
+    expect(failing.received.slice(9).map((r) => [r.threshold, r.attempt, r.status])).toEqual([
+      [80, 1, 200],
+      [90, 1, 200],
+      [100, 1, 200],
+    ]);
+    expect(await outboxRows(t)).toEqual([{ n: 0 }]);
+    expect(await admin.resendParkedAlerts()).toBe(0);
     await receiver.down();
     await failing.down();
   });

@@ -128,6 +128,16 @@ export class UsageAdminController {
     });
   }
 
+  /** `POST <path>/alerts/resend` `{ user_id? }`: parked alert webhooks sent again; `{ resent }`. */
+  @Post('alerts/resend')
+  @HttpCode(200)
+  async resendAlerts(@Body() body: Record<string, unknown> | undefined): Promise<{ resent: number }> {
+    const userId = body?.user_id;
+    if (userId !== undefined && typeof userId !== 'string')
+      throw new InvalidAdjustmentException('user_id must be a string');
+    return { resent: await this.admin.resendParkedAlerts(userId) };
+  }
+
   private actor(req: UsageRequest): string {
     const id = this.options.userId(req);
     if (typeof id !== 'string' || id === '')

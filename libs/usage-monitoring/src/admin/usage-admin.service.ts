@@ -1,4 +1,5 @@
 import { BadRequestException, Inject, Injectable } from '@nestjs/common';
+import { AlertWebhooks } from '../alerts/alert-webhooks';
 import { periodWindow } from '../plans/billing-period';
 import type { CompiledLimit } from '../plans/plan-catalog';
 import type { LimitMetric, PeriodUnit } from '../plans/plan.interface';
@@ -49,7 +50,17 @@ export class UsageAdminService {
     @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
     @Inject(USAGE_STORE) private readonly store: UsageStore,
     private readonly overridesInForce: LimitOverrides,
+    private readonly webhooks: AlertWebhooks,
   ) {}
+
+  /**
+   * Sends the alerts that were parked after `alerts.webhook.retry.maxAttempts` again, from their first
+   * attempt (of one user, or all), in order per user as ever. Resolves with how many; 0 without webhooks.
+   */
+  async resendParkedAlerts(userId?: string): Promise<number> {
+    if (userId !== undefined) checkUser(userId);
+    return this.webhooks.resendParked(userId);
+  }
 
   /** Adds `amount` to one limit for the user's current period of it. */
   async grant(userId: string, input: GrantInput): Promise<UsageAdjustment> {

@@ -13,4 +13,6 @@ export interface AlertOutbox {
   outboxDue(now: number, limit: number): Promise<OutboxRow[]>;
   outboxDelivered(id: number): Promise<void>;
   outboxFailed(id: number, attempts: number, nextAt: number, parked: boolean, error: string): Promise<void>;
+  /** Un-parks the parked rows (of one stored user id, or all): due now, attempts from 0. How many. */
+  outboxResend(storedUserId?: string): Promise<number>;
 }

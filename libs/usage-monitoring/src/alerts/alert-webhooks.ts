@@ -82,6 +82,17 @@ export class AlertWebhooks {
     this.wake();
   }
 
+  /**
+   * Sends the parked alerts again (of one user, or all), from their first attempt, in order per user as
+   * ever. Resolves with how many were parked; 0 without webhooks.
+   */
+  async resendParked(userId?: string): Promise<number> {
+    if (!this.outbox) return 0;
+    const n = await this.outbox.outboxResend(userId);
+    if (n > 0) this.wake();
+    return n;
+  }
+
   /** Stops: no new attempt starts; attempts in flight are aborted (retried after a restart). */
   async stop(): Promise<void> {
     this.stopped = true;

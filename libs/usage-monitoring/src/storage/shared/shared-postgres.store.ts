@@ -450,6 +450,14 @@ export class SharedPostgresStore implements UsageStore {
       outboxDelivered: async (id) => {
         await this.pool.query('DELETE FROM usage_alert_outbox WHERE id = $1', [id]);
       },
+      outboxResend: async (userId) => {
+        const { rows } = await this.pool.query(
+          `UPDATE usage_alert_outbox SET parked = false, attempts = 0, next_at = 0, claimed_until = 0
+           WHERE parked${userId === undefined ? '' : ' AND user_id = $1'} RETURNING id`,
+          userId === undefined ? [] : [sharedUserId(userId)],
+        );
+        return rows.length;
+      },
       outboxFailed: async (id, attempts, nextAt, parked, error) => {
         await this.pool.query(
           'UPDATE usage_alert_outbox SET attempts = $2, next_at = $3, parked = $4, last_error = $5, claimed_until = 0 WHERE id = $1',

@@ -224,6 +224,17 @@ export class UsageJournal {
     await this.statements.run('DELETE FROM usage_alert_outbox WHERE id = ?', [id]);
   }
 
+  /** Parked rows (of one user, or all) are due again, their attempts counted from 0. */
+  async outboxResend(userId?: string): Promise<number> {
+    const rows = await this.statements.all<{ id: number }>(
+      `UPDATE usage_alert_outbox SET parked = 0, attempts = 0, next_at = 0 WHERE parked = 1${
+        userId === undefined ? '' : ' AND user_id = ?'
+      } RETURNING id`,
+      userId === undefined ? [] : [userId],
+    );
+    return rows.length;
+  }
+
   /** An attempt failed: the next one at `nextAt`, or parked for good. */
   async outboxFailed(
     id: number,
