@@ -1,7 +1,7 @@
 import { BadRequestException, Inject, Injectable } from '@nestjs/common';
 import { AlertWebhooks } from '../alerts/alert-webhooks';
 import { periodWindow } from '../plans/billing-period';
-import type { CompiledLimit } from '../plans/plan-catalog';
+import { METRICS, PERIODS, type CompiledLimit } from '../plans/plan-catalog';
 import type { LimitMetric, PeriodUnit } from '../plans/plan.interface';
 import { microsToUsd, usdToMicros } from '../pricing/money';
 import { MAX_USER_ID_LENGTH } from '../storage/sqlite/user-file-name';
@@ -20,8 +20,6 @@ import type {
   UsageAdjustment,
 } from './usage-adjustment.interface';
 
-const METRICS: readonly LimitMetric[] = ['calls', 'tokens', 'cost'];
-const PERIODS: readonly PeriodUnit[] = ['month', 'day', 'hour', 'minute'];
 const MAX_ACTOR = 256;
 const MAX_REASON = 1_000;
 
@@ -68,21 +66,7 @@ export class UsageAdminService {
     const note = checkNote(input);
     const { limit, anchorDay } = await this.limitOf(userId, input);
     const amount = toUnits(limit.metric, input?.amount, 'amount', true);
-    const now = this.options.clock();
-    const w = periodWindow(limit.period, now, anchorDay);
-    const stored = await this.store.adjustCounter({
-      kind: 'grant',
-      userId,
-      scope: limit.scope,
-      metric: limit.metric,
-      period: limit.period,
-      periodKey: w.key,
-      periodEnd: w.end,
-      amount,
-      ...note,
-      now,
-    });
-    return publicOf(stored);
+    return publicOf(await this.adjustCounter('grant', userId, limit, anchorDay, amount, note));
   }
 
   /**
@@ -98,38 +82,19 @@ export class UsageAdminService {
     // One reset per counter: a shadow limit beside an enforced one of the same counter shares it.
     const chosen = limits.filter(
       (l) =>
-        !(
-          l.shadow &&
-          limits.some(
-            (e) => !e.shadow && e.scope === l.scope && e.metric === l.metric && e.period === l.period,
-          )
-        ) &&
+        !(l.shadow && limits.some((e) => !e.shadow && sameCounter(e, l))) &&
         (input.scope === undefined || l.scope === input.scope) &&
         (input.metric === undefined || l.metric === input.metric) &&
         (input.period === undefined || l.period === input.period),
     );
     if (chosen.length === 0)
       throw new InvalidAdjustmentException(
-        `the user's plan has no limit matching ${describe(input)}; its limits: ${listed(limits)}`,
+        `the user's plan has no limit matching ${selectionOf(input)}; its limits: ${listed(limits)}`,
       );
     const out: UsageAdjustment[] = [];
-    for (const l of chosen) {
-      const now = this.options.clock();
-      const w = periodWindow(l.period, now, anchorDay);
-      const stored = await this.store.adjustCounter({
-        kind: 'reset',
-        userId,
-        scope: l.scope,
-        metric: l.metric,
-        period: l.period,
-        periodKey: w.key,
-        periodEnd: w.end,
-        amount: 0,
-        ...note,
-        now,
-      });
-      out.push(publicOf(stored));
-    }
+    // One at a time: each reset forgives what its counter holds when its turn comes.
+    for (const l of chosen)
+      out.push(publicOf(await this.adjustCounter('reset', userId, l, anchorDay, 0, note)));
     return out;
   }
 
@@ -220,6 +185,31 @@ export class UsageAdminService {
     return publicOf(stored);
   }
 
+  /** A grant or reset of the limit's counter in the user's current period of it. */
+  private adjustCounter(
+    kind: 'grant' | 'reset',
+    userId: string,
+    limit: CompiledLimit,
+    anchorDay: number,
+    amount: number,
+    note: AdjustmentNote,
+  ): Promise<StoredAdjustment> {
+    const now = this.options.clock();
+    const w = periodWindow(limit.period, now, anchorDay);
+    return this.store.adjustCounter({
+      kind,
+      userId,
+      scope: limit.scope,
+      metric: limit.metric,
+      period: limit.period,
+      periodKey: w.key,
+      periodEnd: w.end,
+      amount,
+      ...note,
+      now,
+    });
+  }
+
   private async planOf(userId: string): Promise<{ limits: readonly CompiledLimit[]; anchorDay: number }> {
     const plan = this.options.plans.resolve(await this.options.resolvePlan(userId));
     return { limits: this.options.catalog.limitsOf(plan.name), anchorDay: plan.anchorDay };
@@ -242,6 +232,11 @@ export class UsageAdminService {
       );
     return { limit, anchorDay };
   }
+}
+
+/** Whether two limits count the same counter (scope, metric and period). */
+function sameCounter(a: Required<LimitSelector>, b: Required<LimitSelector>): boolean {
+  return a.scope === b.scope && a.metric === b.metric && a.period === b.period;
 }
 
 function checkUser(userId: unknown): void {
@@ -301,7 +296,7 @@ function toUnits(metric: LimitMetric, value: unknown, field: string, positive: b
   return value as number;
 }
 
-function describe(s: Partial<LimitSelector>): string {
+function selectionOf(s: Partial<LimitSelector>): string {
   const parts = [s.metric, s.scope && `for ${s.scope}`, s.period && `per ${s.period}`].filter(Boolean);
   return parts.length ? parts.join(' ') : 'the selection';
 }

@@ -21,8 +21,8 @@ export interface CompiledLimit {
 /** The `max` of a charge only a shadow limit counts: it never refuses. */
 export const UNLIMITED = Number.MAX_SAFE_INTEGER;
 
-const METRICS: readonly LimitMetric[] = ['calls', 'tokens', 'cost'];
-const PERIODS: readonly PeriodUnit[] = ['month', 'day', 'hour', 'minute'];
+export const METRICS: readonly LimitMetric[] = ['calls', 'tokens', 'cost'];
+export const PERIODS: readonly PeriodUnit[] = ['month', 'day', 'hour', 'minute'];
 
 /**
  * The plan catalog, validated once. Answers which limits apply to a provider under a plan (its own

@@ -1,3 +1,4 @@
+import type { UsageAlert } from '../alerts/usage-alert.interface';
 import { ALERT_THRESHOLDS } from '../usage-monitoring.constants';
 import type { ActualUsage, LimitCharge, ReserveRequest, ReserveResult } from './usage-store.interface';
 
@@ -10,6 +11,35 @@ export function actualOf(actual: ActualUsage, metric: LimitCharge['metric']): nu
 export function crossedThresholds(before: number, after: number, max: number): number[] {
   if (max <= 0) return [];
   return ALERT_THRESHOLDS.filter((t) => before * 100 < t * max && after * 100 >= t * max);
+}
+
+/**
+ * The alert of a counter crossing `threshold` of `max` (the limit as adjusted), at `used`; `shadow`: the
+ * charge's shadow limit crossed it.
+ */
+export function thresholdAlert(
+  userId: string,
+  c: LimitCharge,
+  threshold: number,
+  used: number,
+  max: number,
+  at: number,
+  shadow: boolean,
+): UsageAlert {
+  const alert: UsageAlert = {
+    userId,
+    limitId: shadow ? c.shadowLimitId! : c.limitId,
+    scope: c.scope,
+    metric: c.metric,
+    period: c.period,
+    periodKey: c.periodKey,
+    threshold,
+    used,
+    max,
+    at,
+  };
+  if (shadow) alert.shadow = true;
+  return alert;
 }
 
 /**

@@ -3,7 +3,7 @@ import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
-import { admittedAs, crossedThresholds } from '../settlement';
+import { admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
 import {
   ADJUSTMENT_COLUMNS,
@@ -67,7 +67,7 @@ interface ReserveItem {
   pk: string;
   expires: number;
   now: number;
-  charges: { p: string; sc: string; m: string; a: number; x: number; e: number }[];
+  charges: { p: string; sc: string; m: string; a: number; x: number; e: number; sx?: number }[];
   /** Durable intent: the settlement that charges the request at its estimate if it never settles. */
   intent?: SettleItem;
 }
@@ -144,20 +144,7 @@ interface SettledCounter {
 
 /** The alert a settlement's crossing of a threshold reports. */
 function alertOf(userId: string, item: SettleItem, a: SettleItem['alerts'][number]): UsageAlert {
-  const c = item.limits[a.index];
-  return {
-    userId,
-    limitId: a.shadow ? c.shadowLimitId! : c.limitId,
-    scope: c.scope,
-    metric: c.metric,
-    period: c.period,
-    periodKey: c.periodKey,
-    threshold: a.threshold,
-    used: a.used,
-    max: a.max,
-    at: item.at,
-    ...(a.shadow ? { shadow: true as const } : {}),
-  };
+  return thresholdAlert(userId, item.limits[a.index], a.threshold, a.used, a.max, item.at, a.shadow === true);
 }
 
 /**
@@ -299,7 +286,7 @@ export class SharedPostgresStore implements UsageStore {
         a: c.amount,
         x: c.max,
         e: c.periodEnd,
-        ...(c.shadowMax === undefined ? {} : { sx: c.shadowMax }),
+        sx: c.shadowMax, // absent from the JSON when undefined
       })),
       intent:
         this.options.durableIntent && req.interrupted

@@ -13,7 +13,7 @@ import type {
   Settlement,
   SettleResult,
 } from '../usage-store.interface';
-import { actualOf, admittedAs, crossedThresholds } from '../settlement';
+import { actualOf, admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
 import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
 import { type Allowance, type AllowanceBook, counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
@@ -259,25 +259,13 @@ export class UserLedger {
         amount: actual,
       });
       const after = ctr.used - forgiven;
-      const alert = (limitId: string, limit: number, threshold: number, shadow: boolean): UsageAlert => ({
-        userId: this.userId,
-        limitId,
-        scope: c.scope,
-        metric: c.metric,
-        period: c.period,
-        periodKey: c.periodKey,
-        threshold,
-        used: after,
-        max: limit,
-        at: s.event.occurredAt,
-        ...(shadow ? { shadow: true as const } : {}),
-      });
+      const at = s.event.occurredAt;
       for (const threshold of crossedThresholds(before, after, max))
-        alerts.push(alert(c.limitId, max, threshold, false));
+        alerts.push(thresholdAlert(this.userId, c, threshold, after, max, at, false));
       if (c.shadowMax !== undefined) {
         const shadowMax = c.shadowMax + (a?.granted ?? 0);
         for (const threshold of crossedThresholds(before, after, shadowMax))
-          alerts.push(alert(c.shadowLimitId!, shadowMax, threshold, true));
+          alerts.push(thresholdAlert(this.userId, c, threshold, after, shadowMax, at, true));
       }
     }
     return new Promise((resolve) =>
