@@ -7,7 +7,8 @@
 // `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
 // POST /v1/chat/completions (whose handler calls the official `openai` SDK) for a user whose plan allows
 // 5 calls a month, and checks: 5 × 200, then the documented 429 body and headers without a sixth
-// upstream call; a grant of 2 more calls through the admin API (403 for a non-admin); the same plan through
+// upstream call; a grant of 2 more calls through the admin API (403 for a non-admin), then who is spending
+// (top by calls, users at 100 %); the same plan through
 // POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
 // the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
 // after a graceful stop, one ledger row per call with the upstream's token counts. `missing-driver` checks that start-up fails, naming the package to install.
@@ -142,6 +143,27 @@ async function run(adapter, storage) {
     const summaryReset = Number(/^"openai:calls:month";r=0;t=(\d+)$/.exec(refusedSummary.headers.get('ratelimit'))?.[1]);
     assert.ok(Math.abs(summaryReset - retryAfter) <= 2, `RateLimit of the refused summary: t=${summaryReset}`);
     assert.equal(upstream.calls(), 12, 'the refused summary must not reach the upstream');
+
+    // Who is spending (admin API): by calls this month, the chat user (7) then the summarizer (5); both at
+    // 100 % of their calls limit (the chat user's as granted: 7 of 7).
+    const asAdmin = { authorization: 'Bearer admin@example.com' };
+    const top = await (await fetch(`${app.url}/usage/admin/top?by=calls`, { headers: asAdmin })).json();
+    assert.deepEqual(
+      top.map((t) => [t.user_id, t.calls]),
+      [
+        [user, 7],
+        [summarizer, 5],
+      ],
+    );
+    const over = await (await fetch(`${app.url}/usage/admin/users?over=1`, { headers: asAdmin })).json();
+    assert.deepEqual(
+      over.map((u) => [u.user_id, u.share, u.limits.map((l) => `${l.metric}:${l.used}/${l.max}`)]),
+      [
+        [user, 1, ['calls:7/7']],
+        [summarizer, 1, ['calls:5/5']],
+      ].sort((a, b) => (a[0] < b[0] ? -1 : 1)),
+    );
+    assert.equal((await fetch(`${app.url}/usage/admin/top`, { headers: { authorization: `Bearer ${user}` } })).status, 403);
 
     const health = await fetch(`${app.url}/health/usage`);
     assert.equal(health.status, 200);

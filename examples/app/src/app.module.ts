@@ -16,7 +16,7 @@ const storage: StorageOptions = process.env.USAGE_DATABASE_URL
     UsageMonitoringModule.forRoot({
       plans: [{ name: 'starter', limits: [{ metric: 'calls', scope: 'openai', period: 'month', max: 5 }] }],
       storage,
-      // Grants, resets and limit overrides at /usage/admin, for the app's admin only.
+      // Grants, resets, limit overrides and who is spending at /usage/admin, for the app's admin only.
       adminController: { guards: [AdminGuard] },
     }),
   ],

@@ -66,9 +66,14 @@ export type {
   GrantInput,
   LimitOverride,
   LimitSelector,
+  LimitShare,
+  ListInput,
   ResetInput,
   SetLimitInput,
+  TopInput,
+  TopSpender,
   UsageAdjustment,
+  UserOverShare,
 } from './admin/usage-adjustment.interface';
 
 // Storage (the shared store on a DataSource of the host's)

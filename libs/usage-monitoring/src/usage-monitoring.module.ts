@@ -13,6 +13,7 @@ import { APP_FILTER, DiscoveryModule, DiscoveryService, MetadataScanner, Reflect
 import { TerminusModule } from '@nestjs/terminus';
 import { Metered } from './decorators/metered.decorator';
 import { adminControllerFor } from './admin/usage-admin.controller';
+import { DecisionWindow } from './dashboard/decision-window';
 import { LimitOverrides } from './admin/limit-overrides';
 import { UsageAdminService } from './admin/usage-admin.service';
 import { startupSummary } from './startup-summary';
@@ -80,6 +81,7 @@ const providers: Provider[] = [
     inject: [NORMALIZED_OPTIONS, EnforcementMetrics, UsageMetrics],
   },
   EnforcementMetrics,
+  DecisionWindow,
   UsageMetrics,
   RollingStats,
   UsageAlerts,

@@ -83,3 +83,61 @@ export interface LimitOverride {
   /** ISO 8601 time it ends; null for good. */
   until: string | null;
 }
+
+/** What `UsageAdminService.list` selects. */
+export interface ListInput {
+  /** Users at or above this share of any limit (0.8: 80 %), settled usage of the current period. */
+  over: number;
+  /** At most this many users, highest share first. @default 100 (at most 10,000) */
+  limit?: number;
+}
+
+/** One limit of a user's plan and where its current period stands. Cost figures are US dollars. */
+export interface LimitShare {
+  /** The limit's scope. */
+  scope: string;
+  /** The limit's metric. */
+  metric: LimitMetric;
+  /** The limit's period. */
+  period: PeriodUnit;
+  /** `shadow` for a shadow limit (it refuses nothing). */
+  mode: 'enforce' | 'shadow';
+  /** The current period's key. */
+  period_key: string;
+  /** Settled usage of the period, less what resets forgave. */
+  used: number;
+  /** The limit as adjusted: the plan's (or an override's) plus grants. */
+  max: number;
+  /** `used / max` (1 for a limit of 0 with usage), rounded to 4 decimals. */
+  share: number;
+}
+
+/** A user at or above the asked share of a limit (`UsageAdminService.list`). */
+export interface UserOverShare {
+  user_id: string;
+  /** The highest share among `limits`. */
+  share: number;
+  /** The limits at or above the share, highest first. */
+  limits: LimitShare[];
+}
+
+/** What `UsageAdminService.top` ranks by. */
+export interface TopInput {
+  /** @default 'cost' */
+  by?: 'cost' | 'tokens' | 'calls';
+  /** How many users. @default 10 (at most 1,000) */
+  limit?: number;
+}
+
+/** A user's spending in their current billing month (`UsageAdminService.top`). */
+export interface TopSpender {
+  user_id: string;
+  /** Metered calls (ledger rows). */
+  calls: number;
+  /** Input plus output tokens. */
+  tokens: number;
+  /** US dollars. */
+  cost: number;
+  /** The billing month, e.g. `month:2026-12-01`. */
+  period_key: string;
+}

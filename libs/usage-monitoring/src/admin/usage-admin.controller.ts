@@ -21,7 +21,13 @@ import type { UsageReport } from '../usage/usage-report.interface';
 import { NORMALIZED_OPTIONS } from '../usage-monitoring.internal-constants';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 import type { UsageRequest } from '../usage-monitoring.options';
-import type { LimitOverride, UsageAdjustment } from './usage-adjustment.interface';
+import type {
+  LimitOverride,
+  TopInput,
+  TopSpender,
+  UsageAdjustment,
+  UserOverShare,
+} from './usage-adjustment.interface';
 import { InvalidAdjustmentException, UsageAdminService } from './usage-admin.service';
 
 /** What `GET <path>/users/:userId` answers. */
@@ -49,6 +55,18 @@ export class UsageAdminController {
     private readonly usage: UsageService,
     @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
   ) {}
+
+  /** `GET <path>/users?over=0.8&limit=`: users at or above a share of any limit, highest first. */
+  @Get('users')
+  list(@Query('over') over?: string, @Query('limit') limit?: string): Promise<UserOverShare[]> {
+    return this.admin.list({ over: numberOf(over, 'over')!, limit: numberOf(limit, 'limit') });
+  }
+
+  /** `GET <path>/top?by=cost|tokens|calls&limit=`: who spent the most this billing month. */
+  @Get('top')
+  top(@Query('by') by?: string, @Query('limit') limit?: string): Promise<TopSpender[]> {
+    return this.admin.top({ by: by as TopInput['by'], limit: numberOf(limit, 'limit') });
+  }
 
   /** `GET <path>/users/:userId`: the user's usage, overrides and latest changes. */
   @Get('users/:userId')
@@ -147,6 +165,14 @@ export class UsageAdminController {
       });
     return id;
   }
+}
+
+/** A number of the query string; absent stays undefined, text that is not a number is a 400. */
+function numberOf(value: string | undefined, field: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(n)) throw new InvalidAdjustmentException(`${field} must be a number`);
+  return n;
 }
 
 function bodyOf(body: Record<string, unknown> | undefined): Record<string, unknown> {

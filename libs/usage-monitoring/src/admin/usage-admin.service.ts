@@ -1,11 +1,11 @@
 import { BadRequestException, Inject, Injectable } from '@nestjs/common';
 import { AlertWebhooks } from '../alerts/alert-webhooks';
 import { periodWindow } from '../plans/billing-period';
-import { METRICS, PERIODS, type CompiledLimit } from '../plans/plan-catalog';
+import { METRICS, PERIODS, UNLIMITED, type CompiledLimit } from '../plans/plan-catalog';
 import type { LimitMetric, PeriodUnit } from '../plans/plan.interface';
 import { microsToUsd, usdToMicros } from '../pricing/money';
 import { MAX_USER_ID_LENGTH } from '../storage/sqlite/user-file-name';
-import type { StoredAdjustment, UsageStore } from '../storage/usage-store.interface';
+import type { SpendingCounter, StoredAdjustment, UsageStore } from '../storage/usage-store.interface';
 import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 import { LimitOverrides } from './limit-overrides';
@@ -15,9 +15,14 @@ import type {
   GrantInput,
   LimitOverride,
   LimitSelector,
+  LimitShare,
+  ListInput,
   ResetInput,
   SetLimitInput,
+  TopInput,
+  TopSpender,
   UsageAdjustment,
+  UserOverShare,
 } from './usage-adjustment.interface';
 
 const MAX_ACTOR = 256;
@@ -163,6 +168,103 @@ export class UsageAdminService {
     return (await this.store.adjustments(userId, limit)).map(publicOf);
   }
 
+  /**
+   * Who is close to a limit: users whose settled usage of the current period is at least `over` of any
+   * limit of their plan (as adjusted: overrides and grants; resets forgive), highest share first. Read from
+   * the store's summary (never every user's file); each user listed has their plan resolved once.
+   */
+  async list(input: ListInput): Promise<UserOverShare[]> {
+    const over = input?.over;
+    if (typeof over !== 'number' || !Number.isFinite(over) || over <= 0)
+      throw new InvalidAdjustmentException('over must be a number above 0 (0.8 for 80 %)');
+    const limit = checkCount(input.limit, 100, 10_000);
+    const now = this.options.clock();
+    const byUser = new Map<string, SpendingCounter[]>();
+    for (const c of await this.store.currentCounters(now)) {
+      const list = byUser.get(c.userId);
+      if (list) list.push(c);
+      else byUser.set(c.userId, [c]);
+    }
+    const out: { user: UserOverShare; ratio: number }[] = [];
+    const users = [...byUser.keys()];
+    // Plans resolved a bounded number at a time: `resolvePlan` is the host's and may query its database.
+    for (let i = 0; i < users.length; i += 32) {
+      const plans = await Promise.all(users.slice(i, i + 32).map((u) => this.planOf(u)));
+      plans.forEach((plan, j) => {
+        const userId = users[i + j];
+        const shares = this.sharesOf(userId, plan, byUser.get(userId)!, over, now);
+        if (shares.length)
+          out.push({
+            ratio: shares[0].ratio,
+            user: { user_id: userId, share: shares[0].share.share, limits: shares.map((x) => x.share) },
+          });
+      });
+    }
+    out.sort((a, b) => b.ratio - a.ratio || compareIds(a.user.user_id, b.user.user_id));
+    return out.slice(0, limit).map((x) => x.user);
+  }
+
+  /**
+   * The users who spent the most in their current billing month, by `cost` (default), `tokens` or
+   * `calls`, most first, ties by user id. Read from the store's summary (never every user's file). A
+   * user's billing month starts on their plan's `anchorDay`.
+   */
+  async top(input: TopInput = {}): Promise<TopSpender[]> {
+    const by = input.by ?? 'cost';
+    if (!['cost', 'tokens', 'calls'].includes(by))
+      throw new InvalidAdjustmentException('by must be one of cost, tokens, calls');
+    const limit = checkCount(input.limit, 10, 1_000);
+    const now = this.options.clock();
+    // The current billing month of every anchor day: a user's rows carry their own anchor's key.
+    const keys = new Set<string>();
+    for (let day = 1; day <= 31; day++) keys.add(periodWindow('month', now, day).key);
+    const rows = await this.store.topSpenders({ by, periodKeys: [...keys], limit });
+    return rows.map((r) => ({
+      user_id: r.userId,
+      calls: r.calls,
+      tokens: r.tokens,
+      cost: microsToUsd(r.costMicros),
+      period_key: r.periodKey,
+    }));
+  }
+
+  /** The user's limits at or above `over`, highest share first. */
+  private sharesOf(
+    userId: string,
+    plan: { limits: readonly CompiledLimit[]; anchorDay: number },
+    counters: SpendingCounter[],
+    over: number,
+    now: number,
+  ): { share: LimitShare; ratio: number }[] {
+    const overridden = this.overridesInForce.of(userId);
+    const out: { share: LimitShare; ratio: number }[] = [];
+    for (const l of plan.limits) {
+      const key = periodWindow(l.period, now, plan.anchorDay).key;
+      const c = counters.find((x) => x.periodKey === key && x.scope === l.scope && x.metric === l.metric);
+      if (!c || c.used <= 0) continue;
+      const base = !l.shadow && overridden ? LimitOverrides.maxOf(overridden, l.limitId, l.max, now) : l.max;
+      if (base >= UNLIMITED) continue;
+      const max = base + c.granted;
+      const ratio = max <= 0 ? 1 : c.used / max;
+      if (ratio < over) continue;
+      const money = (n: number) => (l.metric === 'cost' ? microsToUsd(n) : n);
+      out.push({
+        ratio,
+        share: {
+          scope: l.scope,
+          metric: l.metric,
+          period: l.period,
+          mode: l.shadow ? 'shadow' : 'enforce',
+          period_key: key,
+          used: money(c.used),
+          max: money(max),
+          share: Math.round(ratio * 10_000) / 10_000,
+        },
+      });
+    }
+    return out.sort((a, b) => b.ratio - a.ratio);
+  }
+
   private async override(
     userId: string,
     limit: { scope: string; metric: LimitMetric; period: PeriodUnit },
@@ -237,6 +339,18 @@ export class UsageAdminService {
 /** Whether two limits count the same counter (scope, metric and period). */
 function sameCounter(a: Required<LimitSelector>, b: Required<LimitSelector>): boolean {
   return a.scope === b.scope && a.metric === b.metric && a.period === b.period;
+}
+
+/** Ties by user id, in code point order (as the stores order them). */
+function compareIds(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function checkCount(value: unknown, fallback: number, most: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || (value as number) < 1 || (value as number) > most)
+    throw new InvalidAdjustmentException(`limit must be an integer from 1 to ${most}`);
+  return value as number;
 }
 
 function checkUser(userId: unknown): void {

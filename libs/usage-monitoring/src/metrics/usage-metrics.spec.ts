@@ -3,6 +3,7 @@ import { metrics as otel } from '@opentelemetry/api';
 import type { MeasuredUsage } from '../metering/usage-extractor';
 import type { UsageEventRecord } from '../storage/usage-store.interface';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
+import { DecisionWindow } from '../dashboard/decision-window';
 import { UsageMetrics } from './usage-metrics';
 
 /** Collects on demand (what a Prometheus scrape does). */
@@ -13,10 +14,12 @@ class TestReader extends MetricReader {
 
 const KNOWN = new Set(['gpt-4o-mini']);
 function metricsWith(metrics: NormalizedUsageOptions['metrics']): UsageMetrics {
-  return new UsageMetrics({
+  const options = {
     metrics,
     priceBook: { isKnown: (_p: string, model: string) => KNOWN.has(model) },
-  } as unknown as NormalizedUsageOptions);
+    clock: Date.now,
+  } as unknown as NormalizedUsageOptions;
+  return new UsageMetrics(options, new DecisionWindow(options));
 }
 
 function event(model: string | null, userId = 'alice'): UsageEventRecord {

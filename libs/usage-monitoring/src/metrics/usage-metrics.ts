@@ -10,6 +10,7 @@ import {
 } from '@opentelemetry/api';
 import type { MeasuredUsage } from '../metering/usage-extractor';
 import type { UsageEventRecord } from '../storage/usage-store.interface';
+import { DecisionWindow } from '../dashboard/decision-window';
 import { NORMALIZED_OPTIONS } from '../usage-monitoring.internal-constants';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
 
@@ -71,7 +72,10 @@ export class UsageMetrics {
   private readonly unpriced = new Set<string>();
 
   /** @internal Nest injects these. */
-  constructor(@Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions) {
+  constructor(
+    @Inject(NORMALIZED_OPTIONS) private readonly options: NormalizedUsageOptions,
+    private readonly window: DecisionWindow,
+  ) {
     const m = options.metrics;
     this.userIds = m !== false && m.userIds;
     if (m === false) return;
@@ -170,6 +174,7 @@ export class UsageMetrics {
   }
 
   decision(decision: UsageDecision, provider: string, code: string): void {
+    if (this.window.on) this.window.record(decision, provider, code);
     this.decisions?.add(
       1,
       this.attrs(`d\u0001${decision}\u0001${provider}\u0001${code}`, () => ({

@@ -211,6 +211,65 @@ export interface StoredAdjustment {
   createdAt: number;
 }
 
+/** A user's counter of a period not yet ended (`UsageStore.currentCounters`). */
+export interface SpendingCounter {
+  userId: string;
+  scope: string;
+  metric: LimitMetric;
+  periodKey: string;
+  periodEnd: number;
+  /** Settled usage of the period, less what resets forgave. */
+  used: number;
+  /** Granted on top of the limit for this period. */
+  granted: number;
+}
+
+/** A user's ledger totals over some billing months (`UsageStore.topSpenders`). */
+export interface SpendingTotal {
+  userId: string;
+  /** Ledger rows (metered calls). */
+  calls: number;
+  /** Input plus output tokens. */
+  tokens: number;
+  costMicros: number;
+  /** The latest of the billing months the rows are of. */
+  periodKey: string;
+}
+
+/** One ledger row as a user's activity shows it. */
+export interface ActivityEvent {
+  requestId: string;
+  provider: string;
+  model: string | null;
+  inputTokens: number;
+  outputTokens: number;
+  costMicros: number;
+  outcome: UsageEventRecord['outcome'];
+  estimated: boolean;
+  statusCode: number;
+  occurredAt: number;
+}
+
+/** An alert a user's counter raised (the `usage_alerts` row). */
+export interface ActivityAlert {
+  periodKey: string;
+  limitId: string;
+  threshold: number;
+  used: number;
+  max: number;
+  createdAt: number;
+}
+
+/** What a user's dashboard shows of their ledger (`UsageStore.userActivity`). */
+export interface UserActivity {
+  /** Their ledger rows of the billing month, per UTC day (epoch day: `floor(ms / 86,400,000)`), oldest first. */
+  days: { day: number; calls: number; costMicros: number }[];
+  /** Their latest ledger rows, newest first. */
+  recent: ActivityEvent[];
+  /** Their latest alerts, newest first. */
+  alerts: ActivityAlert[];
+}
+
 export interface StoreHealth {
   up: boolean;
   /** A coarse reason, safe to show (never a path or DSN). */
@@ -241,6 +300,25 @@ export interface UsageStore {
   overrides(now: number, userId?: string): Promise<StoredOverride[]>;
   /** A user's audit history, newest first. */
   adjustments(userId: string, limit: number): Promise<StoredAdjustment[]>;
+  /**
+   * Every user's counters of periods that have not ended at `now`, settled usage only. Served from a
+   * summary (the per-user store's index, the shared store's counter table), never by opening users' files.
+   */
+  currentCounters(now: number): Promise<SpendingCounter[]>;
+  /**
+   * The `limit` users with the most `by` over the ledger rows of the given billing months (`periodKey` of
+   * the rows), most first, ties by user id.
+   */
+  topSpenders(query: {
+    by: 'calls' | 'tokens' | 'cost';
+    periodKeys: readonly string[];
+    limit: number;
+  }): Promise<SpendingTotal[]>;
+  /**
+   * One user's ledger for their dashboard: the billing month `periodKey` per day, the latest `recent` rows
+   * and alerts. Includes every settlement acknowledged so far.
+   */
+  userActivity(userId: string, query: { periodKey: string; recent: number }): Promise<UserActivity>;
   /**
    * Tells `onChange` the id of a user whose overrides another instance changed, or `undefined` when
    * changes may have been missed (reload all). Shared store only.

@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
+import type { LimitMetric } from '../../plans/plan.interface';
 import type { EnforcementFailureReason } from '../../usage-monitoring.constants';
 import { admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
 import { UsageStoreError } from '../usage-store.error';
@@ -27,11 +28,21 @@ import type {
   Reservation,
   Settlement,
   SettleResult,
+  SpendingCounter,
+  SpendingTotal,
   StoreHealth,
+  UserActivity,
   UsageEventRecord,
   UsageStore,
 } from '../usage-store.interface';
 import * as SQL from './postgres-statements';
+import {
+  ACTIVITY_ALERTS_SQL,
+  ACTIVITY_DAYS_SQL,
+  ACTIVITY_RECENT_SQL,
+  activityOf,
+  pgText,
+} from '../activity-queries';
 import { LeaseBook } from './lease-book';
 import { PgBatcher } from './pg-batcher';
 import { createSharedDataSource, migrate, poolOf, type PgPool, type PgQueryable } from './shared-data-source';
@@ -619,6 +630,71 @@ export class SharedPostgresStore implements UsageStore {
       [sharedUserId(userId), limit],
     );
     return rows.map((r) => ({ ...adjustmentOf(r), userId }));
+  }
+
+  /** From the counter table every instance decides against (periods not ended, with grants and resets). */
+  async currentCounters(now: number): Promise<SpendingCounter[]> {
+    const { rows } = await this.pool.query<{
+      user_id: string;
+      scope: string;
+      metric: LimitMetric;
+      period_key: string;
+      period_end: string;
+      used: string;
+      granted: string;
+    }>(
+      `SELECT user_id, scope, metric, period_key, period_end, used - forgiven AS used, granted
+       FROM usage_counters WHERE period_end > $1 AND (used <> 0 OR granted <> 0)`,
+      [now],
+    );
+    return rows.map((r) => ({
+      userId: appUserId(r.user_id),
+      scope: r.scope,
+      metric: r.metric,
+      periodKey: r.period_key,
+      periodEnd: Number(r.period_end),
+      used: Number(r.used),
+      granted: Number(r.granted),
+    }));
+  }
+
+  async userActivity(userId: string, query: { periodKey: string; recent: number }): Promise<UserActivity> {
+    const u = sharedUserId(userId);
+    const [days, recent, alerts] = await Promise.all([
+      this.pool.query(pgText(ACTIVITY_DAYS_SQL), [u, query.periodKey]),
+      this.pool.query(pgText(ACTIVITY_RECENT_SQL), [u, query.recent]),
+      this.pool.query(pgText(ACTIVITY_ALERTS_SQL), [u, query.recent]),
+    ]);
+    return activityOf(days.rows as never, recent.rows as never, alerts.rows as never);
+  }
+
+  /** One aggregate over the ledger rows of the given billing months. */
+  async topSpenders(query: {
+    by: 'calls' | 'tokens' | 'cost';
+    periodKeys: readonly string[];
+    limit: number;
+  }): Promise<SpendingTotal[]> {
+    const order = { calls: 'calls', tokens: 'tokens', cost: 'cost_micros' }[query.by];
+    const { rows } = await this.pool.query<{
+      user_id: string;
+      calls: string;
+      tokens: string;
+      cost_micros: string;
+      period_key: string;
+    }>(
+      `SELECT user_id, count(*) AS calls, sum(input_tokens + output_tokens) AS tokens,
+         sum(cost_micros) AS cost_micros, max(period_key) AS period_key
+       FROM usage_events WHERE period_key = ANY($1)
+       GROUP BY user_id ORDER BY ${order} DESC, user_id COLLATE "C" LIMIT $2`,
+      [query.periodKeys, query.limit],
+    );
+    return rows.map((r) => ({
+      userId: appUserId(r.user_id),
+      calls: Number(r.calls),
+      tokens: Number(r.tokens),
+      costMicros: Number(r.cost_micros),
+      periodKey: r.period_key,
+    }));
   }
 
   /**

@@ -95,6 +95,61 @@ describe('PerUserSqliteStore', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('keeps the spending summary of what the journal receives: ids of any character, rows without counters, bare request rows', async () => {
+    const odd = 'a"b\\c\u0000d <é> 🙂';
+    const settleAs = async (userId: string, requestId: string, charges: LimitCharge[], tokens: number) => {
+      const r = await store.reserve({ requestId, userId, provider: 'openai', now: NOW, charges });
+      if (!r.admitted) throw new Error('refused');
+      await store.settle(r.reservation, settlement(r.reservation, tokens));
+    };
+    await settleAs(odd, 'o1', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 7);
+    await settleAs(odd, 'o2', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 3);
+    await settleAs('no-limits', 'n1', [], 4); // a plan without limits: a ledger row, no counter
+    await store.recordRequest({
+      requestId: 'bare',
+      userId: 'no-limits',
+      provider: null,
+      path: '/x',
+      method: 'GET',
+      statusCode: 200,
+      durationMs: 1,
+      occurredAt: NOW,
+    });
+    const counters = await store.currentCounters(NOW);
+    expect(counters.sort((a, b) => a.metric.localeCompare(b.metric))).toEqual([
+      {
+        userId: odd,
+        scope: '*',
+        metric: 'calls',
+        periodKey: 'month:2026-11-01',
+        periodEnd: END,
+        used: 2,
+        granted: 0,
+      },
+      {
+        userId: odd,
+        scope: '*',
+        metric: 'tokens',
+        periodKey: 'month:2026-11-01',
+        periodEnd: END,
+        used: 10,
+        granted: 0,
+      },
+    ]);
+    const top = await store.topSpenders({ by: 'tokens', periodKeys: ['month:2026-11-01'], limit: 10 });
+    expect(top).toEqual([
+      { userId: odd, calls: 2, tokens: 10, costMicros: 20, periodKey: 'month:2026-11-01' },
+      { userId: 'no-limits', calls: 1, tokens: 4, costMicros: 10, periodKey: 'month:2026-11-01' },
+    ]);
+    // Ended periods drop out; a reopened store reads the same summary back (nothing rebuilt).
+    expect(await store.currentCounters(END)).toEqual([]);
+    await store.close();
+    await openStore();
+    expect(await store.topSpenders({ by: 'calls', periodKeys: ['month:2026-11-01'], limit: 1 })).toEqual([
+      top[0],
+    ]);
+  });
+
   it('reserves all charges or none', async () => {
     const refused = await store.reserve({
       requestId: 'r1',

@@ -1,8 +1,9 @@
 import { Logger } from '@nestjs/common';
-import { mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { UsageStoreError } from '../usage-store.error';
+import { ACTIVITY_ALERTS_SQL, ACTIVITY_DAYS_SQL, ACTIVITY_RECENT_SQL, activityOf } from '../activity-queries';
 import type {
   ApiRequestRecord,
   CounterAdjustment,
@@ -17,9 +18,13 @@ import type {
   Reservation,
   Settlement,
   SettleResult,
+  SpendingCounter,
+  SpendingTotal,
   StoreHealth,
+  UserActivity,
   UsageStore,
 } from '../usage-store.interface';
+import type { LimitMetric } from '../../plans/plan.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
 import { ADMIN_FILE, AdminLog, AllowanceBook, counterKey } from './admin-log';
 import { DataDirLock } from './data-dir-lock';
@@ -87,6 +92,8 @@ export class PerUserSqliteStore implements UsageStore {
   /** Admin changes: their history and the overrides (a file), grants and resets (in memory too). */
   private admin!: AdminLog;
   private readonly allowances = new AllowanceBook();
+  /** When the spending summary last dropped ended periods. */
+  private prunedAt = 0;
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -162,6 +169,7 @@ export class PerUserSqliteStore implements UsageStore {
         ...this.options,
         driver: this.factory.driver,
         outboxTargets: this.options.webhookUrls ?? [],
+        summary: true,
       });
       this.journal.onCommit = this.options.onCommit;
       if (this.options.journal.maxUsersInMemory > 0) {
@@ -196,6 +204,16 @@ export class PerUserSqliteStore implements UsageStore {
       this.logger.warn(
         `charged requests the previous run admitted and never settled, at their estimate (outcome interrupted), for ${interrupted.length} user(s)`,
       );
+    }
+    if (!this.journal.summaryBuilt) {
+      // A data directory of an earlier version: its users' files are summarised once, with everything applied.
+      await this.flush();
+      const files = await this.journal.buildSummary(this.dataDir, {
+        driver: this.factory.driver,
+        busyTimeoutMs: this.options.busyTimeoutMs,
+        now: this.options.clock(),
+      });
+      if (files > 0) this.logger.log(`summarised the usage of ${files} user file(s) for the admin API`);
     }
     const ttl = this.options.reservationTtlMs;
     this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
@@ -266,6 +284,10 @@ export class PerUserSqliteStore implements UsageStore {
    * stream), so that they stop holding quota and their user's database slot. Returns how many.
    */
   sweep(now = this.options.clock()): number {
+    if (now - this.prunedAt >= 60_000) {
+      this.prunedAt = now;
+      void this.journal.pruneSummary(now).catch(() => undefined);
+    }
     const before = now - this.options.reservationTtlMs;
     let released = 0;
     const expire = (ledger: UserLedger) => {
@@ -328,6 +350,57 @@ export class PerUserSqliteStore implements UsageStore {
 
   adjustments(userId: string, limit: number): Promise<StoredAdjustment[]> {
     return this.admin.adjustments(userId, limit);
+  }
+
+  /** From the spending summary in the journal's database (`spending-summary.ts`), with grants and resets. */
+  async currentCounters(now: number): Promise<SpendingCounter[]> {
+    const rows = await this.journal.summaryCounters(now);
+    return rows.map((r) => {
+      const userId = JSON.parse(r.user_id) as string;
+      const a = this.allowances.of(userId)?.get(counterKey(r.period_key, r.scope, r.metric));
+      return {
+        userId,
+        scope: r.scope,
+        metric: r.metric as LimitMetric,
+        periodKey: r.period_key,
+        periodEnd: Number(r.period_end),
+        used: Number(r.used) - (a?.forgiven ?? 0),
+        granted: a?.granted ?? 0,
+      };
+    });
+  }
+
+  topSpenders(query: {
+    by: 'calls' | 'tokens' | 'cost';
+    periodKeys: readonly string[];
+    limit: number;
+  }): Promise<SpendingTotal[]> {
+    return this.journal.summaryTop(query.by, query.periodKeys, query.limit);
+  }
+
+  /**
+   * Read from the user's file once the rows journaled for them have reached it (a few milliseconds of
+   * commits for this user only); a user with no file has no activity.
+   */
+  async userActivity(userId: string, query: { periodKey: string; recent: number }): Promise<UserActivity> {
+    await this.journal.drain();
+    const open = this.cache.get(userId);
+    if (open) await open.applyPending();
+    else if (this.parked?.get(userId)?.parkedRows) await this.parked.applyPending();
+    if (!existsSync(this.factory.filePath(userId))) return { days: [], recent: [], alerts: [] };
+    return this.cache.withSlot(async () => {
+      const c = await this.factory.openFile(userId);
+      try {
+        const [days, recent, alerts] = [
+          await c.all(ACTIVITY_DAYS_SQL, [userId, query.periodKey]),
+          await c.all(ACTIVITY_RECENT_SQL, [userId, query.recent]),
+          await c.all(ACTIVITY_ALERTS_SQL, [userId, query.recent]),
+        ];
+        return activityOf(days as never, recent as never, alerts as never);
+      } finally {
+        await c.close();
+      }
+    });
   }
 
   /**

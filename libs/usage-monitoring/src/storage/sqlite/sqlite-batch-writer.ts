@@ -44,7 +44,7 @@ interface ChunkResult {
   error: Error | null;
 }
 
-const EVENT_COLUMNS = [
+export const EVENT_COLUMNS = [
   'request_id',
   'user_id',
   'provider',

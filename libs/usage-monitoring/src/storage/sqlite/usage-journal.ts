@@ -3,6 +3,16 @@ import type { OutboxRow } from '../../alerts/alert-outbox';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 import { synchronousPragma } from './user-data-source.factory';
 import {
+  buildSummary,
+  prepareSummary,
+  pruneSummary,
+  summarizeIntents,
+  summaryCounters,
+  summaryTop,
+  type SummaryCounterRow,
+} from './spending-summary';
+import type { SpendingTotal } from '../usage-store.interface';
+import {
   kindOf,
   MAX_ROWS_PER_STATEMENT,
   RETRY_MAX_MS,
@@ -27,7 +37,7 @@ export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' |
 const FORMAT = 2;
 
 /** A write's journal entry (JSON text), the row values in the same text its user's database will insert. */
-function entryJson(userId: string, w: JournaledWrite): string {
+export function entryJson(userId: string, w: JournaledWrite): string {
   return `[${JSON.stringify(userId)},${FORMAT},${kindOf(w) === 'event'},${rowJson(w)},${
     w.deltas?.length ? JSON.stringify(w.deltas) : 'null'
   },${w.alerts?.length ? JSON.stringify(w.alerts) : 'null'}]`;
@@ -182,6 +192,8 @@ export class UsageJournal {
       driver: SqliteDriver;
       /** Alert webhook URLs: each alert a journaled settlement carries gets an outbox row per URL. */
       outboxTargets?: readonly string[];
+      /** Keeps the spending summary (`spending-summary.ts`) of what the journal receives. */
+      summary?: boolean;
     },
     file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
@@ -195,6 +207,7 @@ export class UsageJournal {
     const journal = new UsageJournal(connection);
     try {
       if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
+      if (options.summary) journal.summaryBuilt = await prepareSummary(connection);
       const rows = await connection.all<{ seq: number; entry: string }>(
         'SELECT seq, entry FROM usage_journal ORDER BY seq',
       );
@@ -247,6 +260,46 @@ export class UsageJournal {
       'UPDATE usage_alert_outbox SET attempts = ?, next_at = ?, parked = ?, last_error = ? WHERE id = ?',
       [attempts, nextAt, parked ? 1 : 0, error.slice(0, 200), id],
     );
+  }
+
+  /**
+   * With `summary`: whether the summary holds the data directory's usage from before it existed (false for
+   * a data directory of an earlier version until `buildSummary`).
+   */
+  summaryBuilt = false;
+
+  /** Every user's summary counters of periods not ended at `now`. */
+  summaryCounters(now: number): Promise<SummaryCounterRow[]> {
+    return summaryCounters(this.statements, now);
+  }
+
+  /** The top users of the given billing months (see `UsageStore.topSpenders`). */
+  summaryTop(
+    by: 'calls' | 'tokens' | 'cost',
+    periodKeys: readonly string[],
+    limit: number,
+  ): Promise<SpendingTotal[]> {
+    return summaryTop(this.statements, by, periodKeys, limit);
+  }
+
+  /** Drops summary rows of ended periods. */
+  pruneSummary(now: number): Promise<void> {
+    return pruneSummary(this.statements, now);
+  }
+
+  /** Adds requests charged from the intent log to the summary, once each (see `spending-summary.ts`). */
+  summarizeIntents(entries: { requestId: string; entry: string }[]): Promise<void> {
+    return summarizeIntents(this.statements, entries);
+  }
+
+  /** Summarises the users' files of `dataDir` (see `buildSummary`); resolves with how many were read. */
+  async buildSummary(
+    dataDir: string,
+    options: { driver: SqliteDriver; busyTimeoutMs: number; now: number },
+  ): Promise<number> {
+    const n = await buildSummary(this.statements, dataDir, options);
+    this.summaryBuilt = true;
+    return n;
   }
 
   /** Users with rows left in the journal that their database has not confirmed. */

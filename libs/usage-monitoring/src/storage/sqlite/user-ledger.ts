@@ -14,10 +14,11 @@ import type {
   SettleResult,
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
-import { type CounterDelta, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type CounterDelta, rowJson, SqliteBatchWriter } from './sqlite-batch-writer';
 import { type Allowance, type AllowanceBook, counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
 import {
+  entryJson,
   type JournaledWrite,
   type JournalRow,
   journalRowOf,
@@ -116,9 +117,12 @@ export class UserLedger {
       // Requests admitted before a crash that never settled: charged at their estimate, after the journal's
       // settlements (a request that did settle keeps its own row; the intent's is then skipped whole).
       const left = intents.takeLeftovers(userId);
-      for (const row of left) writer.enqueue(pendingOf({ ...row, retried: true }, intents));
+      // Forgotten only once the spending summary has them too (below).
+      for (const row of left)
+        writer.enqueue({ ...pendingOf({ ...row, retried: true }, intents), committed: undefined });
       if (left.length && !(await writer.drain())) {
-        intents.putBack(userId, writer.takeQueued().map(journalRowOf));
+        intents.putBack(userId, left);
+        writer.takeQueued();
         throw new UsageStoreError(
           'operational_error',
           'cannot charge interrupted requests to the user database',
@@ -126,6 +130,15 @@ export class UserLedger {
             cause: writer.failure,
           },
         );
+      }
+      if (left.length) {
+        await summarizeCharged(userId, left, connection, journal).catch((e: unknown) => {
+          intents.putBack(userId, left);
+          throw new UsageStoreError('operational_error', 'cannot add interrupted requests to the summary', {
+            cause: e,
+          });
+        });
+        for (const row of left) intents.forget(row.seq);
       }
     }
     const rows: { period_key: string; scope: string; metric: string; used: number; period_end: number }[] =
@@ -406,4 +419,30 @@ export class UserLedger {
   private notifyIfIdle(): void {
     if (this.isIdle()) this.onIdle(this);
   }
+}
+
+/**
+ * Adds the intents this database charged (its rows flagged `interrupted` for their request ids; a request
+ * that settled before the crash kept its own row, already summarised from the journal) to the spending
+ * summary, once each. Run before the intents are forgotten: a crash in between repeats it harmlessly.
+ */
+async function summarizeCharged(
+  userId: string,
+  rows: JournalRow[],
+  connection: SqliteConnection,
+  journal: UsageJournal,
+): Promise<void> {
+  const byId = new Map<string, JournalRow>();
+  for (const r of rows) byId.set((JSON.parse(rowJson(r.write)) as unknown[])[0] as string, r);
+  const charged = await connection.all<{ request_id: string }>(
+    `SELECT request_id FROM usage_events
+     WHERE outcome = 'interrupted' AND request_id IN (SELECT value FROM json_each(?))`,
+    [JSON.stringify([...byId.keys()])],
+  );
+  await journal.summarizeIntents(
+    charged.map((c) => ({
+      requestId: c.request_id,
+      entry: entryJson(userId, byId.get(c.request_id)!.write),
+    })),
+  );
 }

@@ -1,0 +1,210 @@
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { SpendingTotal } from '../usage-store.interface';
+import { EVENT_COLUMNS } from './sqlite-batch-writer';
+import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
+
+/**
+ * Who is spending, for the admin API's `list` and `top`, without opening every user's file: a summary
+ * index in the journal's database. Users are keyed by the JSON text of their id (`"alice"`), which
+ * carries any character, NUL included.
+ *
+ * - `usage_summary_counters`: every user's counters of periods not yet ended (settled usage).
+ * - `usage_summary_totals`: every user's ledger rows, tokens and cost per billing month.
+ *
+ * It is written by a trigger on the journal's insert, in the statement (so the transaction) that makes a
+ * settlement durable: whatever the journal holds, or has handed on to a user's file, is in the summary,
+ * and nothing else; a crash cannot split them. Requests a crash interrupted (durable intent) are charged
+ * to their users' files at start-up without the journal; they reach the summary through
+ * `usage_summary_intents`, once per request id, before their intent is forgotten. A data directory of an
+ * earlier version (no summary yet) is summarised from its users' files once, at start-up.
+ */
+const col = (name: string): number => EVENT_COLUMNS.indexOf(name);
+
+/** The upserts of one journal entry (`entry`: an SQL expression of its text) into the summary. */
+function upsertsOf(entry: string): string {
+  const row = (c: string) => `${entry} ->> '$[3][${col(c)}]'`;
+  return `
+  INSERT INTO usage_summary_totals (user_id, period_key, calls, tokens, cost_micros)
+  VALUES (${entry} -> 0, ${row('period_key')}, 1, ${row('input_tokens')} + ${row('output_tokens')}, ${row('cost_micros')})
+  ON CONFLICT DO UPDATE SET calls = calls + 1, tokens = tokens + excluded.tokens,
+    cost_micros = cost_micros + excluded.cost_micros;
+  INSERT INTO usage_summary_counters (user_id, period_key, scope, metric, period_end, used)
+  SELECT ${entry} -> 0, d.value ->> 'periodKey', d.value ->> 'scope', d.value ->> 'metric',
+    d.value ->> 'periodEnd', d.value ->> 'amount'
+  FROM json_each(${entry}, '$[4]') AS d WHERE d.type = 'object'
+  ON CONFLICT DO UPDATE SET used = used + excluded.used;`;
+}
+
+const SCHEMA = [
+  `CREATE TABLE IF NOT EXISTS usage_summary_counters (
+    user_id TEXT NOT NULL, period_key TEXT NOT NULL, scope TEXT NOT NULL, metric TEXT NOT NULL,
+    period_end INTEGER NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (user_id, period_key, scope, metric)) WITHOUT ROWID`,
+  'CREATE INDEX IF NOT EXISTS usage_summary_counters_end ON usage_summary_counters (period_end)',
+  `CREATE TABLE IF NOT EXISTS usage_summary_totals (
+    period_key TEXT NOT NULL, user_id TEXT NOT NULL,
+    calls INTEGER NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    PRIMARY KEY (period_key, user_id)) WITHOUT ROWID`,
+  'CREATE TABLE IF NOT EXISTS usage_summary_intents (request_id TEXT PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID',
+  'CREATE TABLE IF NOT EXISTS usage_summary_state (id INTEGER PRIMARY KEY CHECK (id = 1), built_at INTEGER NOT NULL)',
+  // A settlement's ledger row (`$[2]` true: not a bare request row) with its counter deltas.
+  `CREATE TRIGGER IF NOT EXISTS usage_summary_fill AFTER INSERT ON usage_journal
+  WHEN NEW.entry ->> 2 = 1
+  BEGIN ${upsertsOf('NEW.entry')}
+  END`,
+  `CREATE TRIGGER IF NOT EXISTS usage_summary_fill_intent AFTER INSERT ON usage_summary_intents
+  BEGIN ${upsertsOf('NEW.entry')}
+  END`,
+];
+
+/** Creates the summary (in the journal's database); resolves whether it has been built (see `build`). */
+export async function prepareSummary(c: SqliteConnection): Promise<boolean> {
+  for (const stmt of SCHEMA) await c.run(stmt, []);
+  const rows = await c.all<{ n: number }>('SELECT COUNT(*) AS n FROM usage_summary_state');
+  return rows[0].n > 0;
+}
+
+/**
+ * Adds requests a crash interrupted, charged to their users' files at their estimate, once each: an id
+ * already added is skipped whole. `entries`: the journal entry text of each.
+ */
+export async function summarizeIntents(
+  c: SqliteConnection,
+  entries: { requestId: string; entry: string }[],
+): Promise<void> {
+  if (entries.length === 0) return;
+  await c.run(
+    `INSERT OR IGNORE INTO usage_summary_intents (request_id, entry)
+     SELECT value ->> 0, value ->> 1 FROM json_each(?)`,
+    [JSON.stringify(entries.map((e) => [e.requestId, e.entry]))],
+  );
+}
+
+/** A summary counter row as read (the user id is JSON text). */
+export interface SummaryCounterRow {
+  user_id: string;
+  period_key: string;
+  scope: string;
+  metric: string;
+  period_end: number;
+  used: number;
+}
+
+export function summaryCounters(c: SqliteConnection, now: number): Promise<SummaryCounterRow[]> {
+  return c.all<SummaryCounterRow>(
+    `SELECT user_id, period_key, scope, metric, period_end, used FROM usage_summary_counters
+     WHERE period_end > ?`,
+    [now],
+  );
+}
+
+const ORDER = { calls: 'calls', tokens: 'tokens', cost: 'cost_micros' } as const;
+
+export async function summaryTop(
+  c: SqliteConnection,
+  by: keyof typeof ORDER,
+  periodKeys: readonly string[],
+  limit: number,
+): Promise<SpendingTotal[]> {
+  const rows = await c.all<{
+    user_id: string;
+    calls: number;
+    tokens: number;
+    cost_micros: number;
+    period_key: string;
+  }>(
+    `SELECT user_id, sum(calls) AS calls, sum(tokens) AS tokens, sum(cost_micros) AS cost_micros,
+       max(period_key) AS period_key
+     FROM usage_summary_totals WHERE period_key IN (SELECT value FROM json_each(?))
+     GROUP BY user_id ORDER BY ${ORDER[by]} DESC, user_id ->> '$' LIMIT ?`,
+    [JSON.stringify(periodKeys), limit],
+  );
+  return rows.map((r) => ({
+    userId: JSON.parse(r.user_id) as string,
+    calls: Number(r.calls),
+    tokens: Number(r.tokens),
+    costMicros: Number(r.cost_micros),
+    periodKey: r.period_key,
+  }));
+}
+
+/** Drops counters of periods that ended before `now`, and totals of billing months that started over 400 days before. */
+export async function pruneSummary(c: SqliteConnection, now: number): Promise<void> {
+  await c.run('DELETE FROM usage_summary_counters WHERE period_end <= ?', [now]);
+  await c.run('DELETE FROM usage_summary_totals WHERE period_key < ?', [monthKeyFloor(now)]);
+}
+
+/** The month key of 400 days before `now`: totals of months that started earlier are dropped. */
+function monthKeyFloor(now: number): string {
+  return `month:${new Date(now - 400 * 86_400_000).toISOString().slice(0, 10)}`;
+}
+
+/** A user's database file name (`userFileName`): the data directory's other files start with a dot. */
+const USER_FILE = /^(?:[a-z0-9-]+--)?[0-9a-f]{64}\.sqlite$/;
+
+/**
+ * Summarises a data directory from its users' files (an earlier version's, which had no summary), in one
+ * transaction that also marks the summary built. Every user's rows must be in their file (the journal
+ * drained and applied). Resolves with how many files were read.
+ */
+export async function buildSummary(
+  c: SqliteConnection,
+  dataDir: string,
+  options: { driver: SqliteDriver; busyTimeoutMs: number; now: number },
+): Promise<number> {
+  const files = (await readdir(dataDir)).filter((f) => USER_FILE.test(f));
+  const counters: unknown[][] = [];
+  const totals: unknown[][] = [];
+  for (const f of files) {
+    const file = await openConnection(options.driver, join(dataDir, f), {
+      mustExist: true,
+      busyTimeoutMs: options.busyTimeoutMs,
+      pragmas: '',
+    });
+    try {
+      for (const r of await file.all<SummaryCounterRow>(
+        `SELECT user_id, period_key, scope, metric, period_end, used FROM usage_counters
+         WHERE period_end > ? AND used <> 0`,
+        [options.now],
+      ))
+        counters.push([JSON.stringify(r.user_id), r.period_key, r.scope, r.metric, r.period_end, r.used]);
+      for (const r of await file.all<{
+        user_id: string;
+        period_key: string;
+        calls: number;
+        tokens: number;
+        cost_micros: number;
+      }>(
+        `SELECT user_id, period_key, COUNT(*) AS calls, sum(input_tokens + output_tokens) AS tokens,
+           sum(cost_micros) AS cost_micros
+         FROM usage_events WHERE period_key >= ? GROUP BY user_id, period_key`,
+        [monthKeyFloor(options.now)],
+      ))
+        totals.push([JSON.stringify(r.user_id), r.period_key, r.calls, r.tokens, r.cost_micros]);
+    } finally {
+      await file.close();
+    }
+  }
+  await c.run('BEGIN IMMEDIATE', []);
+  try {
+    await c.run('DELETE FROM usage_summary_counters', []);
+    await c.run('DELETE FROM usage_summary_totals', []);
+    await c.run(
+      `INSERT INTO usage_summary_counters (user_id, period_key, scope, metric, period_end, used)
+       SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)`,
+      [JSON.stringify(counters)],
+    );
+    await c.run(
+      `INSERT INTO usage_summary_totals (user_id, period_key, calls, tokens, cost_micros)
+       SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)`,
+      [JSON.stringify(totals)],
+    );
+    await c.run('INSERT INTO usage_summary_state (id, built_at) VALUES (1, ?)', [options.now]);
+    await c.run('COMMIT', []);
+  } catch (e) {
+    await c.run('ROLLBACK', []).catch(() => undefined);
+    throw e;
+  }
+  return files.length;
+}
