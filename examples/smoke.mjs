@@ -8,7 +8,7 @@
 // POST /v1/chat/completions (whose handler calls the official `openai` SDK) for a user whose plan allows
 // 5 calls a month, and checks: 5 × 200, then the documented 429 body and headers without a sixth
 // upstream call; a grant of 2 more calls through the admin API (403 for a non-admin), then who is spending
-// (top by calls, users at 100 %); the same plan through
+// (top by calls, users at 100 %) and the dashboard (the user's page, the operator's); the same plan through
 // POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
 // the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
 // after a graceful stop, one ledger row per call with the upstream's token counts. `missing-driver` checks that start-up fails, naming the package to install.
@@ -164,6 +164,19 @@ async function run(adapter, storage) {
       ].sort((a, b) => (a[0] < b[0] ? -1 : 1)),
     );
     assert.equal((await fetch(`${app.url}/usage/admin/top`, { headers: { authorization: `Bearer ${user}` } })).status, 403);
+
+    // The dashboard: the user's own page (HTML under a CSP, their 7 of 7), nothing for an anonymous
+    // visitor, and the operator's page for the admin, with the user among the top spenders.
+    const mine = await fetch(`${app.url}/usage/dashboard`, { headers: { authorization: `Bearer ${user}` } });
+    assert.equal(mine.status, 200);
+    assert.equal(mine.headers.get('content-type'), 'text/html; charset=utf-8');
+    assert.match(mine.headers.get('content-security-policy'), /^default-src 'none'; style-src 'nonce-/);
+    const minePage = await mine.text();
+    assert.ok(minePage.includes(`Signed in as ${user}`) && minePage.includes('7 of 7 used (100 %)'), minePage);
+    assert.equal((await fetch(`${app.url}/usage/dashboard`)).status, 403);
+    const operator = await fetch(`${app.url}/usage/dashboard/admin`, { headers: asAdmin });
+    assert.equal(operator.status, 200);
+    assert.ok((await operator.text()).includes(`<a href="admin/users/${encodeURIComponent(user)}">${user}</a>`));
 
     const health = await fetch(`${app.url}/health/usage`);
     assert.equal(health.status, 200);

@@ -7,6 +7,7 @@ import { ArticlesService } from './articles/articles.service';
 import { AdminKeyGuard } from './auth/admin-key.guard';
 import { ApiKeyGuard, DEMO_KEYS } from './auth/api-key.guard';
 import { DemoAuthModule } from './auth/demo-auth.module';
+import { SignedInGuard } from './auth/signed-in.guard';
 import type { DemoKey } from './auth/demo-keys';
 import { HelloController } from './hello.controller';
 import { DEMO_PLANS } from './plans';
@@ -26,6 +27,8 @@ import { UsageController } from './usage.controller';
       imports: [DemoAuthModule, DemoMetricsModule],
       // The admin API (grants, resets, limit overrides) at /usage/admin, behind the demo's admin key.
       adminController: { guards: [AdminKeyGuard] },
+      // The dashboard: each user's own page at /usage/dashboard, the operator's at /usage/dashboard/admin.
+      dashboard: { guards: [SignedInGuard] },
       inject: [DEMO_KEYS, DEMO_METER_PROVIDER],
       useFactory: (keys: Map<string, DemoKey>, meterProvider: MeterProvider) => {
         const planOf = new Map([...keys.values()].map((k) => [k.user, k.plan]));

@@ -23,6 +23,10 @@ async function bootstrap(): Promise<void> {
   }
   if (!process.env.DEMO_ADMIN_KEY)
     logger.log(`demo admin key ${app.get<string>(DEMO_ADMIN_KEY)} → /usage/admin (header x-admin-key)`);
+  logger.log(
+    `dashboard: http://localhost:${port}/usage/dashboard (your usage: header Authorization: Bearer <demo key>), ` +
+      `http://localhost:${port}/usage/dashboard/admin (operator: header x-admin-key)`,
+  );
 }
 
 void bootstrap();

@@ -46,6 +46,8 @@ export interface TestAppOptions {
   healthController?: boolean;
   /** The admin API's extra (`adminController`). */
   adminController?: UsageMonitoringModuleExtras['adminController'];
+  /** The dashboard's extra (`dashboard`). */
+  dashboard?: UsageMonitoringModuleExtras['dashboard'];
   /** Extra controllers. */
   controllers?: Type[];
   /** Extra modules of the app module (GraphQL, …). */
@@ -143,7 +145,11 @@ export async function createTestApp(opts: TestAppOptions = {}): Promise<TestApp>
     ...opts.usage,
     storage,
   };
-  const extras = { healthController: opts.healthController, adminController: opts.adminController };
+  const extras = {
+    healthController: opts.healthController,
+    adminController: opts.adminController,
+    dashboard: opts.dashboard,
+  };
 
   @Injectable()
   class OptionsFactory {

@@ -1,7 +1,7 @@
 import { Module } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { UsageMonitoringModule, type StorageOptions } from 'nestjs-usage-monitoring';
-import { AdminGuard, AuthGuard } from './auth.guard.js';
+import { AdminGuard, AuthGuard, SignedInGuard } from './auth.guard.js';
 import { ChatController } from './chat.controller.js';
 import { SummaryController } from './summary.controller.js';
 import { SummaryService } from './summary.service.js';
@@ -18,6 +18,8 @@ const storage: StorageOptions = process.env.USAGE_DATABASE_URL
       storage,
       // Grants, resets, limit overrides and who is spending at /usage/admin, for the app's admin only.
       adminController: { guards: [AdminGuard] },
+      // The usage dashboard: /usage/dashboard for each signed-in user, /usage/dashboard/admin for the admin.
+      dashboard: { guards: [SignedInGuard] },
     }),
   ],
   controllers: [ChatController, SummaryController],

@@ -23,3 +23,11 @@ export class AdminGuard implements CanActivate {
     return request.user?.id === 'admin@example.com';
   }
 }
+
+/** The dashboard's user view (`dashboard` below): only a signed-in user, who sees their own usage. */
+@Injectable()
+export class SignedInGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    return context.switchToHttp().getRequest<{ user?: { id?: string } }>().user?.id !== undefined;
+  }
+}

@@ -6,7 +6,7 @@ export const { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN, OPTIONS_TYPE, ASYN
     .setClassMethodName('forRoot')
     .setFactoryMethodName('createUsageMonitoringOptions')
     .setExtras<UsageMonitoringModuleExtras>(
-      { isGlobal: true, healthController: true, adminController: undefined },
+      { isGlobal: true, healthController: true, adminController: undefined, dashboard: undefined },
       (definition, extras) => ({
         ...definition,
         global: extras.isGlobal,

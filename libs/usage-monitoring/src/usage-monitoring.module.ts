@@ -13,7 +13,9 @@ import { APP_FILTER, DiscoveryModule, DiscoveryService, MetadataScanner, Reflect
 import { TerminusModule } from '@nestjs/terminus';
 import { Metered } from './decorators/metered.decorator';
 import { adminControllerFor } from './admin/usage-admin.controller';
-import { DecisionWindow } from './dashboard/decision-window';
+import { DECISION_WINDOW_ON, DecisionWindow } from './dashboard/decision-window';
+import { dashboardControllersFor } from './dashboard/usage-dashboard.controller';
+import { UsageDashboardService } from './dashboard/usage-dashboard.service';
 import { LimitOverrides } from './admin/limit-overrides';
 import { UsageAdminService } from './admin/usage-admin.service';
 import { startupSummary } from './startup-summary';
@@ -247,5 +249,28 @@ function withControllers(definition: DynamicModule, extras: UsageMonitoringModul
       );
     controllers.push(adminControllerFor(path, admin.guards));
   }
-  return { ...definition, controllers };
+  const dashboard = extras.dashboard;
+  if (dashboard === undefined) return { ...definition, controllers };
+  const guards = dashboard?.guards ?? [];
+  if (!Array.isArray(guards) || guards.some((g) => !g))
+    throw new Error('UsageMonitoringModule: dashboard.guards must be a list of guards');
+  if (guards.length === 0 && dashboard.public !== true)
+    throw new Error(
+      "UsageMonitoringModule: dashboard.guards must list your guard that authenticates users (the dashboard shows the signed-in user's usage), or set dashboard.public: true when a global guard already does",
+    );
+  const path = dashboard.path ?? 'usage/dashboard';
+  if (typeof path !== 'string' || path.replace(/\//g, '') === '')
+    throw new Error(
+      "UsageMonitoringModule: dashboard.path must be a non-empty route path, e.g. 'usage/dashboard'",
+    );
+  controllers.push(...dashboardControllersFor(path, guards, admin?.guards));
+  return {
+    ...definition,
+    controllers,
+    providers: [
+      ...(definition.providers ?? []),
+      { provide: DECISION_WINDOW_ON, useValue: true },
+      UsageDashboardService,
+    ],
+  };
 }

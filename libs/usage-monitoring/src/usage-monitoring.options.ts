@@ -304,6 +304,22 @@ export interface UsageMonitoringModuleExtras {
     /** @default 'usage/admin' */
     path?: string;
   };
+  /**
+   * Mount the usage dashboard: server-rendered HTML, no script, under a strict Content-Security-Policy.
+   * `GET <path>` shows the signed-in user (the `userId` option's principal) their own limits, cost per day,
+   * latest requests and alerts, behind `guards` (the host's; start-up fails without one unless `public:
+   * true`). With `adminController` set, `GET <path>/admin` is the operator's view (enforcement health, the
+   * last hour's decisions, top spenders, users over 80 %) and `GET <path>/admin/users/:userId` any user's
+   * view, behind the admin guards. Off by default.
+   */
+  dashboard?: {
+    /** The host's guards for the user's view (e.g. its authentication guard). */
+    guards?: (Type<CanActivate> | CanActivate)[];
+    /** No guard of the dashboard's own: only when a global guard already authenticates every request. */
+    public?: boolean;
+    /** @default 'usage/dashboard' */
+    path?: string;
+  };
 }
 
 export type { Limit, Plan, PlanAssignment };

@@ -98,6 +98,7 @@ export function page(options: {
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         <meta name="referrer" content="no-referrer" />
+        <link rel="icon" href="data:," />
         <title>${options.title}</title>
         <style nonce="${options.nonce}">
           ${new Html(CSS)}
@@ -150,7 +151,7 @@ export function barChart(options: {
   const height = 170;
   const top = 10;
   const bottom = 24;
-  const left = 8;
+  const left = 28;
   const plot = height - top - bottom;
   const max = Math.max(1e-12, ...bars.map((b, i) => b.value + (stacked?.values[i] ?? 0)));
   const step = bars.length ? (width - left * 2) / bars.length : 0;
