@@ -1,4 +1,3 @@
-import { Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
 import request from 'supertest';
 import { UsageAdminService, UsageMonitoringModule } from '@app/usage-monitoring';
 import { rmSync } from 'node:fs';
@@ -6,6 +5,7 @@ import { createTestApp, TEST_PLANS, tempDataDir, type TestApp } from './utils/cr
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 import { createSchema, describePostgres, describeStore, dropSchema, STORE } from './utils/test-store';
+import { AdminKeyGuard } from './utils/admin-key.guard';
 
 const NOV_15_NOON = Date.UTC(2026, 10, 15, 12, 0, 0);
 const DEC_1 = '2026-12-01T00:00:00.000Z';
@@ -13,15 +13,6 @@ const chat = { messages: [{ role: 'user', content: 'hello there' }], max_tokens:
 const OPENAI_CALLS = { scope: 'openai', metric: 'calls', period: 'month' } as const;
 const AI_TEXT_CALLS = { scope: 'ai_text', metric: 'calls', period: 'month' } as const;
 const note = { actor: 'ops@example.com', reason: 'support ticket 1234' };
-
-/** The host's admin guard: only requests with the admin key pass. */
-@Injectable()
-class AdminKeyGuard implements CanActivate {
-  canActivate(context: ExecutionContext): boolean {
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined> }>();
-    return req.headers['x-admin-key'] === 'let-me-in';
-  }
-}
 
 describeStore('admin API: grants, resets and limit overrides', () => {
   let t: TestApp;

@@ -10,6 +10,7 @@ import { postStatus } from './utils/post-status';
 import { bearer } from './utils/test-controllers';
 import { queryUserDb } from './utils/user-db';
 import { describeStore, SQLITE_DRIVER, STORE } from './utils/test-store';
+import { ADMIN_KEY, AdminKeyGuard } from './utils/admin-key.guard';
 
 /**
  * The usage dashboard in a real browser: Debian's Chromium driven by playwright-core, headless, against
@@ -30,7 +31,6 @@ const WRITES_SCREENSHOTS = STORE === 'sqlite' && SQLITE_DRIVER === 'sqlite3';
 const ALICE = 'alice@example.com'; // the free plan: 5 AI text calls a month
 const BOB = 'plan=hundred;bob';
 const EVIL = '<script>alert("pwned")</script>';
-const ADMIN_KEY = { 'x-admin-key': 'let-me-in' };
 
 /** The dashboard's guard here: a signed-in user (the test's global auth guard sets `request.user`). */
 @Injectable()
@@ -38,15 +38,6 @@ class SignedInGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     if (!context.switchToHttp().getRequest<{ user?: unknown }>().user) throw new UnauthorizedException();
     return true;
-  }
-}
-
-/** The admin guard: the admin key. */
-@Injectable()
-class AdminKeyGuard implements CanActivate {
-  canActivate(context: ExecutionContext): boolean {
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined> }>();
-    return req.headers['x-admin-key'] === 'let-me-in';
   }
 }
 

@@ -1,4 +1,3 @@
-import { Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
 import { Agent } from 'node:http';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +21,7 @@ import { postStatus } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
 import { queryUserDb } from './utils/user-db';
 import { describeSqlite, describeStore } from './utils/test-store';
+import { ADMIN_KEY as ADMIN, AdminKeyGuard } from './utils/admin-key.guard';
 
 /**
  * The admin API's `list` and `top` read a summary (the per-user store's index, the shared store's tables),
@@ -32,7 +32,6 @@ import { describeSqlite, describeStore } from './utils/test-store';
 const USERS = 2_000;
 const NOV_10 = Date.UTC(2026, 10, 10, 12);
 const DEC_5 = Date.UTC(2026, 11, 5, 12);
-const ADMIN = { 'x-admin-key': 'let-me-in' };
 
 interface LedgerRow {
   provider: string;
@@ -184,15 +183,6 @@ const assignment = (userId: string): PlanAssignment => {
   return anchorOf(i) === 20 ? { plan: 'anchored', billingAnchorDay: 20 } : 'small';
 };
 
-/** The admin controller's guard in this spec: the admin key. */
-@Injectable()
-class AdminGuard implements CanActivate {
-  canActivate(context: ExecutionContext): boolean {
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined> }>();
-    return req.headers['x-admin-key'] === 'let-me-in';
-  }
-}
-
 describeStore('admin API: who is spending (list and top) over 2,000 users', () => {
   let t: TestApp;
   let admin: UsageAdminService;
@@ -207,7 +197,7 @@ describeStore('admin API: who is spending (list and top) over 2,000 users', () =
         clock: () => now,
         enforcementTimeoutMs: 10_000,
       },
-      adminController: { guards: [AdminGuard] },
+      adminController: { guards: [AdminKeyGuard] },
     });
     admin = t.app.get(UsageAdminService);
     const agent = new Agent({ keepAlive: true, maxSockets: 32 });

@@ -234,6 +234,16 @@ export class UsageMonitoringModule
   }
 }
 
+/** An extra's `path`, or its default; refused when it is not a non-empty route path. */
+function routePath(path: unknown, extra: string, fallback: string): string {
+  const p = path ?? fallback;
+  if (typeof p !== 'string' || p.replace(/\//g, '') === '')
+    throw new Error(
+      `UsageMonitoringModule: ${extra}.path must be a non-empty route path, e.g. '${fallback}'`,
+    );
+  return p;
+}
+
 function withControllers(definition: DynamicModule, extras: UsageMonitoringModuleExtras): DynamicModule {
   const controllers: Type[] = extras.healthController === false ? [] : [UsageHealthController];
   const admin = extras.adminController;
@@ -242,12 +252,9 @@ function withControllers(definition: DynamicModule, extras: UsageMonitoringModul
       throw new Error(
         'UsageMonitoringModule: adminController.guards must list at least one guard of yours that lets only admins through (the admin API changes what users may spend)',
       );
-    const path = admin.path ?? 'usage/admin';
-    if (typeof path !== 'string' || path.replace(/\//g, '') === '')
-      throw new Error(
-        "UsageMonitoringModule: adminController.path must be a non-empty route path, e.g. 'usage/admin'",
-      );
-    controllers.push(adminControllerFor(path, admin.guards));
+    controllers.push(
+      adminControllerFor(routePath(admin.path, 'adminController', 'usage/admin'), admin.guards),
+    );
   }
   const dashboard = extras.dashboard;
   if (dashboard === undefined) return { ...definition, controllers };
@@ -258,11 +265,7 @@ function withControllers(definition: DynamicModule, extras: UsageMonitoringModul
     throw new Error(
       "UsageMonitoringModule: dashboard.guards must list your guard that authenticates users (the dashboard shows the signed-in user's usage), or set dashboard.public: true when a global guard already does",
     );
-  const path = dashboard.path ?? 'usage/dashboard';
-  if (typeof path !== 'string' || path.replace(/\//g, '') === '')
-    throw new Error(
-      "UsageMonitoringModule: dashboard.path must be a non-empty route path, e.g. 'usage/dashboard'",
-    );
+  const path = routePath(dashboard.path, 'dashboard', 'usage/dashboard');
   controllers.push(...dashboardControllersFor(path, guards, admin?.guards));
   return {
     ...definition,
