@@ -61,7 +61,7 @@ function userSections(d: UserViewData, f: DashboardFormat): Html {
   const { report, activity, month } = d;
   // Every day of the billing month so far, the days without requests at 0.
   const first = Math.floor(month.start / 86_400_000);
-  const last = Math.floor((Math.min(d.now, month.end - 1) - 0) / 86_400_000);
+  const last = Math.floor(Math.min(d.now, month.end - 1) / 86_400_000);
   const byDay = new Map(activity.days.map((x) => [x.day, x]));
   const bars = [];
   for (let day = first; day <= last; day++) {
@@ -88,9 +88,7 @@ function userSections(d: UserViewData, f: DashboardFormat): Html {
       })}
     </section>
     <section aria-labelledby="recent-h">
-      <h2 id="recent-h">
-        Last ${activity.recent.length === 20 ? 20 : activity.recent.length} metered requests
-      </h2>
+      <h2 id="recent-h">Last ${activity.recent.length} metered requests</h2>
       ${table({
         id: 'recent-requests',
         caption: 'Latest metered requests, newest first',

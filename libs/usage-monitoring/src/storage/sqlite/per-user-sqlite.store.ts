@@ -379,11 +379,11 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   /**
-   * Read from the user's file once the rows journaled for them have reached it (a few milliseconds of
-   * commits for this user only); a user with no file has no activity.
+   * Read from the user's file once the rows journaled for them have reached it (the journal's commit of
+   * what was queued at the call, then this user's rows applied); a user with no file has no activity.
    */
   async userActivity(userId: string, query: { periodKey: string; recent: number }): Promise<UserActivity> {
-    await this.journal.drain();
+    await this.journal.caughtUp();
     const open = this.cache.get(userId);
     if (open) await open.applyPending();
     else if (this.parked?.get(userId)?.parkedRows) await this.parked.applyPending();

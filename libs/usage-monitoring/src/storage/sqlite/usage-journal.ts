@@ -177,6 +177,9 @@ export class UsageJournal {
   private readonly left = new Map<string, JournalRow[]>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
+  /** Writes appended, and writes the journal holds, since it was opened (see `caughtUp`). */
+  private appended = 0;
+  private journaledCount = 0;
   /** When the commit now running started (`Date.now()`), 0 when none runs. */
   busySince = 0;
   /** Told of each commit that appended writes: how many, and how long it took (s). */
@@ -331,6 +334,7 @@ export class UsageJournal {
     done: (committed: boolean) => void,
     journaled: (seq: number) => void,
   ): void {
+    this.appended++;
     this.queue.push({ userId, write, json: entryJson(userId, write), done, journaled });
     this.schedule();
   }
@@ -339,6 +343,20 @@ export class UsageJournal {
   forget(seq: number): void {
     this.forgotten.push(seq);
     this.schedule();
+  }
+
+  /**
+   * Resolves true once the writes appended before the call are in the journal (not those appended since:
+   * under steady load the queue is never empty), false after `deadlineMs`.
+   */
+  async caughtUp(deadlineMs = 5_000): Promise<boolean> {
+    const target = this.appended;
+    const until = Date.now() + deadlineMs;
+    while (this.journaledCount < target) {
+      if (Date.now() > until) return false;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return true;
   }
 
   /** Resolves true once everything queued (appends and forgets) has committed, false after `deadlineMs`. */
@@ -387,6 +405,7 @@ export class UsageJournal {
               if (!e.failed) e.done(true);
               e.journaled(last - part.length + 1 + j);
             });
+            this.journaledCount += part.length;
             return null;
           },
           (error: Error) => {
