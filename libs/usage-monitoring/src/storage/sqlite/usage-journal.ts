@@ -157,6 +157,13 @@ interface Entry {
   failed?: boolean;
 }
 
+/**
+ * How often (ms) the journal's write-ahead log is checkpointed into its database, in the background, while
+ * commits arrive. SQLite's automatic checkpoint (every 1,000 pages) ran inside the commit that crossed the
+ * mark, with its two fsyncs, and every response waiting on that commit waited for them too.
+ */
+export const CHECKPOINT_INTERVAL_MS = 200;
+
 const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?) WHERE true';
 const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
 
@@ -184,8 +191,25 @@ export class UsageJournal {
   busySince = 0;
   /** Told of each commit that appended writes: how many, and how long it took (s). */
   onCommit: ((writes: number, seconds: number) => void) | undefined;
+  /** Commits since the last checkpoint began, and the checkpoint running now. */
+  private uncheckpointed = 0;
+  private idleTicks = 0;
+  private checkpointing: Promise<unknown> | undefined;
+  private checkpointTimer: NodeJS.Timeout | undefined;
 
-  private constructor(private readonly statements: SqliteConnection) {}
+  /**
+   * `statements` writes with SQLite's automatic checkpoint off; `checkpointer`, a second connection to the
+   * same file, copies the log into the database every `CHECKPOINT_INTERVAL_MS` (a passive checkpoint, which
+   * never blocks the writer), on a thread of its own with `sqlite3`. A crash loses nothing: the log is the
+   * durable copy until then, and SQLite recovers it at the next open.
+   */
+  private constructor(
+    private readonly statements: SqliteConnection,
+    private readonly checkpointer: SqliteConnection,
+  ) {
+    this.checkpointTimer = setInterval(() => this.checkpoint(), CHECKPOINT_INTERVAL_MS);
+    this.checkpointTimer.unref();
+  }
 
   static async open(
     dataDir: string,
@@ -200,14 +224,27 @@ export class UsageJournal {
     },
     file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
-    const connection = await openConnection(options.driver, join(dataDir, file), {
+    const path = join(dataDir, file);
+    const connection = await openConnection(options.driver, path, {
       mustExist: false,
       busyTimeoutMs: options.busyTimeoutMs,
       pragmas: `PRAGMA journal_mode = WAL;
         ${synchronousPragma(options.synchronous)};
+        PRAGMA wal_autocheckpoint = 0;
         CREATE TABLE IF NOT EXISTS usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL);`,
     });
-    const journal = new UsageJournal(connection);
+    let checkpointer: SqliteConnection;
+    try {
+      checkpointer = await openConnection(options.driver, path, {
+        mustExist: true,
+        busyTimeoutMs: options.busyTimeoutMs,
+        pragmas: synchronousPragma(options.synchronous),
+      });
+    } catch (e) {
+      await connection.close().catch(() => undefined);
+      throw e;
+    }
+    const journal = new UsageJournal(connection, checkpointer);
     try {
       if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
       if (options.summary) journal.summaryBuilt = await prepareSummary(connection);
@@ -378,7 +415,26 @@ export class UsageJournal {
 
   async close(): Promise<void> {
     clearTimeout(this.retryTimer);
+    clearInterval(this.checkpointTimer);
+    await this.checkpointing;
+    await this.checkpointer.close().catch(() => undefined);
+    // The last connection to close checkpoints what is left.
     await this.statements.close().catch(() => undefined);
+  }
+
+  /**
+   * A passive checkpoint when commits arrived since the last one (and every 25th tick whatever happened: the
+   * outbox's and the summary's own writes), unless one is running. A failure leaves the log as it is
+   * (nothing is lost; it grows until a later checkpoint succeeds).
+   */
+  private checkpoint(): void {
+    if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
+    this.uncheckpointed = 0;
+    this.idleTicks = 0;
+    this.checkpointing = this.checkpointer
+      .all('PRAGMA wal_checkpoint(PASSIVE)')
+      .catch(() => (this.uncheckpointed += 1))
+      .finally(() => (this.checkpointing = undefined));
   }
 
   private schedule(): void {
@@ -432,6 +488,7 @@ export class UsageJournal {
     }
     const errors = (await Promise.all(chunks)).filter((e) => e !== null);
     this.busySince = 0;
+    this.uncheckpointed++;
     if (errors.length) {
       this.failure = errors[0];
       this.running = false;
