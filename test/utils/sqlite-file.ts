@@ -22,12 +22,24 @@ export async function openSqliteFile(file: string, readonly = false): Promise<Sq
   return wrapConnection('sqlite3', db);
 }
 
-/** One read query on a file, opened read-only and closed again. */
+/**
+ * One read query on a file, opened read-only and closed again. A read-only connection cannot rebuild the
+ * shared-memory index of a file whose last writer is closing it at that moment (the server's LRU or its
+ * background applier), which SQLite reports as SQLITE_READONLY (or BUSY): it tries again, up to 2 s.
+ */
 export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]> {
-  const db = await openSqliteFile(file, true);
-  try {
-    return await db.all<T>(sql);
-  } finally {
-    await db.close();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const db = await openSqliteFile(file, true);
+      try {
+        return await db.all<T>(sql);
+      } finally {
+        await db.close();
+      }
+    } catch (e) {
+      const code = String((e as { code?: string }).code ?? '');
+      if (attempt >= 80 || !/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
   }
 }

@@ -45,9 +45,11 @@ export interface SqliteStorageOptions {
    * How settlements are written (one path, always on). Every user's settlements of a turn commit together
    * to one journal file inside `dataDir` (`.usage-journal.sqlite`) before their responses are released,
    * so a thousand users each sending a request cost one commit, not a thousand; each user's rows then move
-   * to the user's own file in one commit `applyDelayMs` later (at once when the user's database is closed
-   * or evicted, and at start-up for rows a crash left in the journal). Counters and enforcement are exact;
-   * a user's file lags the journal by up to `applyDelayMs`.
+   * to the user's own file in one commit `applyDelayMs` later, or 10 ms per open user whose rows are
+   * waiting when that is longer (1,000 users active at once: about 10 s; at most 60 s), so that many users
+   * cost about a hundred user-file commits a second (at once when the user's database is closed or evicted,
+   * and at start-up for rows a crash left in the journal). Counters and enforcement are exact; a user's file
+   * lags the journal by that delay.
    *
    * A user whose database the LRU closes stays in memory with its counters (up to `maxUsersInMemory`
    * users, least recently used dropped first, never one with rows still to apply): coming back costs no

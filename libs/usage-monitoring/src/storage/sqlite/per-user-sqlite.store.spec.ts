@@ -310,3 +310,66 @@ describe('PerUserSqliteStore start-up with rows a crash left in the journal', ()
     }
   });
 });
+
+describe('PerUserSqliteStore apply pacing', () => {
+  it('spaces the open users’ delayed commits: 10 ms more per user waiting, the base delay for the first ones', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-store-pacing-'));
+    const store = new PerUserSqliteStore({
+      dataDir: dir,
+      maxOpenDataSources: 128,
+      busyTimeoutMs: 1000,
+      synchronous: 'normal',
+      reservationTtlMs: 900_000,
+      journal: { applyDelayMs: 100, maxUsersInMemory: 0 },
+      clock: () => NOW,
+    });
+    await store.init();
+    const rows = async (userId: string) =>
+      Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
+    const waiting = () => (store as unknown as { pacer: { waitingUsers: number } }).pacer.waitingUsers;
+    try {
+      // 100 users, one request each, settled in one turn: user i's row waits max(100, 10 × (i + 1)) ms.
+      const users = Array.from({ length: 100 }, (_, i) => `pace-${i}`);
+      // Their files opened first (an admission opens a user's file), so that the settlements below are one turn.
+      for (const userId of users) {
+        const r = await store.reserve({
+          requestId: `${userId}-open`,
+          userId,
+          provider: 'openai',
+          now: NOW,
+          charges: [],
+        });
+        if (r.admitted) store.release(r.reservation);
+      }
+      await store.flush();
+      await Promise.all(
+        users.map(async (userId) => {
+          const r = await store.reserve({
+            requestId: `${userId}-r`,
+            userId,
+            provider: 'openai',
+            now: NOW,
+            charges: [charge('calls', 10, 1)],
+          });
+          if (!r.admitted) throw new Error('refused');
+          await store.settle(r.reservation, settlement(r.reservation, 3));
+        }),
+      );
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(waiting()).toBe(100);
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      // The first users' rows are in their files (100 ms), the last one's still waits (1 s).
+      expect(await rows('pace-0')).toBe(1);
+      expect(await rows('pace-99')).toBe(0);
+      expect(waiting()).toBeLessThan(100);
+      expect(waiting()).toBeGreaterThan(0);
+      // A flush applies them all at once and nobody is left waiting.
+      expect(await store.flush()).toBe(true);
+      expect(waiting()).toBe(0);
+      for (const userId of users) expect(await rows(userId)).toBe(1);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

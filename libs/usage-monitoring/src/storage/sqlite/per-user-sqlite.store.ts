@@ -31,7 +31,7 @@ import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
 import { INTENT_FILE, JOURNAL_FILE, UsageJournal } from './usage-journal';
-import type { CounterDelta } from './sqlite-batch-writer';
+import { ApplyPacer, type CounterDelta } from './sqlite-batch-writer';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
 import { ParkedLedgers } from './parked-ledgers';
@@ -94,6 +94,8 @@ export class PerUserSqliteStore implements UsageStore {
   private readonly allowances = new AllowanceBook();
   /** When the spending summary last dropped ended periods. */
   private prunedAt = 0;
+  /** Spaces the open users' delayed commits (`applyDelayMs` 0: each commit in the next turn, unpaced). */
+  private readonly pacer: number | ApplyPacer;
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -109,6 +111,8 @@ export class PerUserSqliteStore implements UsageStore {
       (ledger) => this.retire(ledger),
     );
     this.lock = new DataDirLock(this.dataDir);
+    const { applyDelayMs } = options.journal;
+    this.pacer = applyDelayMs > 0 ? new ApplyPacer(applyDelayMs) : 0;
   }
 
   /** The alert outbox (in the journal's database); after `init`. */
@@ -493,7 +497,7 @@ export class PerUserSqliteStore implements UsageStore {
         this.options.clock(),
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
-        { journal: this.journal, applyDelayMs: this.options.journal.applyDelayMs },
+        { journal: this.journal, applyDelay: this.pacer },
         this.allowances,
         this.intents,
       );

@@ -191,6 +191,42 @@ function summedDeltas(rows: PendingWrite[]): string | null {
 }
 
 /**
+ * Spaces the delayed commits of the open users' files. Each user's journaled rows wait `baseMs`, or
+ * `perUserMs` for every open user whose rows are waiting, whichever is longer (at most `maxMs`): one hot user
+ * is committed every `baseMs`, and a thousand users each with a request or two a second are committed about
+ * every 10 s with their rows together, instead of a thousand small commits a second (each one writes the
+ * same few pages of its file, whatever its number of rows).
+ */
+export class ApplyPacer {
+  private waiting = 0;
+
+  constructor(
+    readonly baseMs: number,
+    private readonly perUserMs = APPLY_MS_PER_WAITING_USER,
+    private readonly maxMs = 60_000,
+  ) {}
+
+  /** Users whose rows are waiting now. */
+  get waitingUsers(): number {
+    return this.waiting;
+  }
+
+  /** A user's rows start waiting: for how long (ms). */
+  start(): number {
+    this.waiting++;
+    return Math.min(this.maxMs, Math.max(this.baseMs, this.waiting * this.perUserMs));
+  }
+
+  /** They stopped waiting (their commit started, or the file closed). */
+  stop(): void {
+    this.waiting--;
+  }
+}
+
+/** See `ApplyPacer`: 10 ms per waiting user is about 100 user-file commits a second at most. */
+export const APPLY_MS_PER_WAITING_USER = 10;
+
+/**
  * Group commit for one SQLite database. Every settlement queued while a write is in flight goes into
  * the next one: one INSERT per chunk of up to 512 ledger rows, each statement atomic, in which the
  * `usage_events_apply` trigger also writes the request rows and adds the chunk's summed counter deltas
@@ -215,11 +251,32 @@ export class SqliteBatchWriter {
     private readonly userId: string,
     private readonly onDrained: () => void,
     /**
-     * How long the first queued write waits for others before a commit starts (0: the next turn). Only for
-     * writes already durable elsewhere (the journal): a delayed commit holds many rows.
+     * How long the first queued write waits for others before a commit starts (0: the next turn), or the
+     * pacer that says so. Only for writes already durable elsewhere (the journal): a delayed commit holds
+     * many rows.
      */
-    private readonly delayMs = 0,
+    private readonly delay: number | ApplyPacer = 0,
   ) {}
+
+  /** Starts the delay before the next commit. */
+  private wait(): void {
+    if (this.delayTimer) return;
+    const ms = typeof this.delay === 'number' ? this.delay : this.delay.start();
+    this.delayTimer = setTimeout(() => this.flushNow(), ms);
+    this.delayTimer.unref();
+  }
+
+  /** Ends the delay, if one runs (the pacer counts waiting users). */
+  private stopWaiting(): void {
+    if (!this.delayTimer) return;
+    clearTimeout(this.delayTimer);
+    this.delayTimer = undefined;
+    if (typeof this.delay !== 'number') this.delay.stop();
+  }
+
+  private get immediate(): boolean {
+    return this.delay === 0;
+  }
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
   get pending(): number {
@@ -229,12 +286,11 @@ export class SqliteBatchWriter {
   enqueue(write: PendingWrite): void {
     this.queue.push(write);
     if (this.running || this.retryTimer) return;
-    if (this.delayMs === 0) {
+    if (this.immediate) {
       this.running = true;
       setImmediate(() => void this.flush());
     } else if (!this.delayTimer) {
-      this.delayTimer = setTimeout(() => this.flushNow(), this.delayMs);
-      this.delayTimer.unref();
+      this.wait();
     } else if (this.queue.length >= MAX_ROWS_PER_STATEMENT) {
       this.flushNow();
     }
@@ -242,9 +298,9 @@ export class SqliteBatchWriter {
 
   /** Starts a commit now instead of when the delay or the retry backoff ends. */
   private flushNow(): void {
-    clearTimeout(this.delayTimer);
+    this.stopWaiting();
     clearTimeout(this.retryTimer);
-    this.delayTimer = this.retryTimer = undefined;
+    this.retryTimer = undefined;
     this.running = true;
     void this.flush();
   }
@@ -279,7 +335,7 @@ export class SqliteBatchWriter {
 
   async finalize(): Promise<void> {
     clearTimeout(this.retryTimer);
-    clearTimeout(this.delayTimer);
+    this.stopWaiting();
     await this.statements.finalizeStatements();
   }
 
@@ -337,14 +393,13 @@ export class SqliteBatchWriter {
     }
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
-    if (this.queue.length > 0 && this.delayMs === 0) {
+    if (this.queue.length > 0 && this.immediate) {
       setImmediate(() => void this.flush());
       return;
     }
     this.running = false;
     if (this.queue.length > 0) {
-      this.delayTimer = setTimeout(() => this.flushNow(), this.delayMs);
-      this.delayTimer.unref();
+      this.wait();
       this.wakeDrainers(); // a drain in progress commits these now
       return;
     }

@@ -14,7 +14,7 @@ import type {
   SettleResult,
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
-import { type CounterDelta, rowJson, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type ApplyPacer, type CounterDelta, rowJson, SqliteBatchWriter } from './sqlite-batch-writer';
 import { type Allowance, type AllowanceBook, counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
 import {
@@ -29,7 +29,7 @@ import {
 /** Cross-user batching: the store's journal, and how long a user's journaled rows wait to be applied. */
 export interface LedgerJournal {
   journal: UsageJournal;
-  applyDelayMs: number;
+  applyDelay: number | ApplyPacer;
 }
 
 interface Counter {
@@ -61,7 +61,7 @@ function exceeded(
  * One open user database. Its counters live here, in memory, as the single authority (one process owns
  * the dataDir), so a reservation is a synchronous check-and-add: atomic by construction, no database
  * round trip. Settlements are durable once the cross-user journal holds them; they reach this database
- * through its group-commit writer `applyDelayMs` later.
+ * through its group-commit writer `applyDelayMs` later (longer while many users' rows wait: `ApplyPacer`).
  */
 export class UserLedger {
   private readonly counters = new Map<string, Counter>();
@@ -97,12 +97,12 @@ export class UserLedger {
     now: number,
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
-    { journal, applyDelayMs }: LedgerJournal,
+    { journal, applyDelay }: LedgerJournal,
     allowances: AllowanceBook,
     intents?: UsageJournal,
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal, allowances);
-    const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), applyDelayMs);
+    const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), applyDelay);
     ledger.writer = writer;
     const left = journal.takeLeftovers(userId);
     // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
