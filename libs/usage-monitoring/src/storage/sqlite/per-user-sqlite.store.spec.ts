@@ -71,19 +71,24 @@ function query(file: string, sql: string): Promise<Record<string, unknown>[]> {
   });
 }
 
+/** A store on `dir` at `NOW`, its users kept only while their files are open. */
+function storeAt(dir: string, maxOpenDataSources: number, applyDelayMs: number): PerUserSqliteStore {
+  return new PerUserSqliteStore({
+    dataDir: dir,
+    maxOpenDataSources,
+    busyTimeoutMs: 1000,
+    synchronous: 'normal',
+    reservationTtlMs: 900_000,
+    journal: { applyDelayMs, maxUsersInMemory: 0 },
+    clock: () => NOW,
+  });
+}
+
 describe('PerUserSqliteStore', () => {
   let dir: string;
   let store: PerUserSqliteStore;
   const openStore = async () => {
-    store = new PerUserSqliteStore({
-      dataDir: dir,
-      maxOpenDataSources: 8,
-      busyTimeoutMs: 1000,
-      synchronous: 'normal',
-      reservationTtlMs: 900_000,
-      journal: { applyDelayMs: 0, maxUsersInMemory: 0 },
-      clock: () => NOW,
-    });
+    store = storeAt(dir, 8, 0);
     await store.init();
   };
   beforeEach(async () => {
@@ -314,15 +319,7 @@ describe('PerUserSqliteStore start-up with rows a crash left in the journal', ()
 describe('PerUserSqliteStore apply pacing', () => {
   it('spaces the open users’ delayed commits: 10 ms more per user waiting, the base delay for the first ones', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'usage-store-pacing-'));
-    const store = new PerUserSqliteStore({
-      dataDir: dir,
-      maxOpenDataSources: 128,
-      busyTimeoutMs: 1000,
-      synchronous: 'normal',
-      reservationTtlMs: 900_000,
-      journal: { applyDelayMs: 100, maxUsersInMemory: 0 },
-      clock: () => NOW,
-    });
+    const store = storeAt(dir, 128, 100);
     await store.init();
     const rows = async (userId: string) =>
       Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
