@@ -23,6 +23,7 @@ import {
   type Server,
 } from './harness';
 import { prefillLedger } from './prefill';
+import { APPLY_MS_PER_WAITING_USER } from '@app/usage-monitoring/storage/sqlite/sqlite-batch-writer';
 
 const args = process.argv.slice(2);
 const QUICK = args.includes('--quick');
@@ -42,7 +43,7 @@ const JOURNAL_TAIL_MS = 1000 + 500;
  * last rows of 1,000 users reach their files up to 10 s after the load. `--quick` does not wait for them.
  */
 const pacedTailMs = (users: number) =>
-  QUICK ? JOURNAL_TAIL_MS : Math.max(JOURNAL_TAIL_MS, users * 10 + 500);
+  QUICK ? JOURNAL_TAIL_MS : Math.max(JOURNAL_TAIL_MS, users * APPLY_MS_PER_WAITING_USER + 500);
 const ROUNDS = QUICK ? 2 : 5;
 const CONNECTIONS = 50;
 

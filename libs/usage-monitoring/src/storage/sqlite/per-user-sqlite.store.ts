@@ -95,7 +95,7 @@ export class PerUserSqliteStore implements UsageStore {
   /** When the spending summary last dropped ended periods. */
   private prunedAt = 0;
   /** Spaces the open users' delayed commits (`applyDelayMs` 0: each commit in the next turn, unpaced). */
-  private readonly pacer: number | ApplyPacer;
+  private readonly pacer: ApplyPacer | undefined;
 
   constructor(private readonly options: PerUserSqliteStoreOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -112,7 +112,7 @@ export class PerUserSqliteStore implements UsageStore {
     );
     this.lock = new DataDirLock(this.dataDir);
     const { applyDelayMs } = options.journal;
-    this.pacer = applyDelayMs > 0 ? new ApplyPacer(applyDelayMs) : 0;
+    this.pacer = applyDelayMs > 0 ? new ApplyPacer(applyDelayMs) : undefined;
   }
 
   /** The alert outbox (in the journal's database); after `init`. */
@@ -497,7 +497,7 @@ export class PerUserSqliteStore implements UsageStore {
         this.options.clock(),
         () => this.cache.notifyIdle(),
         this.options.stallMs ?? 250,
-        { journal: this.journal, applyDelay: this.pacer },
+        { journal: this.journal, pacer: this.pacer },
         this.allowances,
         this.intents,
       );

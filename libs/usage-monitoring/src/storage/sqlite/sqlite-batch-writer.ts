@@ -200,11 +200,7 @@ function summedDeltas(rows: PendingWrite[]): string | null {
 export class ApplyPacer {
   private waiting = 0;
 
-  constructor(
-    readonly baseMs: number,
-    private readonly perUserMs = APPLY_MS_PER_WAITING_USER,
-    private readonly maxMs = 60_000,
-  ) {}
+  constructor(readonly baseMs: number) {}
 
   /** Users whose rows are waiting now. */
   get waitingUsers(): number {
@@ -214,7 +210,7 @@ export class ApplyPacer {
   /** A user's rows start waiting: for how long (ms). */
   start(): number {
     this.waiting++;
-    return Math.min(this.maxMs, Math.max(this.baseMs, this.waiting * this.perUserMs));
+    return Math.min(MAX_APPLY_WAIT_MS, Math.max(this.baseMs, this.waiting * APPLY_MS_PER_WAITING_USER));
   }
 
   /** They stopped waiting (their commit started, or the file closed). */
@@ -225,6 +221,8 @@ export class ApplyPacer {
 
 /** See `ApplyPacer`: 10 ms per waiting user is about 100 user-file commits a second at most. */
 export const APPLY_MS_PER_WAITING_USER = 10;
+/** The longest a user's rows wait (the largest `applyDelayMs` too). */
+const MAX_APPLY_WAIT_MS = 60_000;
 
 /**
  * Group commit for one SQLite database. Every settlement queued while a write is in flight goes into
@@ -251,18 +249,17 @@ export class SqliteBatchWriter {
     private readonly userId: string,
     private readonly onDrained: () => void,
     /**
-     * How long the first queued write waits for others before a commit starts (0: the next turn), or the
-     * pacer that says so. Only for writes already durable elsewhere (the journal): a delayed commit holds
-     * many rows.
+     * Spaces commits: the first queued write waits as long as the pacer says for others before a commit
+     * starts. Without one, a commit starts in the next turn. Only for writes already durable elsewhere (the
+     * journal): a delayed commit holds many rows.
      */
-    private readonly delay: number | ApplyPacer = 0,
+    private readonly pacer?: ApplyPacer,
   ) {}
 
   /** Starts the delay before the next commit. */
   private wait(): void {
-    if (this.delayTimer) return;
-    const ms = typeof this.delay === 'number' ? this.delay : this.delay.start();
-    this.delayTimer = setTimeout(() => this.flushNow(), ms);
+    if (this.delayTimer || !this.pacer) return;
+    this.delayTimer = setTimeout(() => this.flushNow(), this.pacer.start());
     this.delayTimer.unref();
   }
 
@@ -271,11 +268,7 @@ export class SqliteBatchWriter {
     if (!this.delayTimer) return;
     clearTimeout(this.delayTimer);
     this.delayTimer = undefined;
-    if (typeof this.delay !== 'number') this.delay.stop();
-  }
-
-  private get immediate(): boolean {
-    return this.delay === 0;
+    this.pacer!.stop();
   }
 
   /** Writes not yet committed (including ones whose response was already released after a failure). */
@@ -286,7 +279,7 @@ export class SqliteBatchWriter {
   enqueue(write: PendingWrite): void {
     this.queue.push(write);
     if (this.running || this.retryTimer) return;
-    if (this.immediate) {
+    if (!this.pacer) {
       this.running = true;
       setImmediate(() => void this.flush());
     } else if (!this.delayTimer) {
@@ -393,7 +386,7 @@ export class SqliteBatchWriter {
     }
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
-    if (this.queue.length > 0 && this.immediate) {
+    if (this.queue.length > 0 && !this.pacer) {
       setImmediate(() => void this.flush());
       return;
     }

@@ -29,7 +29,8 @@ import {
 /** Cross-user batching: the store's journal, and how long a user's journaled rows wait to be applied. */
 export interface LedgerJournal {
   journal: UsageJournal;
-  applyDelay: number | ApplyPacer;
+  /** Without one (`applyDelayMs` 0), each commit starts in the next turn. */
+  pacer: ApplyPacer | undefined;
 }
 
 interface Counter {
@@ -97,12 +98,12 @@ export class UserLedger {
     now: number,
     onIdle: (ledger: UserLedger) => void,
     stallMs: number,
-    { journal, applyDelay }: LedgerJournal,
+    { journal, pacer }: LedgerJournal,
     allowances: AllowanceBook,
     intents?: UsageJournal,
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal, allowances);
-    const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), applyDelay);
+    const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), pacer);
     ledger.writer = writer;
     const left = journal.takeLeftovers(userId);
     // One statement per row, each with its own deltas: a row applied before the crash is skipped whole.
