@@ -264,13 +264,13 @@ describeStore('recordAllRequests', () => {
         200,
       );
       expect((await request(t.url).get('/detect/plain')).status).toBe(200);
-      // The row is written after the response; give the group commit a moment.
-      await new Promise((r) => setTimeout(r, 100));
-      const rows = await queryUserDb(
-        t,
-        'watched',
-        'SELECT provider, path, method, status_code FROM api_requests',
-      );
+      // The row is written after the response (on PostgreSQL by a statement of its own): wait up to 5 s.
+      const sql = 'SELECT provider, path, method, status_code FROM api_requests';
+      let rows = await queryUserDb(t, 'watched', sql);
+      for (const deadline = Date.now() + 5_000; !rows.length && Date.now() < deadline;) {
+        await new Promise((r) => setTimeout(r, 25));
+        rows = await queryUserDb(t, 'watched', sql);
+      }
       expect(rows).toEqual([{ provider: null, path: '/detect/plain', method: 'GET', status_code: 200 }]);
       const events = await queryUserDb<{ n: number }>(t, 'watched', 'SELECT COUNT(*) AS n FROM usage_events');
       expect(events[0].n).toBe(0);

@@ -19,7 +19,7 @@ import { openSqliteFile } from './utils/sqlite-file';
 import { createTestApp, tempDataDir, type TestApp } from './utils/create-test-app';
 import { postStatus } from './utils/post-status';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
-import { queryUserDb } from './utils/user-db';
+import { queryUserDb, queryUserDbs } from './utils/user-db';
 import { describeSqlite, describeStore } from './utils/test-store';
 import { ADMIN_KEY as ADMIN, AdminKeyGuard } from './utils/admin-key.guard';
 
@@ -215,15 +215,12 @@ describeStore('admin API: who is spending (list and top) over 2,000 users', () =
     });
     agent.destroy();
     // The brute force: every user's ledger, read on its own.
-    for (let i = 0; i < USERS; i++) {
-      const id = spender(i);
-      const rows =
-        t.store === 'sqlite' && !existsSync(join(t.dataDir, userFileName(id)))
-          ? []
-          : await queryUserDb<LedgerRow>(t, id, LEDGER_SQL);
+    const ids = Array.from({ length: USERS }, (_, i) => spender(i));
+    const ledgers = await queryUserDbs<LedgerRow>(t, ids, LEDGER_SQL);
+    ids.forEach((id, i) => {
       const plan = anchorOf(i) === 20 ? 'anchored' : 'small';
-      users.push({ id, rows, limits: ORACLE_LIMITS[plan], anchorDay: anchorOf(i) });
-    }
+      users.push({ id, rows: ledgers[i], limits: ORACLE_LIMITS[plan], anchorDay: anchorOf(i) });
+    });
   }, 600_000);
   afterAll(() => t.close());
 

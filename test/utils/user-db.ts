@@ -70,6 +70,41 @@ async function queryShared<T>(schema: string, userId: string, sql: string): Prom
   }, schema);
 }
 
+/**
+ * `queryUserDb` for many users at once, in their order: a user without data answers `[]`. On SQLite the
+ * journal is applied once and each user's file read on its own; on PostgreSQL one connection serves every
+ * user (the temporary views read the user from a session setting), instead of a connection per user.
+ */
+export async function queryUserDbs<T = Record<string, unknown>>(
+  t: TestApp,
+  userIds: readonly string[],
+  sql: string,
+): Promise<T[][]> {
+  if (t.store === 'postgres')
+    return withClient(async (c) => {
+      await c.query('BEGIN');
+      try {
+        for (const table of TABLES)
+          await c.query(
+            `CREATE TEMP VIEW ${table} AS SELECT * FROM ${t.schema!}.${table} WHERE user_id = current_setting('usage_test.user_id')`,
+          );
+        const out: T[][] = [];
+        for (const id of userIds) {
+          await c.query(`SELECT set_config('usage_test.user_id', $1, true)`, [sharedUserId(id)]);
+          out.push((await c.query(sql)).rows as T[]);
+        }
+        return out;
+      } finally {
+        await c.query('ROLLBACK');
+      }
+    }, t.schema);
+  await (t.probe.store as PerUserSqliteStore).flush();
+  const out: T[][] = [];
+  for (const id of userIds)
+    out.push(existsSync(join(t.dataDir, userFileName(id))) ? await queryUserDb<T>(t.dataDir, id, sql) : []);
+  return out;
+}
+
 /** Whether anything was stored for a user (a file, or rows in the shared database). */
 export async function hasUserData(t: TestApp, userId: string): Promise<boolean> {
   if (t.store === 'sqlite') return existsSync(join(t.dataDir, userFileName(userId)));
