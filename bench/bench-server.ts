@@ -10,11 +10,14 @@
  *              0: leases off; the default otherwise)
  * BENCH_PROFILE=<file>: SIGUSR2 starts V8's sampling profiler (1 ms), the next SIGUSR2 writes the
  *              profile (`.cpuprofile` JSON) to that file and prints `PROFILED` (see `bench:cpu --profile`).
+ * BENCH_GC=1: counts V8's garbage collections (a `PerformanceObserver`); SIGURG prints the totals so far as
+ *              `GC <scavenges> <scavenge ms> <major> <major ms>` (see `bench:cpu --gc`).
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
+import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
 import {
   Body,
   Controller,
@@ -281,8 +284,32 @@ function profileOnSignal(file: string): void {
   });
 }
 
+/**
+ * BENCH_GC: collections counted as they end; SIGURG prints the totals. How often the young generation is
+ * collected follows how many bytes a request allocates, which holds still while req/s swing.
+ */
+function countGcOnSignal(): void {
+  const t = { minor: 0, minorMs: 0, major: 0, majorMs: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const kind = (e as { detail?: { kind?: number } }).detail?.kind;
+      if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+        t.minor++;
+        t.minorMs += e.duration;
+      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+        t.major++;
+        t.majorMs += e.duration;
+      }
+    }
+  }).observe({ entryTypes: ['gc'] });
+  process.on('SIGURG', () =>
+    process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major} ${t.majorMs.toFixed(3)}\n`),
+  );
+}
+
 async function main(): Promise<void> {
   if (process.env.BENCH_PROFILE) profileOnSignal(process.env.BENCH_PROFILE);
+  if (process.env.BENCH_GC === '1') countGcOnSignal();
   const app =
     platform === 'fastify'
       ? await NestFactory.create(moduleFor(), new FastifyAdapter(), { logger: ['error'] })
