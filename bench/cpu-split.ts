@@ -1,12 +1,13 @@
 /**
- * `npm run bench:cpu -- [--rounds R] [--duration S] [--users N] [--tail MS] CASE...`: where a server's CPU
+ * `npm run bench:cpu -- [--rounds R] [--duration S] [--warm S] [--users N] [--tail MS] CASE...`: where a server's CPU
  * goes, per request. A CASE is a bench-server mode with optional settings, e.g. `metered`, `noop`,
  * `metered:BENCH_STORE=postgres`, `metered:BENCH_JOURNAL=1000,BENCH_MAX_OPEN=64`, `metered:users=1000`,
  * `metered:rows=1000000` (`users` overrides `--users` for that case; `rows` starts the hot user with that
  * many ledger rows, prefilled once and copied into each round's data directory; the other settings are the
  * server's environment).
  *
- * Every round starts each case's server afresh (its own data directory or PostgreSQL schema), warms it,
+ * Every round starts each case's server afresh (its own data directory or PostgreSQL schema), warms it
+ * (`--warm`, 2 s by default),
  * loads it (autocannon, 50 connections, users round-robin) and reads, from `/proc`, the CPU of its main
  * thread, of its other threads (libuv's pool, where SQLite runs; V8's helpers) and, on PostgreSQL, of the
  * postgres processes (exited backends included). CPU is read `--tail` ms after the load, so deferred work
@@ -55,6 +56,7 @@ const ROUNDS = flag('--rounds', 3);
 const DURATION = flag('--duration', 8);
 const USERS = flag('--users', 1);
 const TAIL_MS = flag('--tail', 1500);
+const WARM_S = flag('--warm', 2);
 const PROFILE = args.includes('--profile');
 if (PROFILE) args.splice(args.indexOf('--profile'), 1);
 const GC = args.includes('--gc');
@@ -196,7 +198,7 @@ async function measure(spec: string, round: number): Promise<Split> {
     ...(GC ? { BENCH_GC: '1' } : {}),
   });
   try {
-    await hammer(server.url, 2, users); // warm-up (creates every user's database when users ≤ ~3,000)
+    await hammer(server.url, WARM_S, users); // warm-up (creates every user's database when users ≤ ~3,000)
     const pid = server.child.pid!;
     await untilQuiet([pid]); // the warm-up's deferred work (journal applies) is not this measurement's
     if (PROFILE) await toggleProfiler(server.child, false);
