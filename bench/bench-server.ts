@@ -11,7 +11,7 @@
  * BENCH_PROFILE=<file>: SIGUSR2 starts V8's sampling profiler (1 ms), the next SIGUSR2 writes the
  *              profile (`.cpuprofile` JSON) to that file and prints `PROFILED` (see `bench:cpu --profile`).
  * BENCH_GC=1: counts V8's garbage collections (a `PerformanceObserver`); SIGURG prints the totals so far as
- *              `GC <scavenges> <scavenge ms> <major> <major ms>` (see `bench:cpu --gc`).
+ *              `GC <scavenges> <scavenge ms> <major>` (see `bench:cpu --gc`).
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
@@ -289,21 +289,18 @@ function profileOnSignal(file: string): void {
  * collected follows how many bytes a request allocates, which holds still while req/s swing.
  */
 function countGcOnSignal(): void {
-  const t = { minor: 0, minorMs: 0, major: 0, majorMs: 0 };
+  const t = { minor: 0, minorMs: 0, major: 0 };
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       const kind = (e as { detail?: { kind?: number } }).detail?.kind;
       if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
         t.minor++;
         t.minorMs += e.duration;
-      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
-        t.major++;
-        t.majorMs += e.duration;
-      }
+      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) t.major++;
     }
   }).observe({ entryTypes: ['gc'] });
   process.on('SIGURG', () =>
-    process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major} ${t.majorMs.toFixed(3)}\n`),
+    process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major}\n`),
   );
 }
 

@@ -67,7 +67,7 @@ describeSqlite('durability (per-user SQLite, separate processes)', () => {
    * `sqlite3` runs every mode. The better-sqlite3 project (the same SQLite, another binding) runs the modes
    * that differ in what the driver does at a kill: the default configuration (durable intent, 1 s apply
    * delay) and the open–commit–close cycles of users kept in memory; the apply delay's extremes exercise
-   * the journal's scheduling, which is the same code for both drivers (CI time: ~50 s saved).
+   * the journal's scheduling, which is the same code for both drivers (CI time: ~55 s saved).
    */
   type Mode = { name: string; env: Record<string, string>; everyDriver?: boolean };
   const modes: Mode[] = [

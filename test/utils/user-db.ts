@@ -53,17 +53,27 @@ export async function queryUserDbUntil<T = Record<string, unknown>>(
 }
 
 async function queryShared<T>(schema: string, userId: string, sql: string): Promise<T[]> {
+  return (await querySharedEach<T>(schema, [userId], sql))[0];
+}
+
+/**
+ * Runs `sql` once per user on one connection, in their order: temporary views shadow the tables, each
+ * narrowed to the user a session setting names, which is set before each run.
+ */
+async function querySharedEach<T>(schema: string, userIds: readonly string[], sql: string): Promise<T[][]> {
   return withClient(async (c) => {
     await c.query('BEGIN');
     try {
-      const stored = sharedUserId(userId);
-      for (const t of TABLES) {
+      for (const table of TABLES)
         await c.query(
-          `CREATE TEMP VIEW ${t} AS SELECT * FROM ${schema}.${t} WHERE user_id = ${c.escapeLiteral(stored)}`,
+          `CREATE TEMP VIEW ${table} AS SELECT * FROM ${schema}.${table} WHERE user_id = current_setting('usage_test.user_id')`,
         );
+      const out: T[][] = [];
+      for (const id of userIds) {
+        await c.query(`SELECT set_config('usage_test.user_id', $1, true)`, [sharedUserId(id)]);
+        out.push((await c.query(sql)).rows as T[]);
       }
-      const { rows } = await c.query(sql);
-      return rows as T[];
+      return out;
     } finally {
       await c.query('ROLLBACK');
     }
@@ -73,31 +83,14 @@ async function queryShared<T>(schema: string, userId: string, sql: string): Prom
 /**
  * `queryUserDb` for many users at once, in their order: a user without data answers `[]`. On SQLite the
  * journal is applied once and each user's file read on its own; on PostgreSQL one connection serves every
- * user (the temporary views read the user from a session setting), instead of a connection per user.
+ * user, instead of a connection per user.
  */
 export async function queryUserDbs<T = Record<string, unknown>>(
   t: TestApp,
   userIds: readonly string[],
   sql: string,
 ): Promise<T[][]> {
-  if (t.store === 'postgres')
-    return withClient(async (c) => {
-      await c.query('BEGIN');
-      try {
-        for (const table of TABLES)
-          await c.query(
-            `CREATE TEMP VIEW ${table} AS SELECT * FROM ${t.schema!}.${table} WHERE user_id = current_setting('usage_test.user_id')`,
-          );
-        const out: T[][] = [];
-        for (const id of userIds) {
-          await c.query(`SELECT set_config('usage_test.user_id', $1, true)`, [sharedUserId(id)]);
-          out.push((await c.query(sql)).rows as T[]);
-        }
-        return out;
-      } finally {
-        await c.query('ROLLBACK');
-      }
-    }, t.schema);
+  if (t.store === 'postgres') return querySharedEach<T>(t.schema!, userIds, sql);
   await (t.probe.store as PerUserSqliteStore).flush();
   const out: T[][] = [];
   for (const id of userIds)
