@@ -82,7 +82,8 @@ function chatController(decorate: (target: Type) => void): Type {
   class ChatController {
     @Post('chat/completions')
     @HttpCode(200)
-    chat(@Body() _body: unknown) {
+    chat(@Body() body: unknown) {
+      void body; // parsed and bound as an app's handler would have it, in every mode alike
       return ANSWER;
     }
   }
@@ -143,6 +144,7 @@ const nullStore = {
   release: () => undefined,
   recordRequest: () => Promise.resolve(),
   readCounters: () => Promise.resolve([]),
+  overrides: () => Promise.resolve([]),
   health: () => Promise.resolve({ up: true }),
   close: () => Promise.resolve(),
 };
@@ -299,9 +301,7 @@ function countGcOnSignal(): void {
       } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) t.major++;
     }
   }).observe({ entryTypes: ['gc'] });
-  process.on('SIGURG', () =>
-    process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major}\n`),
-  );
+  process.on('SIGURG', () => process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major}\n`));
 }
 
 async function main(): Promise<void> {
