@@ -11,12 +11,10 @@ export const genericAdapter: UsageAdapter = {
   tokenBased: true,
   extract(response, request): ProviderUsage {
     const req = isObject(request) ? request : {};
-    const out: ProviderUsage = {
-      searches: req.query !== undefined || req.search !== undefined ? 1 : 0,
-      images: req.image !== undefined || req.generate_image !== undefined ? 1 : 0,
-      pages: req.url !== undefined || req.crawl !== undefined ? 1 : 0,
-    };
-    if (!isObject(response)) return out;
+    const searches = req.query !== undefined || req.search !== undefined ? 1 : 0;
+    const images = req.image !== undefined || req.generate_image !== undefined ? 1 : 0;
+    const pages = req.url !== undefined || req.crawl !== undefined ? 1 : 0;
+    if (!isObject(response)) return { searches, images, pages };
     const usage = isObject(response.usage) ? response.usage : {};
     const text: string[] = [];
     if (typeof response.text === 'string') text.push(response.text);
@@ -26,7 +24,9 @@ export const genericAdapter: UsageAdapter = {
       collect(isObject(first.message) ? first.message.content : first.text, text);
     }
     return {
-      ...out,
+      searches,
+      images,
+      pages,
       model: modelOf(response, request),
       inputTokens: count(usage.prompt_tokens),
       outputTokens: count(usage.completion_tokens),
