@@ -8,10 +8,15 @@ export function actualOf(actual: ActualUsage, metric: LimitCharge['metric']): nu
 }
 
 /** Alert thresholds (percent) a counter crossed going from `before` to `after` under `max`. */
-export function crossedThresholds(before: number, after: number, max: number): number[] {
-  if (max <= 0) return [];
-  return ALERT_THRESHOLDS.filter((t) => before * 100 < t * max && after * 100 >= t * max);
+export function crossedThresholds(before: number, after: number, max: number): readonly number[] {
+  let crossed: number[] | undefined;
+  if (max > 0)
+    for (const t of ALERT_THRESHOLDS)
+      if (before * 100 < t * max && after * 100 >= t * max) (crossed ??= []).push(t);
+  // Most settlements cross none: no array for them (this runs for every limit of every request).
+  return crossed ?? NONE_CROSSED;
 }
+const NONE_CROSSED: readonly number[] = Object.freeze([]);
 
 /**
  * The alert of a counter crossing `threshold` of `max` (the limit as adjusted), at `used`; `shadow`: the

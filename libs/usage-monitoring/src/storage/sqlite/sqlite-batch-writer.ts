@@ -1,5 +1,6 @@
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { withoutNul } from '../settlement';
+import { counterKey } from './admin-log';
 import type { SqliteConnection } from './sqlite-connection';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
 
@@ -126,6 +127,17 @@ export function rowJson(w: PendingWrite): string {
   return (w.row ??= JSON.stringify(w.event ? eventRow(w) : requestRow(w)));
 }
 
+/**
+ * JSON texts as one JSON array, in one flat string: `[${texts.join(',')}]` would be a concatenation that
+ * the driver flattens when it binds it, a second copy of every row's text.
+ */
+export function jsonArray(texts: string[]): string {
+  if (texts.length === 0) return '[]';
+  texts[0] = '[' + texts[0];
+  texts[texts.length - 1] += ']';
+  return texts.join(',');
+}
+
 /** Whether a write is a ledger row or a bare request row. */
 export function kindOf(w: PendingWrite): 'event' | 'request' | undefined {
   return w.kind ?? (w.event ? 'event' : w.request ? 'request' : undefined);
@@ -185,7 +197,7 @@ function summedDeltas(rows: PendingWrite[]): string | null {
   const sum = new Map<string, CounterDelta>();
   for (const w of rows) {
     for (const d of w.deltas ?? []) {
-      const key = `${d.periodKey}\u0001${d.scope}\u0001${d.metric}`;
+      const key = counterKey(d.periodKey, d.scope, d.metric);
       const prev = sum.get(key);
       if (prev) prev.amount += d.amount;
       else sum.set(key, { ...d });
@@ -438,9 +450,7 @@ export class SqliteBatchWriter {
       const part = rows.slice(i, i + size);
       i += size;
       // The chunk's last row carries the summed counter deltas; one statement applies them all or none.
-      let json = '[';
-      for (let j = 0; j < part.length; j++) json += (j ? ',' : '') + rowJson(part[j]);
-      json += ']';
+      const json = jsonArray(part.map(rowJson));
       const params = withDeltas
         ? [this.userId, part.length - 1, summedDeltas(part), json]
         : [this.userId, json];

@@ -1,7 +1,8 @@
+import fc from 'fast-check';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CHECKPOINT_INTERVAL_MS, JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { CHECKPOINT_INTERVAL_MS, entryJson, JOURNAL_FILE, UsageJournal } from './usage-journal';
 import type { SqliteDriver } from './sqlite-connection';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -76,4 +77,26 @@ describe.each<SqliteDriver>(['sqlite3', 'better-sqlite3'])('UsageJournal checkpo
       await again.close();
     }
   }, 30_000);
+});
+
+describe('entryJson', () => {
+  it("carries each write's deltas as JSON.stringify writes them, whatever their text and however often the counter recurs", () => {
+    const delta = fc.record({
+      periodKey: fc.constantFrom('2026-12', '2026-12-05', 'p"\\\u0001é'),
+      scope: fc.string({ maxLength: 12 }),
+      metric: fc.constantFrom('calls', 'tokens', 'cost'),
+      periodEnd: fc.constantFrom(1_767_225_600_000, 1_767_312_000_000),
+      amount: fc.nat(),
+    });
+    fc.assert(
+      fc.property(fc.string({ maxLength: 20 }), fc.array(delta, { maxLength: 4 }), (userId, deltas) => {
+        const write = { kind: 'request' as const, row: '["r",null]', deltas };
+        const expected = `[${JSON.stringify(userId)},2,false,["r",null],${
+          deltas.length ? JSON.stringify(deltas) : 'null'
+        },null]`;
+        expect(entryJson(userId, write)).toBe(expected);
+      }),
+      { numRuns: 500 },
+    );
+  });
 });

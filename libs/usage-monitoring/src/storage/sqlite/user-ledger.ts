@@ -199,25 +199,26 @@ export class UserLedger {
     const { charges } = req;
     // Grants and resets of this user (admin changes): most users have none.
     const adjusted = this.allowances.of(this.userId);
+    // Each charge's counter and adjustment, looked up once (a key is a new string each time it is built).
+    const counters: Counter[] = [];
+    const adjustments: (Allowance | undefined)[] = [];
     for (const c of charges) {
-      const ctr = this.counter(c, req.now);
-      const over = exceeded(
-        c,
-        c.max,
-        c.limitId,
-        ctr,
-        adjusted?.get(counterKey(c.periodKey, c.scope, c.metric)),
-      );
+      const key = counterKey(c.periodKey, c.scope, c.metric);
+      const ctr = this.counterAt(key, c.periodEnd, req.now);
+      const a = adjusted?.get(key);
+      counters.push(ctr);
+      adjustments.push(a);
+      const over = exceeded(c, c.max, c.limitId, ctr, a);
       if (over) return { admitted: false, exceeded: over };
     }
     // Shadow limits never refuse: the first that would have is reported with the admission.
     let shadow: ExceededLimit | undefined;
-    for (const c of charges) {
-      if (c.shadowMax === undefined || shadow) continue;
-      const a = adjusted?.get(counterKey(c.periodKey, c.scope, c.metric));
-      shadow = exceeded(c, c.shadowMax, c.shadowLimitId!, this.counter(c, req.now), a);
+    for (let i = 0; i < charges.length && !shadow; i++) {
+      const c = charges[i];
+      if (c.shadowMax !== undefined)
+        shadow = exceeded(c, c.shadowMax, c.shadowLimitId!, counters[i], adjustments[i]);
     }
-    for (const c of charges) this.counter(c, req.now).reserved += c.amount;
+    for (let i = 0; i < charges.length; i++) counters[i].reserved += charges[i].amount;
     this.inFlight++;
     const admitted = admittedAs(req);
     this.outstanding.set(req.requestId, admitted.reservation);
@@ -255,11 +256,12 @@ export class UserLedger {
     const alerts: UsageAlert[] = [];
     const adjusted = this.allowances.of(this.userId);
     for (const c of reservation.charges) {
-      const ctr = this.counter(c, reservation.createdAt);
+      const key = counterKey(c.periodKey, c.scope, c.metric);
+      const ctr = this.counterAt(key, c.periodEnd, reservation.createdAt);
       if (held) ctr.reserved -= c.amount;
       const actual = actualOf(s.actual, c.metric);
       if (actual <= 0) continue;
-      const a = adjusted?.get(counterKey(c.periodKey, c.scope, c.metric));
+      const a = adjusted?.get(key);
       // Thresholds are of the limit as adjusted: granted quota added, forgiven usage left out.
       const forgiven = a?.forgiven ?? 0;
       const max = c.max + (a?.granted ?? 0);
@@ -400,11 +402,14 @@ export class UserLedger {
   }
 
   private counter(c: LimitCharge, now: number): Counter {
-    const key = counterKey(c.periodKey, c.scope, c.metric);
+    return this.counterAt(counterKey(c.periodKey, c.scope, c.metric), c.periodEnd, now);
+  }
+
+  private counterAt(key: string, periodEnd: number, now: number): Counter {
     let ctr = this.counters.get(key);
     if (!ctr) {
       this.pruneEnded(now);
-      ctr = { used: 0, reserved: 0, periodEnd: c.periodEnd };
+      ctr = { used: 0, reserved: 0, periodEnd };
       this.counters.set(key, ctr);
     }
     return ctr;
