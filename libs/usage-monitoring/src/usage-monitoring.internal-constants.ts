@@ -3,6 +3,3 @@ export const NORMALIZED_OPTIONS = Symbol('USAGE_MONITORING_NORMALIZED_OPTIONS');
 
 /** @internal The usage store. Inject with `@InjectUsageStore()`. */
 export const USAGE_STORE = Symbol('USAGE_STORE');
-
-/** @internal Property on the request object that carries the guard's reservation. */
-export const RESERVATION_KEY = Symbol('usage-monitoring.reservation');

@@ -11,7 +11,7 @@ import { Metered, type MeteredOptions } from '../decorators/metered.decorator';
 import { SkipMetering } from '../decorators/skip-metering.decorator';
 import { pathOf } from '../metering/request-path';
 import { MAX_USER_ID_LENGTH } from '../storage/sqlite/user-file-name';
-import { NORMALIZED_OPTIONS, RESERVATION_KEY } from '../usage-monitoring.internal-constants';
+import { NORMALIZED_OPTIONS } from '../usage-monitoring.internal-constants';
 import {
   defaultRequestResponse,
   inContext,
@@ -45,7 +45,6 @@ type HttpRequest = UsageRequest & {
   originalUrl?: string;
   url?: string;
   body?: unknown;
-  [RESERVATION_KEY]?: MeteringContext;
 };
 
 /** Headers that carry a client's credentials: their presence without a user hints at the guard order. */

@@ -22,7 +22,7 @@ import {
   reservationOf,
   type RequestResponse,
 } from '../enforcement/execution-contexts';
-import { NORMALIZED_OPTIONS, RESERVATION_KEY, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
 import { meterStream } from './metered-stream';
 import { checkFigures, isUsageFigures } from './usage-figures';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
@@ -40,7 +40,6 @@ type HttpRequest = UsageRequest & {
   url?: string;
   ip?: string;
   body?: unknown;
-  [RESERVATION_KEY]?: MeteringContext;
 };
 
 type Outcome = UsageEventRecord['outcome'];
