@@ -1,4 +1,9 @@
-import { DEFAULT_ADAPTERS, genericAdapter, type UsageAdapter } from '../providers/adapters';
+import {
+  DEFAULT_ADAPTERS,
+  genericAdapter,
+  type ProviderUsage,
+  type UsageAdapter,
+} from '../providers/adapters';
 import type { UsageQuantities } from '../pricing/price.interface';
 import type { StreamUsage } from './stream-usage';
 import { count, isObject, requestText } from './text-fields';
@@ -31,20 +36,10 @@ export class UsageExtractor {
     const adapter = this.adapters[provider] ?? genericAdapter;
     const unit = adapter.extract(undefined, body);
     const req = isObject(body) ? body : {};
+    if (!adapter.tokenBased) return untokened(unit, model ?? unit.model, true);
     const searches = unit.searches ?? 0;
     const images = unit.images ?? 0;
     const pages = unit.pages ?? 0;
-    if (!adapter.tokenBased) {
-      return {
-        searches,
-        images,
-        pages,
-        inputTokens: 0,
-        outputTokens: 0,
-        model: model ?? unit.model,
-        estimated: true,
-      };
-    }
     const generation = isObject(req.generationConfig) ? req.generationConfig : {};
     const outputBound =
       count(req.max_tokens) ??
@@ -123,20 +118,10 @@ export class UsageExtractor {
     requestBody: unknown,
     model: string | undefined,
   ): MeasuredUsage {
+    if (!adapter.tokenBased) return untokened(u, u.model ?? model, false);
     const searches = u.searches ?? 0;
     const images = u.images ?? 0;
     const pages = u.pages ?? 0;
-    if (!adapter.tokenBased) {
-      return {
-        searches,
-        images,
-        pages,
-        inputTokens: 0,
-        outputTokens: 0,
-        model: u.model ?? model,
-        estimated: false,
-      };
-    }
     let estimated = false;
     const named = u.model ?? model;
     let inputTokens = u.inputTokens;
@@ -178,6 +163,19 @@ export class UsageExtractor {
     usage.outputTokens = Math.max(u.outputTokens, produced);
     return usage;
   }
+}
+
+/** The usage of a provider that is not priced by tokens (searches, images, pages). */
+function untokened(u: ProviderUsage, model: string | undefined, estimated: boolean): MeasuredUsage {
+  return {
+    searches: u.searches ?? 0,
+    images: u.images ?? 0,
+    pages: u.pages ?? 0,
+    inputTokens: 0,
+    outputTokens: 0,
+    model,
+    estimated,
+  };
 }
 
 /**
