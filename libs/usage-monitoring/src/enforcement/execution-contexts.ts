@@ -26,10 +26,10 @@ interface GraphQlInfo {
  */
 export function defaultRequestResponse(context: ExecutionContext): RequestResponse | undefined {
   switch (context.getType<string>()) {
-    case 'http': {
-      const http = context.switchToHttp();
-      return { req: http.getRequest<UsageRequest>(), res: http.getResponse<unknown>() };
-    }
+    case 'http':
+      // What `switchToHttp()` reads (request and response are the first two arguments), without the host
+      // object it makes on every call: this runs twice per request.
+      return { req: context.getArgByIndex<UsageRequest>(0), res: context.getArgByIndex<unknown>(1) };
     case 'graphql': {
       const ctx = context.getArgByIndex<{ req?: UsageRequest; request?: UsageRequest; res?: unknown }>(2);
       const req = ctx?.req ?? ctx?.request;

@@ -432,10 +432,9 @@ export class MeteringInterceptor implements NestInterceptor {
   private successStatus(context: ExecutionContext, route: RouteInfo): number {
     if (context.getType() !== 'http') return 200;
     if (route.httpCode) return route.httpCode;
-    const http = context.switchToHttp();
-    const res = http.getResponse<{ statusCode?: number }>();
+    const res = context.getArgByIndex<{ statusCode?: number }>(1);
     if (res.statusCode && res.statusCode !== 200) return res.statusCode;
-    return http.getRequest<HttpRequest>().method === 'POST' ? 201 : 200;
+    return context.getArgByIndex<HttpRequest>(0).method === 'POST' ? 201 : 200;
   }
 }
 
