@@ -1,5 +1,5 @@
 import { Agent } from 'node:http';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import request from 'supertest';
 import {
@@ -306,6 +306,10 @@ describeSqlite('admin API: the spending summary after a SIGKILL and a restart', 
   });
 
   it('list and top equal the brute-force scan of 2,000 users’ ledgers after the process is killed mid-load', async () => {
+    // A retry starts afresh: the failed attempt's server still owns the data directory.
+    await server?.stop('SIGKILL');
+    rmSync(dataDir, { recursive: true, force: true });
+    mkdirSync(dataDir, { recursive: true });
     server = await spawnServer(env, 60_000);
     const url = server.url;
     const agent = new Agent({ keepAlive: true, maxSockets: 48 });

@@ -25,10 +25,12 @@ export async function openSqliteFile(file: string, readonly = false): Promise<Sq
 /**
  * One read query on a file, opened read-only and closed again. A read-only connection cannot rebuild the
  * shared-memory index of a file whose last writer is closing it at that moment (the server's LRU or its
- * background applier), which SQLite reports as SQLITE_READONLY (or BUSY): it tries again, up to 2 s.
+ * background applier), which SQLite reports as SQLITE_READONLY (or BUSY): it tries again, up to 10 s (2 s
+ * was once too short in CI, for a server applying 2,000 users' files after a restart).
  */
 export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]> {
-  for (let attempt = 0; ; attempt++) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
     try {
       const db = await openSqliteFile(file, true);
       try {
@@ -38,7 +40,7 @@ export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]
       }
     } catch (e) {
       const code = String((e as { code?: string }).code ?? '');
-      if (attempt >= 80 || !/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
+      if (Date.now() >= deadline || !/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
   }
