@@ -2,7 +2,7 @@ import type { MeteredOptions } from '../decorators/metered.decorator';
 import type { MeasuredUsage } from '../metering/usage-extractor';
 import type { Reservation } from '../storage/usage-store.interface';
 
-/** What the guard hands the interceptor on the request object. @internal */
+/** What the guard hands the interceptor for one call (kept by request or argument list: see `keepReservation`). @internal */
 export interface MeteringContext {
   reservation: Reservation;
   provider: string;
