@@ -10,6 +10,8 @@
  *              0: leases off; the default otherwise)
  * BENCH_PROFILE=<file>: SIGUSR2 starts V8's sampling profiler (1 ms), the next SIGUSR2 writes the
  *              profile (`.cpuprofile` JSON) to that file and prints `PROFILED` (see `bench:cpu --profile`).
+ * BENCH_HEAP=<file>: SIGUSR2 starts V8's sampling heap profiler, the next SIGUSR2 writes its profile to that
+ *              file and prints `HEAP PROFILED` (see `bench:heap`); inlining is off in such a server.
  * BENCH_GC=1: counts V8's garbage collections (a `PerformanceObserver`); SIGURG prints the totals so far as
  *              `GC <scavenges> <scavenge ms> <major>` (see `bench:cpu --gc`).
  * Prints `LISTENING <port>` when ready.
@@ -18,6 +20,7 @@ import 'reflect-metadata';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
 import {
   Body,
   Controller,
@@ -263,6 +266,36 @@ function moduleFor(): Type {
   return BenchModule;
 }
 
+/**
+ * BENCH_HEAP: V8's sampling heap profile (a sample every 256 bytes on average, objects already collected
+ * included) between two SIGUSR2, written to that file, then `HEAP PROFILED` (see `bench:heap`). The
+ * optimising compiler's inlining is off in such a server, so that an allocation is charged to the function
+ * that makes it rather than to the one it was inlined into.
+ */
+function heapProfileOnSignal(file: string): void {
+  const session = new Session();
+  session.connect();
+  let running = false;
+  process.on('SIGUSR2', () => {
+    if (!running) {
+      running = true;
+      session.post('HeapProfiler.enable', () =>
+        session.post('HeapProfiler.startSampling', {
+          samplingInterval: 256,
+          includeObjectsCollectedByMajorGC: true,
+          includeObjectsCollectedByMinorGC: true,
+        }),
+      );
+      return;
+    }
+    running = false;
+    session.post('HeapProfiler.stopSampling', (err, res) => {
+      if (!err) writeFileSync(file, JSON.stringify(res.profile));
+      process.stdout.write(err ? `HEAP PROFILE FAILED ${err.message}\n` : 'HEAP PROFILED\n');
+    });
+  });
+}
+
 /** BENCH_PROFILE: the main thread's CPU profile between two SIGUSR2, written to that file. */
 function profileOnSignal(file: string): void {
   const session = new Session();
@@ -306,6 +339,10 @@ function countGcOnSignal(): void {
 
 async function main(): Promise<void> {
   if (process.env.BENCH_PROFILE) profileOnSignal(process.env.BENCH_PROFILE);
+  else if (process.env.BENCH_HEAP) {
+    setFlagsFromString('--no-turbo-inlining');
+    heapProfileOnSignal(process.env.BENCH_HEAP);
+  }
   if (process.env.BENCH_GC === '1') countGcOnSignal();
   const app =
     platform === 'fastify'
