@@ -10,8 +10,8 @@
  *              0: leases off; the default otherwise)
  * BENCH_PROFILE=<file>: SIGUSR2 starts V8's sampling profiler (1 ms), the next SIGUSR2 writes the
  *              profile (`.cpuprofile` JSON) to that file and prints `PROFILED` (see `bench:cpu --profile`).
- * BENCH_HEAP=<file>: SIGUSR2 starts V8's sampling heap profiler, the next SIGUSR2 writes its profile to that
- *              file and prints `HEAP PROFILED` (see `bench:heap`); inlining is off in such a server.
+ * BENCH_HEAP=<file>: the same with V8's sampling heap profiler (see `bench:heap`); inlining is off in such a
+ *              server.
  * BENCH_GC=1: counts V8's garbage collections (a `PerformanceObserver`); SIGURG prints the totals so far as
  *              `GC <scavenges> <scavenge ms> <major>` (see `bench:cpu --gc`).
  * Prints `LISTENING <port>` when ready.
@@ -267,55 +267,42 @@ function moduleFor(): Type {
 }
 
 /**
+ * A profile between two SIGUSR2, written to `file`, then `PROFILED` (or `PROFILE FAILED …`) printed.
+ * BENCH_PROFILE: the main thread's CPU profile (V8's sampling profiler, every 1 ms; `bench:cpu --profile`).
  * BENCH_HEAP: V8's sampling heap profile (a sample every 256 bytes on average, objects already collected
- * included) between two SIGUSR2, written to that file, then `HEAP PROFILED` (see `bench:heap`). The
- * optimising compiler's inlining is off in such a server, so that an allocation is charged to the function
- * that makes it rather than to the one it was inlined into.
+ * included; `bench:heap`). The optimising compiler's inlining is off in such a server, so that an
+ * allocation is charged to the function that makes it rather than to the one it was inlined into.
  */
-function heapProfileOnSignal(file: string): void {
+function profileOnSignal(file: string, kind: 'cpu' | 'heap'): void {
   const session = new Session();
   session.connect();
   let running = false;
   process.on('SIGUSR2', () => {
     if (!running) {
       running = true;
-      session.post('HeapProfiler.enable', () =>
-        session.post('HeapProfiler.startSampling', {
-          samplingInterval: 256,
-          includeObjectsCollectedByMajorGC: true,
-          includeObjectsCollectedByMinorGC: true,
-        }),
-      );
+      if (kind === 'cpu')
+        session.post('Profiler.enable', () =>
+          session.post('Profiler.setSamplingInterval', { interval: 1000 }, () =>
+            session.post('Profiler.start'),
+          ),
+        );
+      else
+        session.post('HeapProfiler.enable', () =>
+          session.post('HeapProfiler.startSampling', {
+            samplingInterval: 256,
+            includeObjectsCollectedByMajorGC: true,
+            includeObjectsCollectedByMinorGC: true,
+          }),
+        );
       return;
     }
     running = false;
-    session.post('HeapProfiler.stopSampling', (err, res) => {
-      if (!err) writeFileSync(file, JSON.stringify(res.profile));
-      process.stdout.write(err ? `HEAP PROFILE FAILED ${err.message}\n` : 'HEAP PROFILED\n');
-    });
-  });
-}
-
-/** BENCH_PROFILE: the main thread's CPU profile between two SIGUSR2, written to that file. */
-function profileOnSignal(file: string): void {
-  const session = new Session();
-  session.connect();
-  let running = false;
-  process.on('SIGUSR2', () => {
-    if (!running) {
-      running = true;
-      session.post('Profiler.enable', () =>
-        session.post('Profiler.setSamplingInterval', { interval: 1000 }, () =>
-          session.post('Profiler.start'),
-        ),
-      );
-      return;
-    }
-    running = false;
-    session.post('Profiler.stop', (err, res) => {
+    const done = (err: Error | null, res: { profile: object }) => {
       if (!err) writeFileSync(file, JSON.stringify(res.profile));
       process.stdout.write(err ? `PROFILE FAILED ${err.message}\n` : 'PROFILED\n');
-    });
+    };
+    if (kind === 'cpu') session.post('Profiler.stop', done);
+    else session.post('HeapProfiler.stopSampling', done);
   });
 }
 
@@ -338,10 +325,10 @@ function countGcOnSignal(): void {
 }
 
 async function main(): Promise<void> {
-  if (process.env.BENCH_PROFILE) profileOnSignal(process.env.BENCH_PROFILE);
+  if (process.env.BENCH_PROFILE) profileOnSignal(process.env.BENCH_PROFILE, 'cpu');
   else if (process.env.BENCH_HEAP) {
     setFlagsFromString('--no-turbo-inlining');
-    heapProfileOnSignal(process.env.BENCH_HEAP);
+    profileOnSignal(process.env.BENCH_HEAP, 'heap');
   }
   if (process.env.BENCH_GC === '1') countGcOnSignal();
   const app =

@@ -35,6 +35,7 @@ import {
   cpuTicks,
   dropPgSchema,
   median,
+  parseCase,
   pgSchema,
   untilQuiet,
   startServer,
@@ -116,25 +117,6 @@ function toggleProfiler(child: Server['child'], wait: boolean): Promise<void> {
   });
 }
 
-function parseCase(spec: string): { mode: string; env: Record<string, string>; users: number; rows: number } {
-  const [mode, settings] = spec.split(':');
-  const env: Record<string, string> = {};
-  let users = USERS;
-  let rows = 0;
-  const whole = (k: string, v: string, min: number) => {
-    if (Number.isSafeInteger(Number(v)) && Number(v) >= min) return Number(v);
-    throw new Error(`${k} must be a whole number ≥ ${min} in case "${spec}"`);
-  };
-  for (const kv of settings ? settings.split(',') : []) {
-    const [k, v] = kv.split('=');
-    if (!k || v === undefined) throw new Error(`bad setting "${kv}" in case "${spec}" (want NAME=VALUE)`);
-    if (k === 'users') users = whole(k, v, 1);
-    else if (k === 'rows') rows = whole(k, v, 0);
-    else env[k] = v;
-  }
-  return { mode, env, users, rows };
-}
-
 /** Data directories whose hot user already has N ledger rows, built once per N and copied per round. */
 const prefilled = new Map<number, string>();
 async function prefilledDir(rows: number): Promise<string> {
@@ -182,7 +164,7 @@ function hammer(url: string, duration: number, users: number) {
 }
 
 async function measure(spec: string, round: number): Promise<Split> {
-  const { mode, env, users, rows } = parseCase(spec);
+  const { mode, env, users, rows } = parseCase(spec, USERS);
   const dir = mkdtempSync(join(tmpdir(), 'usage-cpu-'));
   if (rows > 0) cpSync(await prefilledDir(rows), dir, { recursive: true });
   const schema = env.BENCH_STORE === 'postgres' ? await pgSchema(`_${round}`) : undefined;
@@ -245,7 +227,7 @@ async function measure(spec: string, round: number): Promise<Split> {
 }
 
 async function main(): Promise<void> {
-  CASES.forEach(parseCase); // a bad case fails now, not after minutes of other cases
+  CASES.forEach((c) => parseCase(c, USERS)); // a bad case fails now, not after minutes of other cases
   compile();
   const samples = new Map<string, Split[]>(CASES.map((c) => [c, []]));
   for (let round = 0; round < ROUNDS; round++) {

@@ -137,3 +137,30 @@ export function median(xs: number[]): number {
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
+
+/**
+ * A bench case, `mode[:NAME=VALUE,...]`: a bench-server mode and its settings. `users` (default
+ * `defaultUsers`) and `rows` (ledger rows the hot user starts with) are the bench's; the others are the
+ * server's environment.
+ */
+export function parseCase(
+  spec: string,
+  defaultUsers: number,
+): { mode: string; env: Record<string, string>; users: number; rows: number } {
+  const [mode, settings] = spec.split(':');
+  const env: Record<string, string> = {};
+  let users = defaultUsers;
+  let rows = 0;
+  const whole = (k: string, v: string, min: number) => {
+    if (Number.isSafeInteger(Number(v)) && Number(v) >= min) return Number(v);
+    throw new Error(`${k} must be a whole number ≥ ${min} in case "${spec}"`);
+  };
+  for (const kv of settings ? settings.split(',') : []) {
+    const [k, v] = kv.split('=');
+    if (!k || v === undefined) throw new Error(`bad setting "${kv}" in case "${spec}" (want NAME=VALUE)`);
+    if (k === 'users') users = whole(k, v, 1);
+    else if (k === 'rows') rows = whole(k, v, 0);
+    else env[k] = v;
+  }
+  return { mode, env, users, rows };
+}

@@ -2,7 +2,8 @@
  * `npm run bench:heap -- [--duration S] CASE...`: the bytes a request allocates, by function. Each case (a
  * bench-server mode with optional settings, as for `bench:cpu`, e.g. `noop`, `metered`,
  * `metered:BENCH_BUILD=<other tree>`) runs in a server of its own with `BENCH_HEAP`: warmed for 3 s, then
- * V8's sampling heap profiler runs while autocannon loads it (50 connections, one user) for `--duration`
+ * V8's sampling heap profiler runs while autocannon loads it (50 connections, one user unless the case says
+ * `users=N`) for `--duration`
  * seconds (5 by default). Prints each case's bytes per request (objects already collected included: what
  * the young generation's collections are paid for), and the functions whose bytes per request differ most
  * from the first case's. Sampled: a function's figure moves by a few per cent between runs.
@@ -11,7 +12,7 @@ import autocannon from 'autocannon';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chatRoundRobin, compile, startServer } from './harness';
+import { chatRoundRobin, compile, parseCase, startServer } from './harness';
 
 interface HeapNode {
   callFrame: { functionName: string; url: string; lineNumber: number };
@@ -28,23 +29,18 @@ const TOP = 25;
 
 /** Bytes per request by function (`name file:line`), and in all. */
 async function profile(spec: string): Promise<{ total: number; byFunction: Map<string, number> }> {
-  const [mode, settings] = spec.split(':');
-  const env = Object.fromEntries(
-    (settings ?? '')
-      .split(',')
-      .filter(Boolean)
-      .map((kv) => kv.split('=')),
-  );
+  const { mode, env, users, rows } = parseCase(spec, 1);
+  if (rows > 0) throw new Error(`bench:heap does not prefill ledgers (rows=${rows} in case "${spec}")`);
   const dir = mkdtempSync(join(tmpdir(), 'usage-heap-'));
   const file = join(dir, 'heap.json');
   const server = await startServer(spec, { ...env, BENCH_MODE: mode, BENCH_DATA_DIR: dir, BENCH_HEAP: file });
   const load = (duration: number) =>
-    autocannon({ url: server.url, connections: 50, duration, requests: [chatRoundRobin(1)] });
+    autocannon({ url: server.url, connections: 50, duration, requests: [chatRoundRobin(users)] });
   const written = new Promise<void>((resolve, reject) => {
     server.child.stdout!.on('data', (d: Buffer) => {
       const text = d.toString();
-      if (text.includes('HEAP PROFILED')) resolve();
-      if (text.includes('HEAP PROFILE FAILED')) reject(new Error(text.trim()));
+      if (text.includes('PROFILE FAILED')) reject(new Error(text.trim()));
+      else if (text.includes('PROFILED')) resolve();
     });
   });
   try {

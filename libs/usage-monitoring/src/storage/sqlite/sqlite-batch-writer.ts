@@ -129,7 +129,8 @@ export function rowJson(w: PendingWrite): string {
 
 /**
  * JSON texts as one JSON array, in one flat string: `[${texts.join(',')}]` would be a concatenation that
- * the driver flattens when it binds it, a second copy of every row's text.
+ * the driver flattens when it binds it, a second copy of every row's text. Takes `texts` over (its first
+ * and last items get the brackets): pass an array made for the call.
  */
 export function jsonArray(texts: string[]): string {
   if (texts.length === 0) return '[]';

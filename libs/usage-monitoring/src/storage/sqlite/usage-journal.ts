@@ -12,7 +12,6 @@ import {
   type SummaryCounterRow,
 } from './spending-summary';
 import type { SpendingTotal } from '../usage-store.interface';
-import { counterKey } from './admin-log';
 import {
   jsonArray,
   kindOf,
@@ -20,7 +19,6 @@ import {
   RETRY_MAX_MS,
   RETRY_MIN_MS,
   rowJson,
-  type CounterDelta,
   type PendingWrite,
 } from './sqlite-batch-writer';
 
@@ -42,31 +40,9 @@ const FORMAT = 2;
 /** A write's journal entry (JSON text), the row values in the same text its user's database will insert. */
 export function entryJson(userId: string, w: JournaledWrite): string {
   return `[${JSON.stringify(userId)},${FORMAT},${kindOf(w) === 'event'},${rowJson(w)},${
-    w.deltas?.length ? deltasJson(w.deltas) : 'null'
+    w.deltas?.length ? JSON.stringify(w.deltas) : 'null'
   },${w.alerts?.length ? JSON.stringify(w.alerts) : 'null'}]`;
 }
-
-/**
- * `JSON.stringify(deltas)`, each delta's text up to its amount made once per counter and period: two
- * entries per request carry the deltas of each of its limits, and stringifying them anew was ~0.7 KB of
- * garbage per entry (V8 sampling heap profile), this ~0.1 KB.
- */
-function deltasJson(deltas: readonly CounterDelta[]): string {
-  let out = '[';
-  for (let i = 0; i < deltas.length; i++) {
-    const d = deltas[i];
-    const key = counterKey(d.periodKey, d.scope, d.metric);
-    let prefix = deltaPrefixes.get(key);
-    if (prefix === undefined || prefix.periodEnd !== d.periodEnd) {
-      if (deltaPrefixes.size >= 1024) deltaPrefixes.clear();
-      const text = `{"periodKey":${JSON.stringify(d.periodKey)},"scope":${JSON.stringify(d.scope)},"metric":${JSON.stringify(d.metric)},"periodEnd":${JSON.stringify(d.periodEnd)},"amount":`;
-      deltaPrefixes.set(key, (prefix = { periodEnd: d.periodEnd, text }));
-    }
-    out += (i ? ',' : '') + prefix.text + JSON.stringify(d.amount) + '}';
-  }
-  return out + ']';
-}
-const deltaPrefixes = new Map<string, { periodEnd: number; text: string }>();
 
 /**
  * A journal entry read back at start-up: this format, or the object form of earlier versions
