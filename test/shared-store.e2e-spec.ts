@@ -26,7 +26,7 @@ const PER_REQUEST = { leases: false } as const;
 describePostgres('shared PostgreSQL store, per-request admission (leases off)', () => {
   jest.setTimeout(90_000);
 
-  it('two app processes on one database: 300 parallel requests, 100 calls left → exactly 100 admitted', async () => {
+  it('two app processes on one database: 20 then 280 parallel requests, 100 calls left → exactly 100 admitted', async () => {
     const schema = await createSchema();
     let servers: ServerProcess[] = [];
     try {
@@ -45,23 +45,23 @@ describePostgres('shared PostgreSQL store, per-request admission (leases off)', 
         expect(warm.status).toBe(200);
       }
       const user = 'plan=hundred;two-processes';
-      const results = await Promise.all(
-        Array.from({ length: 300 }, (_, i) =>
-          request(servers[i % 2].url)
-            .post('/openai/v1/chat/completions')
-            .set('authorization', bearer(user))
-            .send(chat()),
-        ),
-      );
+      const call = (i: number) =>
+        request(servers[i % 2].url)
+          .post('/openai/v1/chat/completions')
+          .set('authorization', bearer(user))
+          .send(chat());
+      // A first wave of 20 (10 through each instance) is all admitted, so both instances have written to
+      // the shared counter before the contended wave. Inside one parallel burst, which instance wins the
+      // row lock is up to the scheduler: one of them taking all 100 is a legal outcome, and made this
+      // check flaky on a loaded 2-core machine.
+      const first = await Promise.all(Array.from({ length: 20 }, (_, i) => call(i)));
+      expect(first.map((r) => r.status)).toEqual(Array(20).fill(200));
+      // Then 280 in parallel, alternating between the instances, for the 80 calls left.
+      const results = await Promise.all(Array.from({ length: 280 }, (_, i) => call(i)));
       const codes = results.map((r) => r.status);
       const tally: Record<number, number> = {};
       for (const c of codes) tally[c] = (tally[c] ?? 0) + 1;
-      expect(tally).toEqual({ 200: 100, 429: 200 });
-      expect(codes.filter((c) => c === 200)).toHaveLength(100);
-      expect(codes.filter((c) => c === 429)).toHaveLength(200);
-      // Both instances admitted some of them.
-      const perServer = [0, 1].map((s) => results.filter((r, i) => i % 2 === s && r.status === 200).length);
-      expect(perServer.every((n) => n > 0)).toBe(true);
+      expect(tally).toEqual({ 200: 80, 429: 200 });
       expect(
         await sql(
           schema,
