@@ -13,13 +13,14 @@
  * BENCH_HEAP=<file>: the same with V8's sampling heap profiler (see `bench:heap`); inlining is off in such a
  *              server.
  * BENCH_GC=1: counts V8's garbage collections (a `PerformanceObserver`); SIGURG prints the totals so far as
- *              `GC <scavenges> <scavenge ms> <major>` (see `bench:cpu --gc`).
+ *              `GC <scavenges> <scavenge ms> <major>` (see `bench:cpu --gc`), then `STALLS <longest
+ *              collection ms> <event-loop delay p99 ms> <max ms>` since the previous SIGURG (`bench:latency`).
  * Prints `LISTENING <port>` when ready.
  */
 import 'reflect-metadata';
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
-import { constants as perfConstants, PerformanceObserver } from 'node:perf_hooks';
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import {
   Body,
@@ -308,20 +309,33 @@ function profileOnSignal(file: string, kind: 'cpu' | 'heap'): void {
 
 /**
  * BENCH_GC: collections counted as they end; SIGURG prints the totals. How often the young generation is
- * collected follows how many bytes a request allocates, which holds still while req/s swing.
+ * collected follows how many bytes a request allocates, which holds still while req/s swing. A second
+ * line, `STALLS …`, has the longest collection pause and the event loop's delay (p99 and max, ms) since the
+ * previous SIGURG: where a slow request's time went, if it went on this thread.
  */
 function countGcOnSignal(): void {
-  const t = { minor: 0, minorMs: 0, major: 0 };
+  const t = { minor: 0, minorMs: 0, major: 0, longestMs: 0 };
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       const kind = (e as { detail?: { kind?: number } }).detail?.kind;
+      t.longestMs = Math.max(t.longestMs, e.duration);
       if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
         t.minor++;
         t.minorMs += e.duration;
       } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) t.major++;
     }
   }).observe({ entryTypes: ['gc'] });
-  process.on('SIGURG', () => process.stdout.write(`GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major}\n`));
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
+  process.on('SIGURG', () => {
+    const ms = (ns: number) => (ns / 1e6).toFixed(1);
+    process.stdout.write(
+      `GC ${t.minor} ${t.minorMs.toFixed(3)} ${t.major}\n` +
+        `STALLS ${t.longestMs.toFixed(1)} ${ms(loop.percentile(99))} ${ms(loop.max)}\n`,
+    );
+    t.longestMs = 0;
+    loop.reset();
+  });
 }
 
 async function main(): Promise<void> {

@@ -2,6 +2,7 @@
 import type autocannon from 'autocannon';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import { join } from 'node:path';
 import { Client } from 'pg';
 import { spawnServer } from '../test/utils/spawn-server';
@@ -163,4 +164,78 @@ export function parseCase(
     else env[k] = v;
   }
   return { mode, env, users, rows };
+}
+
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+/**
+ * Latency at a fixed request rate (below saturation), as a client sees it: p50, p99, p99.9 in ms. An open
+ * loop: request i is due at start + i / rate and its latency counts from then (a request the generator or a
+ * full connection pool held back is late by that much too). autocannon's `overallRate` was tried first: it
+ * lets each connection send its share of a second back to back at the second's start, so its "fixed rate"
+ * is a burst a second (bare Nest's p99 read 278 ms at half its throughput, `--quick`, 2026-12-05).
+ */
+export async function fixedRate(server: Server, rate: number, duration: number): Promise<Latency> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
+  const url = new URL('/openai/v1/chat/completions', server.url);
+  const headers = {
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(BODY)),
+    authorization: 'Bearer bench-user-0',
+  };
+  const total = Math.round(rate * duration);
+  const interval = 1000 / rate;
+  const latencies: number[] = [];
+  let errors = 0;
+  const start = performance.now() + 10;
+  await new Promise<void>((resolve) => {
+    let sent = 0;
+    let done = 0;
+    const finish = () => {
+      if (++done === total) resolve();
+    };
+    const fire = (due: number) => {
+      const req = http.request(url, { method: 'POST', agent, headers }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          if (res.statusCode !== 200) errors++;
+          latencies.push(performance.now() - due);
+          finish();
+        });
+      });
+      req.on('error', () => {
+        errors++;
+        finish();
+      });
+      req.end(BODY);
+    };
+    const tick = () => {
+      const now = performance.now();
+      for (; sent < total && start + sent * interval <= now; sent++) fire(start + sent * interval);
+      if (sent < total) setTimeout(tick, Math.max(0, start + sent * interval - performance.now()));
+    };
+    setTimeout(tick, 10);
+  });
+  const elapsedS = (performance.now() - start) / 1000;
+  agent.destroy();
+  latencies.sort((x, y) => x - y);
+  const at = (q: number) =>
+    round2(latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN);
+  return {
+    reqPerSec: total / elapsedS,
+    p50Ms: at(0.5),
+    p99Ms: at(0.99),
+    p999Ms: at(0.999),
+    maxMs: round2(latencies[latencies.length - 1] ?? NaN),
+    errors,
+  };
+}
+
+export interface Latency {
+  reqPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  maxMs: number;
+  errors: number;
 }
