@@ -1,7 +1,11 @@
 import { randomFillSync } from 'node:crypto';
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
-/** Random bytes drawn 4 KiB at a time: one system call per ~600 ids instead of one per id. */
+/** `HEX_CODES[2b]`, `HEX_CODES[2b + 1]`: the two lower-case hex digits of byte b, as character codes. */
+const HEX_CODES = Uint8Array.from({ length: 512 }, (_, i) =>
+  '0123456789abcdef'.charCodeAt(i & 1 ? (i >> 1) & 15 : i >> 5),
+);
+/** The id's 36 characters are written here, then read out as one string. */
+const out = Buffer.from('00000000-0000-7000-8000-000000000000', 'latin1');
 const pool = Buffer.alloc(4096);
 let poolAt = pool.length;
 let lastMs = -1;
@@ -42,26 +46,28 @@ export function newRequestId(): string {
   const r = randomBytes(6);
   const hi = Math.floor(ms / 0x1000000);
   const lo = ms % 0x1000000;
-  return (
-    HEX[(hi >>> 16) & 0xff] +
-    HEX[(hi >>> 8) & 0xff] +
-    HEX[hi & 0xff] +
-    HEX[(lo >>> 16) & 0xff] +
-    '-' +
-    HEX[(lo >>> 8) & 0xff] +
-    HEX[lo & 0xff] +
-    '-' +
-    HEX[0x70 | ((seq >>> 28) & 0x0f)] +
-    HEX[(seq >>> 20) & 0xff] +
-    '-' +
-    HEX[0x80 | ((seq >>> 14) & 0x3f)] +
-    HEX[(seq >>> 6) & 0xff] +
-    '-' +
-    HEX[((seq & 0x3f) << 2) | (pool[r] & 0x03)] +
-    HEX[pool[r + 1]] +
-    HEX[pool[r + 2]] +
-    HEX[pool[r + 3]] +
-    HEX[pool[r + 4]] +
-    HEX[pool[r + 5]]
-  );
+  hex(0, (hi >>> 16) & 0xff);
+  hex(2, (hi >>> 8) & 0xff);
+  hex(4, hi & 0xff);
+  hex(6, (lo >>> 16) & 0xff);
+  hex(9, (lo >>> 8) & 0xff);
+  hex(11, lo & 0xff);
+  hex(14, 0x70 | ((seq >>> 28) & 0x0f));
+  hex(16, (seq >>> 20) & 0xff);
+  hex(19, 0x80 | ((seq >>> 14) & 0x3f));
+  hex(21, (seq >>> 6) & 0xff);
+  hex(24, ((seq & 0x3f) << 2) | (pool[r] & 0x03));
+  hex(26, pool[r + 1]);
+  hex(28, pool[r + 2]);
+  hex(30, pool[r + 3]);
+  hex(32, pool[r + 4]);
+  hex(34, pool[r + 5]);
+  // One string of 36 one-byte characters; built by concatenation it was 18 strings (~0.6 KB per id in the
+  // heap profile).
+  return out.toString('latin1', 0, 36);
+}
+
+function hex(at: number, byte: number): void {
+  out[at] = HEX_CODES[byte << 1];
+  out[at + 1] = HEX_CODES[(byte << 1) + 1];
 }
