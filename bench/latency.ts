@@ -106,6 +106,9 @@ async function main(): Promise<void> {
           `${m((r) => r.loopMaxMs)} | ${rs.reduce((n, r) => n + r.errors, 0)} |`,
       );
     }
+    console.log(
+      `\n${new Date().toISOString()} · ${CASES.length} servers, one user · node ${process.version}`,
+    );
   } finally {
     for (const s of servers) s.child.kill('SIGTERM');
     await Promise.all(servers.map((s) => new Promise((resolve) => s.child.once('exit', resolve))));
