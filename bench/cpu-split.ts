@@ -39,20 +39,15 @@ import {
   pgSchema,
   untilQuiet,
   startServer,
+  takeNumberFlag,
+  gcLine,
   type Server,
 } from './harness';
 import { prefillLedger } from './prefill';
 import { PARTS, type Part, splitProfile } from './profile-split';
 
 const args = process.argv.slice(2);
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  if (i < 0) return fallback;
-  const v = Number(args[i + 1]);
-  if (!Number.isFinite(v) || v < 0) throw new Error(`${name} needs a number (got ${args[i + 1]})`);
-  args.splice(i, 2);
-  return v;
-};
+const flag = (name: string, fallback: number) => takeNumberFlag(args, name, fallback);
 const ROUNDS = flag('--rounds', 3);
 const DURATION = flag('--duration', 8);
 const USERS = flag('--users', 1);
@@ -82,19 +77,9 @@ interface GcTotals {
 }
 
 /** A `BENCH_GC` server's collection totals so far (SIGURG, then its `GC …` line). */
-function gcTotals(child: Server['child']): Promise<GcTotals> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the server did not print its GC totals')), 10_000);
-    const onData = (d: Buffer) => {
-      const m = /^GC (\d+) ([\d.]+) (\d+)$/m.exec(d.toString());
-      if (!m) return;
-      clearTimeout(timer);
-      child.stdout!.off('data', onData);
-      resolve({ minor: Number(m[1]), minorMs: Number(m[2]), major: Number(m[3]) });
-    };
-    child.stdout!.on('data', onData);
-    child.kill('SIGURG');
-  });
+async function gcTotals(child: Server['child']): Promise<GcTotals> {
+  const [minor, minorMs, major] = await gcLine(child, 'GC');
+  return { minor, minorMs, major };
 }
 
 /** Sends SIGUSR2 to a bench server started with BENCH_PROFILE and waits for its `PROFILED` line. */

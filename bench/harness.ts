@@ -140,6 +140,40 @@ export function median(xs: number[]): number {
 }
 
 /**
+ * Sends a `BENCH_GC` server SIGURG and resolves with the numbers of its next line that starts with `tag`
+ * (`GC …`, `STALLS …`: see `bench-server.ts`).
+ */
+export function gcLine(child: ChildProcess, tag: 'GC' | 'STALLS'): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the server did not print its ${tag} line`)), 10_000);
+    const line = new RegExp(`^${tag} ([\\d. ]+)$`, 'm');
+    const onData = (d: Buffer) => {
+      const m = line.exec(d.toString());
+      if (!m) return;
+      clearTimeout(timer);
+      child.stdout!.off('data', onData);
+      resolve(m[1].split(' ').map(Number));
+    };
+    child.stdout!.on('data', onData);
+    child.kill('SIGURG');
+  });
+}
+
+/**
+ * Takes `name VALUE` out of `args` (a script's command line) and returns the number, or `fallback` when the
+ * flag is absent. A value that is not a number, or is negative (or 0 when `positive`), is an error.
+ */
+export function takeNumberFlag(args: string[], name: string, fallback: number, positive = false): number {
+  const i = args.indexOf(name);
+  if (i < 0) return fallback;
+  const v = Number(args[i + 1]);
+  if (!Number.isFinite(v) || v < 0 || (positive && v === 0))
+    throw new Error(`${name} needs a ${positive ? 'positive ' : ''}number (got ${args[i + 1]})`);
+  args.splice(i, 2);
+  return v;
+}
+
+/**
  * A bench case, `mode[:NAME=VALUE,...]`: a bench-server mode and its settings. `users` (default
  * `defaultUsers`) and `rows` (ledger rows the hot user starts with) are the bench's; the others are the
  * server's environment.

@@ -12,7 +12,7 @@ import autocannon from 'autocannon';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chatRoundRobin, compile, parseCase, startServer } from './harness';
+import { chatRoundRobin, compile, parseCase, startServer, takeNumberFlag } from './harness';
 
 interface HeapNode {
   callFrame: { functionName: string; url: string; lineNumber: number };
@@ -21,9 +21,7 @@ interface HeapNode {
 }
 
 const args = process.argv.slice(2);
-const at = args.indexOf('--duration');
-const DURATION = at < 0 ? 5 : Number(args.splice(at, 2)[1]);
-if (!Number.isFinite(DURATION) || DURATION <= 0) throw new Error('--duration needs a positive number');
+const DURATION = takeNumberFlag(args, '--duration', 5, true);
 const CASES = args.length ? args : ['noop', 'metered'];
 const TOP = 25;
 

@@ -21,19 +21,14 @@ import {
   median,
   parseCase,
   startServer,
+  takeNumberFlag,
+  gcLine,
   type Latency,
   type Server,
 } from './harness';
 
 const args = process.argv.slice(2);
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  if (i < 0) return fallback;
-  const v = Number(args[i + 1]);
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`${name} needs a positive number (got ${args[i + 1]})`);
-  args.splice(i, 2);
-  return v;
-};
+const flag = (name: string, fallback: number) => takeNumberFlag(args, name, fallback, true);
 const RATE = flag('--rate', 1400);
 const ROUNDS = flag('--rounds', 5);
 const DURATION = flag('--duration', 5);
@@ -47,19 +42,9 @@ interface Stalls {
 }
 
 /** A `BENCH_GC` server's `STALLS` line since the previous call (SIGURG). */
-function stalls(child: ChildProcess): Promise<Stalls> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the server did not print its stalls')), 10_000);
-    const onData = (d: Buffer) => {
-      const m = /^STALLS ([\d.]+) ([\d.]+) ([\d.]+)$/m.exec(d.toString());
-      if (!m) return;
-      clearTimeout(timer);
-      child.stdout!.off('data', onData);
-      resolve({ longestGcMs: Number(m[1]), loopP99Ms: Number(m[2]), loopMaxMs: Number(m[3]) });
-    };
-    child.stdout!.on('data', onData);
-    child.kill('SIGURG');
-  });
+async function stalls(child: ChildProcess): Promise<Stalls> {
+  const [longestGcMs, loopP99Ms, loopMaxMs] = await gcLine(child, 'STALLS');
+  return { longestGcMs, loopP99Ms, loopMaxMs };
 }
 
 async function main(): Promise<void> {
