@@ -13,7 +13,10 @@ describeSqlite('storage.driver (sqlite3 and better-sqlite3 share the file format
     const dataDir = tempDataDir();
     const user = 'free-switcher'; // plan `free`: 5 AI text calls a month
     const statuses = async (driver: 'sqlite3' | 'better-sqlite3', n: number) => {
-      const t = await createTestApp({ usage: { storage: { dataDir, driver } } });
+      // A generous enforcement timeout: the first request of each start opens the user's file, which on a
+      // loaded CI machine took longer than the default 250 ms once (a 503 where a 429 was due). This test is
+      // about the file format, not latency.
+      const t = await createTestApp({ usage: { storage: { dataDir, driver }, enforcementTimeoutMs: 5000 } });
       try {
         expect((t.probe.store as PerUserSqliteStore).driver).toBe(driver);
         const out: number[] = [];
