@@ -209,8 +209,13 @@ const round2 = (x: number) => Math.round(x * 100) / 100;
  * lets each connection send its share of a second back to back at the second's start, so its "fixed rate"
  * is a burst a second (bare Nest's p99 read 278 ms at half its throughput, `--quick`, 2026-12-05).
  */
-export async function fixedRate(server: Server, rate: number, duration: number): Promise<Latency> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 50 });
+export async function fixedRate(
+  server: Server,
+  rate: number,
+  duration: number,
+  connections = 50,
+): Promise<Latency> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
   const url = new URL('/openai/v1/chat/completions', server.url);
   const headers = {
     'content-type': 'application/json',

@@ -492,7 +492,7 @@ async function latencyAtFixedRate(
   const runs = new Map<Case, Latency[]>();
   for (let round = 0; round < ROUNDS; round++) {
     for (const c of round % 2 === 0 ? picked : [...picked].reverse()) {
-      const l = await fixedRate(servers.get(c.servers[0])!, rate, DURATION);
+      const l = await fixedRate(servers.get(c.servers[0])!, rate, DURATION, CONNECTIONS);
       runs.set(c, [...(runs.get(c) ?? []), l]);
       process.stderr.write(
         `fixed rate ${rate}/s, round ${round + 1}/${ROUNDS} ${c.mode}: p99 ${l.p99Ms} ms\n`,

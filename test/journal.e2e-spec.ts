@@ -86,6 +86,9 @@ describeSqlite('cross-user journal (storage.journal)', () => {
     const t = await createTestApp({
       usage: {
         storage: { dataDir, maxOpenDataSources: 2, journal: { applyDelayMs: 100, maxUsersInMemory: 4 } },
+        // 960 requests at once through 2 open files: with the default 250 ms a few were answered 503 on a
+        // loaded machine (100 × 200 and 16 × 429 for one user, then a retry). This test is about exactness.
+        enforcementTimeoutMs: 5000,
       },
     });
     const store = t.probe.store as PerUserSqliteStore;
