@@ -155,6 +155,69 @@ describe('PerUserSqliteStore', () => {
     ]);
   });
 
+  it("sums a statement's entries into the summary once: many users settling in one turn, after an earlier version's per-entry trigger", async () => {
+    // A journal of an earlier version summed each entry in a trigger of its own: left in place, every
+    // settlement below would be counted twice.
+    await store.close();
+    await new Promise<void>((resolve, reject) => {
+      const db = new Database(join(dir, JOURNAL_FILE), (e) => {
+        if (e) return reject(e);
+        db.exec(
+          `CREATE TRIGGER usage_summary_fill AFTER INSERT ON usage_journal BEGIN
+             INSERT INTO usage_summary_totals (user_id, period_key, calls, tokens, cost_micros)
+             VALUES (NEW.entry -> 0, 'month:2026-11-01', 1, 0, 0)
+             ON CONFLICT DO UPDATE SET calls = calls + 1;
+           END`,
+          (err) => db.close(() => (err ? reject(err) : resolve())),
+        );
+      });
+    });
+    await openStore();
+    const users = ['u0', 'u1', 'u2'];
+    const reservations = await Promise.all(
+      Array.from({ length: 60 }, async (_, i) => {
+        const r = await store.reserve({
+          requestId: `m${i}`,
+          userId: users[i % 3],
+          provider: 'openai',
+          now: NOW,
+          charges: [charge('calls', 100, 1), charge('tokens', 10_000, 5)],
+        });
+        if (!r.admitted) throw new Error('refused');
+        return r.reservation;
+      }),
+    );
+    // Settled in one turn: their entries share the journal's statements.
+    await Promise.all(reservations.map((r, i) => store.settle(r, settlement(r, i))));
+    const tokensOf = (u: number) => Array.from({ length: 20 }, (_, k) => 3 * k + u).reduce((a, b) => a + b);
+    expect(
+      (await store.topSpenders({ by: 'tokens', periodKeys: ['month:2026-11-01'], limit: 10 })).map((t) => [
+        t.userId,
+        t.calls,
+        t.tokens,
+        t.costMicros,
+      ]),
+    ).toEqual([2, 1, 0].map((u) => [`u${u}`, 20, tokensOf(u), 200]));
+    const counters = await store.currentCounters(NOW);
+    expect(
+      counters.map((c) => [c.userId, c.metric, c.used]).sort((a, b) => String(a).localeCompare(String(b))),
+    ).toEqual(
+      users.flatMap((u, n) => [
+        [u, 'calls', 20],
+        [u, 'tokens', tokensOf(n)],
+      ]),
+    );
+    await store.close();
+    // The statements' sums left no row in the journal, and the old trigger is gone.
+    const file = join(dir, JOURNAL_FILE);
+    expect(await query(file, "SELECT seq FROM usage_journal WHERE entry LIKE '{%'")).toEqual([]);
+    expect(await query(file, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")).toEqual([
+      { name: 'usage_summary_fill_intent' },
+      { name: 'usage_summary_sums' },
+    ]);
+    await openStore();
+  });
+
   it('reserves all charges or none', async () => {
     const refused = await store.reserve({
       requestId: 'r1',

@@ -157,7 +157,7 @@ export class PerUserSqliteStore implements UsageStore {
       try {
         this.intents = await UsageJournal.open(
           this.dataDir,
-          { ...this.options, driver: this.factory.driver },
+          { ...this.options, driver: this.factory.driver, batchForgets: true },
           INTENT_FILE,
         );
       } catch (e) {

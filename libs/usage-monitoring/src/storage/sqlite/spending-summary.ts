@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { SpendingTotal } from '../usage-store.interface';
-import { EVENT_COLUMNS } from './sqlite-batch-writer';
+import type { SpendingTotal, UsageEventRecord } from '../usage-store.interface';
+import { counterKey } from './admin-log';
+import { type CounterDelta, EVENT_COLUMNS } from './sqlite-batch-writer';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 
 /**
@@ -12,10 +13,11 @@ import { openConnection, type SqliteConnection, type SqliteDriver } from './sqli
  * - `usage_summary_counters`: every user's counters of periods not yet ended (settled usage).
  * - `usage_summary_totals`: every user's ledger rows, tokens and cost per billing month.
  *
- * It is written by a trigger on the journal's insert, in the statement (so the transaction) that makes a
- * settlement durable: whatever the journal holds, or has handed on to a user's file, is in the summary,
- * and nothing else; a crash cannot split them. Requests a crash interrupted (durable intent) are charged
- * to their users' files at start-up without the journal; they reach the summary through
+ * It is written in the statement (so the transaction) that makes a settlement durable: whatever the journal
+ * holds, or has handed on to a user's file, is in the summary, and nothing else; a crash cannot split them.
+ * Each statement that inserts journal entries carries, as its first row, the entries' sums (`summaryEntry`):
+ * a trigger adds them to the summary and deletes that row. Requests a crash interrupted (durable intent) are
+ * charged to their users' files at start-up without the journal; they reach the summary through
  * `usage_summary_intents`, once per request id, before their intent is forgotten. A data directory of an
  * earlier version (no summary yet) is summarised from its users' files once, at start-up.
  */
@@ -48,15 +50,74 @@ const SCHEMA = [
     PRIMARY KEY (period_key, user_id)) WITHOUT ROWID`,
   'CREATE TABLE IF NOT EXISTS usage_summary_intents (request_id TEXT PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID',
   'CREATE TABLE IF NOT EXISTS usage_summary_state (id INTEGER PRIMARY KEY CHECK (id = 1), built_at INTEGER NOT NULL)',
-  // A settlement's ledger row (`$[2]` true: not a bare request row) with its counter deltas.
-  `CREATE TRIGGER IF NOT EXISTS usage_summary_fill AFTER INSERT ON usage_journal
-  WHEN NEW.entry ->> 2 = 1
-  BEGIN ${upsertsOf('NEW.entry')}
+  // Earlier versions summed each entry in a trigger of its own. SQLite's time per entry, 27 entries per
+  // statement (a scratch measurement, 2026-12-06): 40 µs with that trigger, 16–23 µs with a statement's sums
+  // (below), 7–10 µs with no summary.
+  'DROP TRIGGER IF EXISTS usage_summary_fill',
+  // A statement's sums (an object; entries are arrays), added and then deleted.
+  `CREATE TRIGGER IF NOT EXISTS usage_summary_sums AFTER INSERT ON usage_journal
+  WHEN substr(NEW.entry, 1, 1) = '{'
+  BEGIN
+  INSERT INTO usage_summary_totals (user_id, period_key, calls, tokens, cost_micros)
+  SELECT t.value ->> 0, t.value ->> 1, t.value ->> 2, t.value ->> 3, t.value ->> 4
+  FROM json_each(NEW.entry, '$.t') AS t WHERE true
+  ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, tokens = tokens + excluded.tokens,
+    cost_micros = cost_micros + excluded.cost_micros;
+  INSERT INTO usage_summary_counters (user_id, period_key, scope, metric, period_end, used)
+  SELECT c.value ->> 0, c.value ->> 1, c.value ->> 2, c.value ->> 3, c.value ->> 4, c.value ->> 5
+  FROM json_each(NEW.entry, '$.c') AS c WHERE true
+  ON CONFLICT DO UPDATE SET used = used + excluded.used;
+  DELETE FROM usage_journal WHERE seq = NEW.seq;
   END`,
   `CREATE TRIGGER IF NOT EXISTS usage_summary_fill_intent AFTER INSERT ON usage_summary_intents
   BEGIN ${upsertsOf('NEW.entry')}
   END`,
 ];
+
+/**
+ * The summary rows of a statement's journal entries, summed, as the JSON text of the row that goes first in
+ * the statement (the trigger `usage_summary_sums` adds them and deletes it); undefined when none of the
+ * entries is a ledger row. Users are keyed by the JSON text of their id, as `buildSummary` keys them.
+ */
+export function summaryEntry(
+  entries: readonly { userId: string; write: { event?: UsageEventRecord; deltas?: CounterDelta[] } }[],
+): string | undefined {
+  // user → period → [period, calls, tokens, cost]; user → counter key → [period, scope, metric, end, used]
+  const totals = new Map<string, Map<string, [string, number, number, number]>>();
+  const counters = new Map<string, Map<string, [string, string, string, number, number]>>();
+  for (const { userId, write } of entries) {
+    const e = write.event;
+    if (!e) continue;
+    let byPeriod = totals.get(userId);
+    if (!byPeriod) totals.set(userId, (byPeriod = new Map()));
+    const t = byPeriod.get(e.periodKey);
+    if (t) {
+      t[1] += 1;
+      t[2] += e.inputTokens + e.outputTokens;
+      t[3] += e.costMicros;
+    } else {
+      byPeriod.set(e.periodKey, [e.periodKey, 1, e.inputTokens + e.outputTokens, e.costMicros]);
+    }
+    if (!write.deltas?.length) continue;
+    let byCounter = counters.get(userId);
+    if (!byCounter) counters.set(userId, (byCounter = new Map()));
+    for (const d of write.deltas) {
+      const key = counterKey(d.periodKey, d.scope, d.metric);
+      const c = byCounter.get(key);
+      if (c) c[4] += d.amount;
+      else byCounter.set(key, [d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
+    }
+  }
+  if (totals.size === 0) return undefined;
+  const t: unknown[] = [];
+  const c: unknown[] = [];
+  for (const [userId, byPeriod] of totals) {
+    const user = JSON.stringify(userId);
+    for (const r of byPeriod.values()) t.push([user, ...r]);
+    for (const r of counters.get(userId)?.values() ?? []) c.push([user, ...r]);
+  }
+  return JSON.stringify({ t, c });
+}
 
 /** Creates the summary (in the journal's database); resolves whether it has been built (see `build`). */
 export async function prepareSummary(c: SqliteConnection): Promise<boolean> {

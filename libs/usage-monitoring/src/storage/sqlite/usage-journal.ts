@@ -8,6 +8,7 @@ import {
   pruneSummary,
   summarizeIntents,
   summaryCounters,
+  summaryEntry,
   summaryTop,
   type SummaryCounterRow,
 } from './spending-summary';
@@ -166,6 +167,13 @@ interface Entry {
  */
 export const CHECKPOINT_INTERVAL_MS = 200;
 
+/**
+ * With `batchForgets` (the intent log), forgotten rows are deleted once this many wait, or at the next
+ * checkpoint tick: a delete of 19 rows cost SQLite ~5 µs per row, one of 500 rows ~1.4 µs (a scratch
+ * measurement, 2026-12-06). A row deleted late is harmless: a settled request's intent is skipped whole.
+ */
+export const FORGET_BATCH = 256;
+
 const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?) WHERE true';
 const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
 
@@ -223,6 +231,8 @@ export class UsageJournal {
       outboxTargets?: readonly string[];
       /** Keeps the spending summary (`spending-summary.ts`) of what the journal receives. */
       summary?: boolean;
+      /** Deletes forgotten rows in batches (`FORGET_BATCH`) rather than in the next turn. */
+      batchForgets?: boolean;
     },
     file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
@@ -247,13 +257,19 @@ export class UsageJournal {
       throw e;
     }
     const journal = new UsageJournal(connection, checkpointer);
+    journal.batchForgets = options.batchForgets === true;
     try {
       if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
-      if (options.summary) journal.summaryBuilt = await prepareSummary(connection);
+      if (options.summary) {
+        journal.summaryBuilt = await prepareSummary(connection);
+        journal.summary = true;
+      }
       const rows = await connection.all<{ seq: number; entry: string }>(
         'SELECT seq, entry FROM usage_journal ORDER BY seq',
       );
       for (const r of rows) {
+        // A statement's sums (`summaryEntry`): its trigger deletes them; skipped should one be left.
+        if (r.entry.startsWith('{')) continue;
         const [userId, write] = parseEntry(r.entry);
         const list = journal.left.get(userId) ?? [];
         list.push({ seq: r.seq, write });
@@ -309,6 +325,9 @@ export class UsageJournal {
    * a data directory of an earlier version until `buildSummary`).
    */
   summaryBuilt = false;
+  /** Each statement of entries carries their sums for the spending summary (`summaryEntry`). */
+  private summary = false;
+  private batchForgets = false;
 
   /** Every user's summary counters of periods not ended at `now`. */
   summaryCounters(now: number): Promise<SummaryCounterRow[]> {
@@ -381,7 +400,7 @@ export class UsageJournal {
   /** The user's database committed this row: drop it from the journal (in the next turn's commit). */
   forget(seq: number): void {
     this.forgotten.push(seq);
-    this.schedule();
+    if (!this.batchForgets || this.forgotten.length >= FORGET_BATCH) this.schedule();
   }
 
   /**
@@ -403,7 +422,8 @@ export class UsageJournal {
     const until = Date.now() + deadlineMs;
     while (this.queue.length > 0 || this.forgotten.length > 0 || this.running) {
       if (Date.now() > until) return false;
-      if (this.retryTimer && !this.running) {
+      if (!this.running) {
+        // A retry's backoff, or forgotten rows waiting for their batch: now.
         clearTimeout(this.retryTimer);
         this.retryTimer = undefined;
         this.running = true;
@@ -430,6 +450,7 @@ export class UsageJournal {
    * (nothing is lost; it grows until a later checkpoint succeeds).
    */
   private checkpoint(): void {
+    if (this.forgotten.length > 0) this.schedule();
     if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
     this.uncheckpointed = 0;
     this.idleTicks = 0;
@@ -456,8 +477,12 @@ export class UsageJournal {
     const chunks: Promise<Error | null>[] = [];
     for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
       const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
+      const texts = part.map((e) => e.json);
+      // The sums go first: the entries' sequence numbers are then the statement's last ones.
+      const sums = this.summary ? summaryEntry(part) : undefined;
+      if (sums !== undefined) texts.unshift(sums);
       chunks.push(
-        this.statements.run(INSERT_SQL, [jsonArray(part.map((e) => e.json))]).then(
+        this.statements.run(INSERT_SQL, [jsonArray(texts)]).then(
           (last) => {
             part.forEach((e, j) => {
               if (!e.failed) e.done(true);
