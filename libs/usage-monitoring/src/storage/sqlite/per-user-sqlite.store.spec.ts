@@ -208,8 +208,12 @@ describe('PerUserSqliteStore', () => {
       ]),
     );
     await store.close();
-    // The statements' sums left no row in the journal, and the old trigger is gone.
+    // The 60 entries went in one statement, with one row of sums (61 sequence numbers); that row is gone,
+    // and so is the old trigger.
     const file = join(dir, JOURNAL_FILE);
+    expect(await query(file, "SELECT seq FROM sqlite_sequence WHERE name = 'usage_journal'")).toEqual([
+      { seq: 61 },
+    ]);
     expect(await query(file, "SELECT seq FROM usage_journal WHERE entry LIKE '{%'")).toEqual([]);
     expect(await query(file, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")).toEqual([
       { name: 'usage_summary_fill_intent' },

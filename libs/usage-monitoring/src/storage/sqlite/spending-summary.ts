@@ -1,8 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SpendingTotal, UsageEventRecord } from '../usage-store.interface';
-import { counterKey } from './admin-log';
-import { type CounterDelta, EVENT_COLUMNS } from './sqlite-batch-writer';
+import { addDeltas, type CounterDelta, EVENT_COLUMNS } from './sqlite-batch-writer';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 
 /**
@@ -50,9 +49,9 @@ const SCHEMA = [
     PRIMARY KEY (period_key, user_id)) WITHOUT ROWID`,
   'CREATE TABLE IF NOT EXISTS usage_summary_intents (request_id TEXT PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID',
   'CREATE TABLE IF NOT EXISTS usage_summary_state (id INTEGER PRIMARY KEY CHECK (id = 1), built_at INTEGER NOT NULL)',
-  // Earlier versions summed each entry in a trigger of its own. SQLite's time per entry, 27 entries per
-  // statement (a scratch measurement, 2026-12-06): 40 µs with that trigger, 16–23 µs with a statement's sums
-  // (below), 7–10 µs with no summary.
+  // Earlier versions summed each entry in a trigger of its own. SQLite's time per entry, 27 entries of 4
+  // counter deltas per statement (a scratch measurement, 2026-12-06): 40 µs with that trigger, 16–24 µs
+  // with a statement's sums (below), 7–10 µs with no summary.
   'DROP TRIGGER IF EXISTS usage_summary_fill',
   // A statement's sums (an object; entries are arrays), added and then deleted.
   `CREATE TRIGGER IF NOT EXISTS usage_summary_sums AFTER INSERT ON usage_journal
@@ -82,9 +81,9 @@ const SCHEMA = [
 export function summaryEntry(
   entries: readonly { userId: string; write: { event?: UsageEventRecord; deltas?: CounterDelta[] } }[],
 ): string | undefined {
-  // user → period → [period, calls, tokens, cost]; user → counter key → [period, scope, metric, end, used]
+  // user → period → [period, calls, tokens, cost]; user → counter key → its summed delta
   const totals = new Map<string, Map<string, [string, number, number, number]>>();
-  const counters = new Map<string, Map<string, [string, string, string, number, number]>>();
+  const counters = new Map<string, Map<string, CounterDelta>>();
   for (const { userId, write } of entries) {
     const e = write.event;
     if (!e) continue;
@@ -98,15 +97,9 @@ export function summaryEntry(
     } else {
       byPeriod.set(e.periodKey, [e.periodKey, 1, e.inputTokens + e.outputTokens, e.costMicros]);
     }
-    if (!write.deltas?.length) continue;
     let byCounter = counters.get(userId);
     if (!byCounter) counters.set(userId, (byCounter = new Map()));
-    for (const d of write.deltas) {
-      const key = counterKey(d.periodKey, d.scope, d.metric);
-      const c = byCounter.get(key);
-      if (c) c[4] += d.amount;
-      else byCounter.set(key, [d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
-    }
+    addDeltas(byCounter, write.deltas);
   }
   if (totals.size === 0) return undefined;
   const t: unknown[] = [];
@@ -114,7 +107,8 @@ export function summaryEntry(
   for (const [userId, byPeriod] of totals) {
     const user = JSON.stringify(userId);
     for (const r of byPeriod.values()) t.push([user, ...r]);
-    for (const r of counters.get(userId)?.values() ?? []) c.push([user, ...r]);
+    for (const d of counters.get(userId)!.values())
+      c.push([user, d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
   }
   return JSON.stringify({ t, c });
 }

@@ -193,17 +193,27 @@ function requestRow(w: PendingWrite): unknown[] {
   ];
 }
 
+/** Adds `deltas` to `sum`, by counter (`counterKey`); a counter's first delta is copied, the caller's stay as they are. */
+export function addDeltas(sum: Map<string, CounterDelta>, deltas: readonly CounterDelta[] | undefined): void {
+  for (const d of deltas ?? []) {
+    const key = counterKey(d.periodKey, d.scope, d.metric);
+    const prev = sum.get(key);
+    if (prev) prev.amount += d.amount;
+    else
+      sum.set(key, {
+        periodKey: d.periodKey,
+        scope: d.scope,
+        metric: d.metric,
+        periodEnd: d.periodEnd,
+        amount: d.amount,
+      });
+  }
+}
+
 /** The summed deltas of a chunk's rows, as the trigger reads them. */
 function summedDeltas(rows: PendingWrite[]): string | null {
   const sum = new Map<string, CounterDelta>();
-  for (const w of rows) {
-    for (const d of w.deltas ?? []) {
-      const key = counterKey(d.periodKey, d.scope, d.metric);
-      const prev = sum.get(key);
-      if (prev) prev.amount += d.amount;
-      else sum.set(key, { ...d });
-    }
-  }
+  for (const w of rows) addDeltas(sum, w.deltas);
   if (sum.size === 0) return null;
   return JSON.stringify(
     [...sum.values()].map((d) => ({ p: d.periodKey, s: d.scope, m: d.metric, a: d.amount, e: d.periodEnd })),
