@@ -106,7 +106,7 @@ describe('UsageJournal with batchForgets (the intent log)', () => {
       (await reader.all<{ n: number }>('SELECT COUNT(*) AS n FROM usage_journal'))[0].n;
     const seqs: number[] = [];
     try {
-      for (let i = 0; i < FORGET_BATCH + 40; i++) {
+      const add = (i: number) =>
         journal.append(
           'u',
           {
@@ -124,7 +124,7 @@ describe('UsageJournal with batchForgets (the intent log)', () => {
           () => undefined,
           (seq) => seqs.push(seq),
         );
-      }
+      for (let i = 0; i < FORGET_BATCH + 40; i++) add(i);
       expect(await journal.caughtUp()).toBe(true);
       expect(await count()).toBe(FORGET_BATCH + 40);
       /** Polls until the count is `n` (true), false after 1 s; right after a checkpoint tick when it drops. */
@@ -136,10 +136,17 @@ describe('UsageJournal with batchForgets (the intent log)', () => {
       // Fewer than a batch: deleted by a checkpoint tick.
       for (const seq of seqs.slice(0, 10)) journal.forget(seq);
       expect(await until(FORGET_BATCH + 30)).toBe(true);
-      // Just after that tick: 10 more stay for the next one (not deleted in the next turns).
+      // Just after that tick: 10 more stay for the next one, also through the commits of new appends in
+      // between (under load the intent log commits every turn; each must not delete the few that wait).
       for (const seq of seqs.slice(10, 20)) journal.forget(seq);
+      for (let i = 0; i < 3; i++) {
+        add(FORGET_BATCH + 40 + i);
+        expect(await journal.caughtUp()).toBe(true);
+      }
       await sleep(20);
-      expect(await count()).toBe(FORGET_BATCH + 30);
+      expect(await count()).toBe(FORGET_BATCH + 33);
+      expect(await until(FORGET_BATCH + 23)).toBe(true);
+      for (const seq of seqs.slice(FORGET_BATCH + 40)) journal.forget(seq);
       expect(await until(FORGET_BATCH + 20)).toBe(true);
       // A whole batch: deleted in the next turns, without waiting for a tick.
       for (const seq of seqs.slice(20, 20 + FORGET_BATCH)) journal.forget(seq);

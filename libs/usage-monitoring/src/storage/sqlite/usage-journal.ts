@@ -328,6 +328,8 @@ export class UsageJournal {
   /** Each statement of entries carries their sums for the spending summary (`summaryEntry`). */
   private summary = false;
   private batchForgets = false;
+  /** With `batchForgets`: set by a checkpoint tick or `drain()`, so that the next commit deletes what waits. */
+  private forgetsDue = false;
 
   /** Every user's summary counters of periods not ended at `now`. */
   summaryCounters(now: number): Promise<SummaryCounterRow[]> {
@@ -397,10 +399,25 @@ export class UsageJournal {
     this.schedule();
   }
 
-  /** The user's database committed this row: drop it from the journal (in the next turn's commit). */
+  /**
+   * The user's database committed this row (the intent log: its request settled): drop it from the journal,
+   * in the next turn's commit (with `batchForgets`, see `forgetsReady`).
+   */
   forget(seq: number): void {
     this.forgotten.push(seq);
-    if (!this.batchForgets || this.forgotten.length >= FORGET_BATCH) this.schedule();
+    if (this.forgetsReady()) this.schedule();
+  }
+
+  /**
+   * Whether the next commit deletes the forgotten rows: always without `batchForgets`; with it, once a batch
+   * waits or a tick or `drain()` asked. Commits of appends in between leave them waiting: under load the
+   * intent log commits every turn, and taking its few forgotten rows each time was a 19-row delete per turn.
+   */
+  private forgetsReady(): boolean {
+    return (
+      this.forgotten.length > 0 &&
+      (!this.batchForgets || this.forgotten.length >= FORGET_BATCH || this.forgetsDue)
+    );
   }
 
   /**
@@ -424,6 +441,7 @@ export class UsageJournal {
       if (Date.now() > until) return false;
       if (!this.running) {
         // A retry's backoff, or forgotten rows waiting for their batch: now.
+        this.forgetsDue = true;
         clearTimeout(this.retryTimer);
         this.retryTimer = undefined;
         this.running = true;
@@ -450,7 +468,10 @@ export class UsageJournal {
    * (nothing is lost; it grows until a later checkpoint succeeds).
    */
   private checkpoint(): void {
-    if (this.forgotten.length > 0) this.schedule();
+    if (this.forgotten.length > 0) {
+      this.forgetsDue = true;
+      this.schedule();
+    }
     if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
     this.uncheckpointed = 0;
     this.idleTicks = 0;
@@ -471,8 +492,11 @@ export class UsageJournal {
     const started = this.onCommit ? performance.now() : 0;
     const batch = this.queue;
     this.queue = [];
-    const forgotten = this.forgotten;
-    this.forgotten = [];
+    const forgotten = this.forgetsReady() ? this.forgotten : [];
+    if (forgotten.length) {
+      this.forgotten = [];
+      this.forgetsDue = false;
+    }
     // One statement per chunk, each atomic; the deletes in one more. Statements on one connection run in order.
     const chunks: Promise<Error | null>[] = [];
     for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
@@ -508,6 +532,7 @@ export class UsageJournal {
           () => null,
           (error: Error) => {
             this.forgotten.push(...forgotten);
+            this.forgetsDue = true;
             return error;
           },
         ),
@@ -530,7 +555,7 @@ export class UsageJournal {
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
     if (this.onCommit && batch.length > 0) this.onCommit(batch.length, (performance.now() - started) / 1000);
-    if (this.queue.length > 0 || this.forgotten.length > 0) {
+    if (this.queue.length > 0 || this.forgetsReady()) {
       setImmediate(() => void this.flush());
       return;
     }
