@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
 import type { LimitCharge, Reservation, Settlement } from '../usage-store.interface';
 import { PerUserSqliteStore } from './per-user-sqlite.store';
-import { JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { entryJson, JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { userFileName } from './user-file-name';
 
 const NOW = Date.UTC(2026, 10, 20);
 const END = Date.UTC(2026, 11, 1);
@@ -72,8 +73,14 @@ function query(file: string, sql: string): Promise<Record<string, unknown>[]> {
 }
 
 /** A store on `dir` at `NOW`, its users kept only while their files are open. */
-function storeAt(dir: string, maxOpenDataSources: number, applyDelayMs: number): PerUserSqliteStore {
+function storeAt(
+  dir: string,
+  maxOpenDataSources: number,
+  applyDelayMs: number,
+  sumsIntervalMs?: number,
+): PerUserSqliteStore {
   return new PerUserSqliteStore({
+    sumsIntervalMs,
     dataDir: dir,
     maxOpenDataSources,
     busyTimeoutMs: 1000,
@@ -155,7 +162,7 @@ describe('PerUserSqliteStore', () => {
     ]);
   });
 
-  it("sums a statement's entries into the summary once: many users settling in one turn, after an earlier version's per-entry trigger", async () => {
+  it("sums the journal's entries into the summary once: many users settling in one turn, after an earlier version's per-entry trigger", async () => {
     // A journal of an earlier version summed each entry in a trigger of its own: left in place, every
     // settlement below would be counted twice.
     await store.close();
@@ -208,17 +215,100 @@ describe('PerUserSqliteStore', () => {
       ]),
     );
     await store.close();
-    // The 60 entries went in one statement, with one row of sums (61 sequence numbers); that row is gone,
-    // and so is the old trigger.
+    // The 60 entries, then one row of their sums when the summary was read (61 sequence numbers, the mark at
+    // the last); that row is gone, and so is the old trigger.
     const file = join(dir, JOURNAL_FILE);
     expect(await query(file, "SELECT seq FROM sqlite_sequence WHERE name = 'usage_journal'")).toEqual([
       { seq: 61 },
     ]);
+    expect(await query(file, 'SELECT seq FROM usage_summary_mark')).toEqual([{ seq: 61 }]);
     expect(await query(file, "SELECT seq FROM usage_journal WHERE entry LIKE '{%'")).toEqual([]);
     expect(await query(file, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")).toEqual([
       { name: 'usage_summary_fill_intent' },
-      { name: 'usage_summary_sums' },
+      { name: 'usage_summary_sums_marked' },
     ]);
+    await openStore();
+  });
+
+  it("holds an entry its user's file has in the journal until the summary has its sums; sums a crash left unsummed once, at the next start", async () => {
+    await store.close();
+    // Sums only when read or drained, not by time: what is held, and when, is then this test's to decide.
+    store = storeAt(dir, 8, 0, 3_600_000);
+    await store.init();
+    const settle = async (requestId: string, tokens: number) => {
+      const r = await store.reserve({
+        requestId,
+        userId: 'u',
+        provider: 'openai',
+        now: NOW,
+        charges: [charge('calls', 100, 1), charge('tokens', 10_000, 5)],
+      });
+      if (!r.admitted) throw new Error('refused');
+      await store.settle(r.reservation, settlement(r.reservation, tokens));
+    };
+    for (let i = 0; i < 5; i++) await settle(`h${i}`, i + 1);
+    const journal = join(dir, JOURNAL_FILE);
+    const userFile = join(dir, userFileName('u'));
+    const entries = async () =>
+      Number((await query(journal, "SELECT COUNT(*) AS n FROM usage_journal WHERE entry LIKE '[%'"))[0].n);
+    // Applied to the user's file (no apply delay), still in the journal: the summary has not had them.
+    for (const end = Date.now() + 5_000; Date.now() < end; await new Promise((r) => setTimeout(r, 20)))
+      if ((await query(userFile, 'SELECT COUNT(*) AS n FROM usage_events'))[0].n === 5) break;
+    expect((await query(userFile, 'SELECT COUNT(*) AS n FROM usage_events'))[0].n).toBe(5);
+    await new Promise((r) => setTimeout(r, 300)); // past a checkpoint tick and the journal's next turns
+    expect(await entries()).toBe(5);
+    expect(await query(journal, 'SELECT seq FROM usage_summary_mark')).toEqual([{ seq: 0 }]);
+    // Read: summed (seq 6, after the 5 entries), then forgotten.
+    expect(await store.topSpenders({ by: 'calls', periodKeys: ['month:2026-11-01'], limit: 5 })).toEqual([
+      { userId: 'u', calls: 5, tokens: 15, costMicros: 50, periodKey: 'month:2026-11-01' },
+    ]);
+    expect(await query(journal, 'SELECT seq FROM usage_summary_mark')).toEqual([{ seq: 6 }]);
+    for (const end = Date.now() + 5_000; Date.now() < end && (await entries()) > 0;)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await entries()).toBe(0);
+    await store.close();
+    // What a crash leaves: entries committed to the journal above the mark, their sums not yet added.
+    const deltas = (tokens: number) =>
+      [charge('calls', 100, 1), charge('tokens', 10_000, tokens)].map((c) => ({
+        periodKey: c.periodKey,
+        scope: c.scope,
+        metric: c.metric,
+        periodEnd: c.periodEnd,
+        amount: c.amount,
+      }));
+    const left = [7, 11].map((tokens, i) => {
+      const { event } = settlement({ requestId: `c${i}`, userId: 'u' } as Reservation, tokens);
+      return entryJson('u', { event, deltas: deltas(tokens) });
+    });
+    await new Promise<void>((resolve, reject) => {
+      const db = new Database(journal, (e) => {
+        if (e) return reject(e);
+        db.run(
+          'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?)',
+          [JSON.stringify(left.map((t) => JSON.parse(t) as unknown))],
+          (err) => db.close(() => (err ? reject(err) : resolve())),
+        );
+      });
+    });
+    // Summed once at the start, applied to the user's file, and not again at the start after.
+    for (let open = 0; open < 2; open++) {
+      store = storeAt(dir, 8, 0, 3_600_000);
+      await store.init();
+      expect(await store.topSpenders({ by: 'calls', periodKeys: ['month:2026-11-01'], limit: 5 })).toEqual([
+        { userId: 'u', calls: 7, tokens: 33, costMicros: 70, periodKey: 'month:2026-11-01' },
+      ]);
+      expect(
+        (await store.currentCounters(NOW))
+          .map((c) => [c.metric, c.used])
+          .sort((a, b) => String(a).localeCompare(String(b))),
+      ).toEqual([
+        ['calls', 7],
+        ['tokens', 15 + 7 + 11],
+      ]);
+      await store.close();
+    }
+    expect((await query(userFile, 'SELECT COUNT(*) AS n FROM usage_events'))[0].n).toBe(7);
+    expect(await query(journal, 'SELECT seq FROM usage_summary_mark')).toEqual([{ seq: 8 }]);
     await openStore();
   });
 

@@ -66,6 +66,11 @@ export interface PerUserSqliteStoreOptions {
   journal: { applyDelayMs: number; maxUsersInMemory: number };
   /** Alert webhook URLs: alerts go to the journal's outbox for each (`alerts.webhook`). */
   webhookUrls?: readonly string[];
+  /**
+   * How often (ms) the spending summary receives the journal's sums while entries arrive (tests).
+   * @default SUMS_INTERVAL_MS
+   */
+  sumsIntervalMs?: number;
 }
 
 /**
@@ -174,6 +179,7 @@ export class PerUserSqliteStore implements UsageStore {
         driver: this.factory.driver,
         outboxTargets: this.options.webhookUrls ?? [],
         summary: true,
+        sumsIntervalMs: this.options.sumsIntervalMs,
       });
       this.journal.onCommit = this.options.onCommit;
       if (this.options.journal.maxUsersInMemory > 0) {
@@ -358,6 +364,8 @@ export class PerUserSqliteStore implements UsageStore {
 
   /** From the spending summary in the journal's database (`spending-summary.ts`), with grants and resets. */
   async currentCounters(now: number): Promise<SpendingCounter[]> {
+    // The summary receives the journal's sums about once a second: first those of what has committed.
+    await this.journal.summarized();
     const rows = await this.journal.summaryCounters(now);
     return rows.map((r) => {
       const userId = JSON.parse(r.user_id) as string;
@@ -374,11 +382,12 @@ export class PerUserSqliteStore implements UsageStore {
     });
   }
 
-  topSpenders(query: {
+  async topSpenders(query: {
     by: 'calls' | 'tokens' | 'cost';
     periodKeys: readonly string[];
     limit: number;
   }): Promise<SpendingTotal[]> {
+    await this.journal.summarized();
     return this.journal.summaryTop(query.by, query.periodKeys, query.limit);
   }
 

@@ -174,6 +174,12 @@ export const CHECKPOINT_INTERVAL_MS = 200;
  */
 export const FORGET_BATCH = 256;
 
+/**
+ * How often (ms) the spending summary receives the sums of the entries committed since its last ones (see
+ * `spending-summary.ts`), while entries arrive; and at once when it is read (`summarized`) or drained.
+ */
+export const SUMS_INTERVAL_MS = 1_000;
+
 const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_each(?) WHERE true';
 const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
 
@@ -188,6 +194,17 @@ const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM js
 export class UsageJournal {
   private queue: Entry[] = [];
   private forgotten: number[] = [];
+  /** Forgotten entries above the summary's mark: deleted once a mark covers them (see `spending-summary.ts`). */
+  private held: number[] = [];
+  /** Committed entries whose sums the summary has not received yet, and the mark (every entry up to it has). */
+  private unsummed: Entry[] = [];
+  private mark = 0;
+  private sumsAt = 0;
+  private sumsIntervalMs = SUMS_INTERVAL_MS;
+  /** Set by `summarized()` and `drain()`: the next commit carries the sums, due or not. */
+  private sumsWanted = false;
+  /** Entries whose sums the summary has received since the journal was opened (see `summarized`). */
+  private summedCount = 0;
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
@@ -233,6 +250,8 @@ export class UsageJournal {
       summary?: boolean;
       /** Deletes forgotten rows in batches (`FORGET_BATCH`) rather than in the next turn. */
       batchForgets?: boolean;
+      /** With `summary`: how often (ms) the sums go to it while entries arrive. @default SUMS_INTERVAL_MS */
+      sumsIntervalMs?: number;
     },
     file = JOURNAL_FILE,
   ): Promise<UsageJournal> {
@@ -261,8 +280,12 @@ export class UsageJournal {
     try {
       if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
       if (options.summary) {
-        journal.summaryBuilt = await prepareSummary(connection);
+        const { built, mark } = await prepareSummary(connection);
+        journal.summaryBuilt = built;
+        journal.mark = mark;
         journal.summary = true;
+        journal.sumsIntervalMs = options.sumsIntervalMs ?? SUMS_INTERVAL_MS;
+        journal.sumsAt = Date.now();
       }
       const rows = await connection.all<{ seq: number; entry: string }>(
         'SELECT seq, entry FROM usage_journal ORDER BY seq',
@@ -325,7 +348,7 @@ export class UsageJournal {
    * a data directory of an earlier version until `buildSummary`).
    */
   summaryBuilt = false;
-  /** Each statement of entries carries their sums for the spending summary (`summaryEntry`). */
+  /** Keeps the spending summary: the entries' sums go to it about once a second (`SUMS_INTERVAL_MS`). */
   private summary = false;
   private batchForgets = false;
   /** With `batchForgets`: set by a checkpoint tick or `drain()`, so that the next commit deletes what waits. */
@@ -362,6 +385,8 @@ export class UsageJournal {
   ): Promise<number> {
     const n = await buildSummary(this.statements, dataDir, options);
     this.summaryBuilt = true;
+    const [{ seq }] = await this.statements.all<{ seq: number }>('SELECT seq FROM usage_summary_mark', []);
+    this.marked(seq);
     return n;
   }
 
@@ -404,8 +429,28 @@ export class UsageJournal {
    * in the next turn's commit (with `batchForgets`, see `forgetsReady`).
    */
   forget(seq: number): void {
+    if (this.summary && seq > this.mark) {
+      this.held.push(seq);
+      return;
+    }
     this.forgotten.push(seq);
     if (this.forgetsReady()) this.schedule();
+  }
+
+  /**
+   * Resolves true once the summary has received the sums of every entry committed before the call (with
+   * `caughtUp` first: of every write appended before it), false after `deadlineMs`.
+   */
+  async summarized(deadlineMs = 5_000): Promise<boolean> {
+    const target = this.journaledCount;
+    const until = Date.now() + deadlineMs;
+    while (this.summary && this.summedCount < target) {
+      if (Date.now() > until) return false;
+      this.sumsWanted = true;
+      this.schedule();
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return true;
   }
 
   /**
@@ -437,11 +482,18 @@ export class UsageJournal {
   /** Resolves true once everything queued (appends and forgets) has committed, false after `deadlineMs`. */
   async drain(deadlineMs = 5_000): Promise<boolean> {
     const until = Date.now() + deadlineMs;
-    while (this.queue.length > 0 || this.forgotten.length > 0 || this.running) {
+    while (
+      this.queue.length > 0 ||
+      this.forgotten.length > 0 ||
+      this.unsummed.length > 0 ||
+      this.held.length > 0 ||
+      this.running
+    ) {
       if (Date.now() > until) return false;
       if (!this.running) {
-        // A retry's backoff, or forgotten rows waiting for their batch: now.
+        // A retry's backoff, forgotten rows waiting for their batch, or sums not yet due: now.
         this.forgetsDue = true;
+        this.sumsWanted = true;
         clearTimeout(this.retryTimer);
         this.retryTimer = undefined;
         this.running = true;
@@ -472,6 +524,7 @@ export class UsageJournal {
       this.forgetsDue = true;
       this.schedule();
     }
+    if (this.unsummed.length > 0 && Date.now() - this.sumsAt >= this.sumsIntervalMs) this.schedule();
     if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
     this.uncheckpointed = 0;
     this.idleTicks = 0;
@@ -479,6 +532,15 @@ export class UsageJournal {
       .all('PRAGMA wal_checkpoint(PASSIVE)')
       .catch(() => (this.uncheckpointed += 1))
       .finally(() => (this.checkpointing = undefined));
+  }
+
+  /** The summary has every entry up to `seq`: forgotten entries held for it can go. */
+  private marked(seq: number): void {
+    this.mark = seq;
+    if (this.held.length === 0) return;
+    const still: number[] = [];
+    for (const s of this.held) (s <= seq ? this.forgotten : still).push(s);
+    this.held = still;
   }
 
   private schedule(): void {
@@ -497,22 +559,41 @@ export class UsageJournal {
       this.forgotten = [];
       this.forgetsDue = false;
     }
+    // The summary's sums, when due, go in the first statement, after its entries: the sums of those and of
+    // the entries committed since the last sums (`unsummed`), never of a later statement's (it may fail).
+    const sumsDue =
+      this.summary &&
+      (this.sumsWanted || Date.now() - this.sumsAt >= this.sumsIntervalMs) &&
+      this.unsummed.length + batch.length > 0;
+    const carried = sumsDue ? this.unsummed : [];
+    if (sumsDue) {
+      this.unsummed = [];
+      this.sumsWanted = false;
+      this.sumsAt = Date.now();
+    }
     // One statement per chunk, each atomic; the deletes in one more. Statements on one connection run in order.
     const chunks: Promise<Error | null>[] = [];
-    for (let i = 0; i < batch.length; i += MAX_ROWS_PER_STATEMENT) {
+    for (let i = 0; i < Math.max(batch.length, sumsDue ? 1 : 0); i += MAX_ROWS_PER_STATEMENT) {
       const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
       const texts = part.map((e) => e.json);
-      // The sums go first: the entries' sequence numbers are then the statement's last ones.
-      const sums = this.summary ? summaryEntry(part) : undefined;
-      if (sums !== undefined) texts.unshift(sums);
+      const withSums = sumsDue && i === 0;
+      if (withSums) texts.push(summaryEntry(carried.length ? carried.concat(part) : part));
       chunks.push(
         this.statements.run(INSERT_SQL, [jsonArray(texts)]).then(
           (last) => {
+            // With the sums, the statement's last sequence number is theirs: the entries' are before it.
+            const first = last - texts.length + 1;
             part.forEach((e, j) => {
               if (!e.failed) e.done(true);
-              e.journaled(last - part.length + 1 + j);
+              e.journaled(first + j);
             });
             this.journaledCount += part.length;
+            if (withSums) {
+              this.summedCount += carried.length + part.length;
+              this.marked(last);
+            } else if (this.summary) {
+              for (const e of part) this.unsummed.push(e);
+            }
             return null;
           },
           (error: Error) => {
@@ -521,6 +602,10 @@ export class UsageJournal {
               e.failed = true;
             }
             this.queue.unshift(...part);
+            if (withSums) {
+              this.unsummed = carried.concat(this.unsummed);
+              this.sumsWanted = true;
+            }
             return error;
           },
         ),
@@ -555,7 +640,7 @@ export class UsageJournal {
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
     if (this.onCommit && batch.length > 0) this.onCommit(batch.length, (performance.now() - started) / 1000);
-    if (this.queue.length > 0 || this.forgetsReady()) {
+    if (this.queue.length > 0 || this.forgetsReady() || (this.sumsWanted && this.unsummed.length > 0)) {
       setImmediate(() => void this.flush());
       return;
     }
