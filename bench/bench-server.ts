@@ -41,7 +41,7 @@ import {
   type NestInterceptor,
   type Type,
 } from '@nestjs/common';
-import { APP_GUARD, APP_INTERCEPTOR, NestFactory } from '@nestjs/core';
+import { APP_GUARD, APP_INTERCEPTOR, ModuleRef, NestFactory } from '@nestjs/core';
 import { FastifyAdapter } from '@nestjs/platform-fastify';
 import { ThrottlerGuard, ThrottlerModule } from '@nestjs/throttler';
 import type { Observable } from 'rxjs';
@@ -104,6 +104,27 @@ class MeterRunController {
   @HttpCode(200)
   chat(@Body() body: unknown, @Req() req: { user?: { id: string } }) {
     return this.meter.run({ userId: req.user!.id, provider: 'openai', request: body }, () => ANSWER);
+  }
+}
+
+/**
+ * `GET /bench/pending`: the store's writes not yet in their final database (0 without one), so that the bench
+ * can wait until a server has finished what its load left (many users' paced commits run for tens of seconds)
+ * before it loads the next one.
+ */
+@Controller('bench')
+class PendingController {
+  constructor(@Inject(ModuleRef) private readonly modules: ModuleRef) {}
+
+  @Get('pending')
+  pending(): { pending: number } {
+    let store: { pendingWrites?: () => number } | undefined;
+    try {
+      store = this.modules.get(USAGE_STORE, { strict: false });
+    } catch {
+      store = undefined; // a mode without the usage module
+    }
+    return { pending: store?.pendingWrites?.() ?? 0 };
   }
 }
 
@@ -262,7 +283,11 @@ function moduleFor(): Type {
       throw new Error(`unknown BENCH_MODE ${mode}`);
   }
 
-  @Module({ imports: imports as never[], controllers, providers: providers as never[] })
+  @Module({
+    imports: imports as never[],
+    controllers: [...controllers, PendingController],
+    providers: providers as never[],
+  })
   class BenchModule {}
   return BenchModule;
 }

@@ -42,6 +42,13 @@ export class ParkedLedgers {
     return this.ledgers.size;
   }
 
+  /** Journaled rows waiting for parked users' files. */
+  get pendingRows(): number {
+    let n = 0;
+    for (const ledger of this.withRows) n += ledger.parkedRows;
+    return n;
+  }
+
   /** Some parked user's rows could not be applied to its file (they are safe in the journal). */
   get anyFailing(): boolean {
     return this.failing.size > 0;

@@ -398,6 +398,51 @@ describe('PerUserSqliteStore', () => {
   });
 });
 
+describe('PerUserSqliteStore.pendingWrites', () => {
+  it("counts journaled rows waiting for an open user's file and for a parked user's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-pending-spec-'));
+    // One open file, rows applied after a minute: what waits is ours to count.
+    const store = new PerUserSqliteStore({
+      dataDir: dir,
+      maxOpenDataSources: 1,
+      busyTimeoutMs: 1000,
+      synchronous: 'normal',
+      reservationTtlMs: 900_000,
+      journal: { applyDelayMs: 60_000, maxUsersInMemory: 10 },
+      clock: () => NOW,
+    });
+    await store.init();
+    const settle = async (userId: string, requestId: string) => {
+      const r = await store.reserve({
+        requestId,
+        userId,
+        provider: 'openai',
+        now: NOW,
+        charges: [charge('calls', 100, 1)],
+      });
+      if (!r.admitted) throw new Error('refused');
+      await store.settle(r.reservation, settlement(r.reservation, 1));
+    };
+    /** The count once the journal's commit has finished (a commit running counts as one write). */
+    const pending = async (n: number) => {
+      for (const end = Date.now() + 2_000; store.pendingWrites() !== n && Date.now() < end;)
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      return store.pendingWrites();
+    };
+    try {
+      await settle('a', 'a1');
+      await settle('a', 'a2');
+      expect(await pending(2)).toBe(2); // a's, waiting in its open file's writer
+      await settle('b', 'b1'); // a's file closes (its rows applied), a is kept in memory
+      for (let i = 3; i <= 5; i++) await settle('a', `a${i}`); // parked: journaled, waiting for a's file
+      expect(await pending(4)).toBe(4); // and b's
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('PerUserSqliteStore start-up with rows a crash left in the journal', () => {
   it('applies them once, in this version’s entry format and in the object format of earlier versions', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'usage-journal-spec-'));

@@ -458,9 +458,12 @@ export class PerUserSqliteStore implements UsageStore {
     return { up: true };
   }
 
-  /** Writes queued but not yet committed, across open users. */
+  /**
+   * Writes not yet in their user's file: queued for the journal, or journaled and waiting for the file of an
+   * open user or of one kept in memory (parked).
+   */
   pendingWrites(): number {
-    let n = this.journal.pending;
+    let n = this.journal.pending + (this.parked?.pendingRows ?? 0);
     for (const l of this.cache.values()) n += l.pendingWrites;
     return n;
   }
