@@ -13,7 +13,7 @@ import { openConnection, type SqliteConnection, type SqliteDriver } from './sqli
  * - `usage_summary_totals`: every user's ledger rows, tokens and cost per billing month.
  *
  * It is written with the journal, in batches: about once a second (`SUMS_INTERVAL_MS`), a statement that
- * inserts journal entries carries, as its last row, the sums (`summaryEntry`) of its own entries and of every
+ * inserts journal entries carries, as its last row, the sums (`SummarySums`) of its own entries and of every
  * entry committed since the previous sums; a trigger adds them to the summary, records that row's sequence
  * number in `usage_summary_mark` (every entry up to it is summarised) and deletes it. An entry above the mark
  * stays in the journal (its user's file may have it, the journal does not forget it) until a mark covers it,
@@ -86,44 +86,86 @@ const SCHEMA = [
   END`,
 ];
 
+/** A journal entry as the summary sums it: its user, and its ledger row and counter deltas if it has any. */
+export interface SummedEntry {
+  userId: string;
+  write: { event?: UsageEventRecord; deltas?: CounterDelta[] };
+}
+
 /**
- * The summary rows of journal entries, summed, as the JSON text of the row that goes last in a statement
- * (the trigger `usage_summary_sums_marked` adds them, marks its sequence number and deletes it); empty sums
- * when none of the entries is a ledger row (the row still marks them). Users are keyed by the JSON text of
- * their id, as `buildSummary` keys them.
+ * The summary rows of journal entries, summed as they commit until they go to the summary (about once a
+ * second): per user and month, calls, tokens and cost; per user and counter, the amount. Their size follows
+ * the users and counters, not the entries: a second of one busy user's entries is one user's sums. Entries
+ * without a ledger row (request rows) are counted and add nothing. Users are keyed by the JSON text of their
+ * id, as `buildSummary` keys them.
  */
-export function summaryEntry(
-  entries: readonly { userId: string; write: { event?: UsageEventRecord; deltas?: CounterDelta[] } }[],
-): string {
-  // user → period → [period, calls, tokens, cost]; user → counter key → its summed delta
-  const totals = new Map<string, Map<string, [string, number, number, number]>>();
-  const counters = new Map<string, Map<string, CounterDelta>>();
-  for (const { userId, write } of entries) {
+export class SummarySums {
+  /** user → period → [period, calls, tokens, cost] */
+  private readonly totals = new Map<string, Map<string, [string, number, number, number]>>();
+  /** user → counter key → its summed delta */
+  private readonly counters = new Map<string, Map<string, CounterDelta>>();
+  /** The entries summed. */
+  count = 0;
+
+  add({ userId, write }: SummedEntry): void {
+    this.count++;
     const e = write.event;
-    if (!e) continue;
-    let byPeriod = totals.get(userId);
-    if (!byPeriod) totals.set(userId, (byPeriod = new Map()));
-    const t = byPeriod.get(e.periodKey);
-    if (t) {
-      t[1] += 1;
-      t[2] += e.inputTokens + e.outputTokens;
-      t[3] += e.costMicros;
-    } else {
-      byPeriod.set(e.periodKey, [e.periodKey, 1, e.inputTokens + e.outputTokens, e.costMicros]);
+    if (!e) return;
+    this.addTotals(userId, e.periodKey, 1, e.inputTokens + e.outputTokens, e.costMicros);
+    addDeltas(this.countersOf(userId), write.deltas);
+  }
+
+  /** Adds `other`'s sums to these (`other` stays as it is). */
+  merge(other: SummarySums): void {
+    this.count += other.count;
+    for (const [userId, byPeriod] of other.totals)
+      for (const [period, calls, tokens, cost] of byPeriod.values())
+        this.addTotals(userId, period, calls, tokens, cost);
+    for (const [userId, byCounter] of other.counters)
+      addDeltas(this.countersOf(userId), [...byCounter.values()]);
+  }
+
+  /**
+   * The sums with `more` entries added (these sums stay as they are), as the JSON text of the row that goes
+   * last in a statement: the trigger `usage_summary_sums_marked` adds them, marks its sequence number and
+   * deletes it. Empty sums still mark.
+   */
+  json(more: readonly SummedEntry[] = []): string {
+    if (more.length > 0) {
+      const all = new SummarySums();
+      all.merge(this);
+      for (const e of more) all.add(e);
+      return all.json();
     }
-    let byCounter = counters.get(userId);
-    if (!byCounter) counters.set(userId, (byCounter = new Map()));
-    addDeltas(byCounter, write.deltas);
+    const t: unknown[] = [];
+    const c: unknown[] = [];
+    for (const [userId, byPeriod] of this.totals) {
+      const user = JSON.stringify(userId);
+      for (const r of byPeriod.values()) t.push([user, ...r]);
+      for (const d of this.counters.get(userId)?.values() ?? [])
+        c.push([user, d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
+    }
+    return JSON.stringify({ t, c });
   }
-  const t: unknown[] = [];
-  const c: unknown[] = [];
-  for (const [userId, byPeriod] of totals) {
-    const user = JSON.stringify(userId);
-    for (const r of byPeriod.values()) t.push([user, ...r]);
-    for (const d of counters.get(userId)!.values())
-      c.push([user, d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
+
+  private addTotals(userId: string, period: string, calls: number, tokens: number, cost: number): void {
+    let byPeriod = this.totals.get(userId);
+    if (!byPeriod) this.totals.set(userId, (byPeriod = new Map()));
+    const t = byPeriod.get(period);
+    if (t) {
+      t[1] += calls;
+      t[2] += tokens;
+      t[3] += cost;
+    } else {
+      byPeriod.set(period, [period, calls, tokens, cost]);
+    }
   }
-  return JSON.stringify({ t, c });
+
+  private countersOf(userId: string): Map<string, CounterDelta> {
+    let byCounter = this.counters.get(userId);
+    if (!byCounter) this.counters.set(userId, (byCounter = new Map()));
+    return byCounter;
+  }
 }
 
 /**

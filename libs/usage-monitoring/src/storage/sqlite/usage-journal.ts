@@ -8,7 +8,7 @@ import {
   pruneSummary,
   summarizeIntents,
   summaryCounters,
-  summaryEntry,
+  SummarySums,
   summaryTop,
   type SummaryCounterRow,
 } from './spending-summary';
@@ -196,8 +196,11 @@ export class UsageJournal {
   private forgotten: number[] = [];
   /** Forgotten entries above the summary's mark: deleted once a mark covers them (see `spending-summary.ts`). */
   private held: number[] = [];
-  /** Committed entries whose sums the summary has not received yet, and the mark (every entry up to it has). */
-  private unsummed: Entry[] = [];
+  /**
+   * The sums of committed entries the summary has not received yet (`SummarySums`: per user, not per entry),
+   * and the mark (every entry up to it has).
+   */
+  private unsummed = new SummarySums();
   private mark = 0;
   private sumsAt = 0;
   private sumsIntervalMs = SUMS_INTERVAL_MS;
@@ -291,7 +294,7 @@ export class UsageJournal {
         'SELECT seq, entry FROM usage_journal ORDER BY seq',
       );
       for (const r of rows) {
-        // A statement's sums (`summaryEntry`): its trigger deletes them; skipped should one be left.
+        // A statement's sums (`SummarySums`): its trigger deletes them; skipped should one be left.
         if (r.entry.startsWith('{')) continue;
         const [userId, write] = parseEntry(r.entry);
         const list = journal.left.get(userId) ?? [];
@@ -485,7 +488,7 @@ export class UsageJournal {
     while (
       this.queue.length > 0 ||
       this.forgotten.length > 0 ||
-      this.unsummed.length > 0 ||
+      this.unsummed.count > 0 ||
       this.held.length > 0 ||
       this.running
     ) {
@@ -524,7 +527,7 @@ export class UsageJournal {
       this.forgetsDue = true;
       this.schedule();
     }
-    if (this.unsummed.length > 0 && Date.now() - this.sumsAt >= this.sumsIntervalMs) this.schedule();
+    if (this.unsummed.count > 0 && Date.now() - this.sumsAt >= this.sumsIntervalMs) this.schedule();
     if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
     this.uncheckpointed = 0;
     this.idleTicks = 0;
@@ -564,10 +567,10 @@ export class UsageJournal {
     const sumsDue =
       this.summary &&
       (this.sumsWanted || Date.now() - this.sumsAt >= this.sumsIntervalMs) &&
-      this.unsummed.length + batch.length > 0;
-    const carried = sumsDue ? this.unsummed : [];
+      this.unsummed.count + batch.length > 0;
+    const carried = this.unsummed;
     if (sumsDue) {
-      this.unsummed = [];
+      this.unsummed = new SummarySums();
       this.sumsWanted = false;
       this.sumsAt = Date.now();
     }
@@ -577,7 +580,7 @@ export class UsageJournal {
       const part = batch.slice(i, i + MAX_ROWS_PER_STATEMENT);
       const texts = part.map((e) => e.json);
       const withSums = sumsDue && i === 0;
-      if (withSums) texts.push(summaryEntry(carried.length ? carried.concat(part) : part));
+      if (withSums) texts.push(carried.json(part));
       chunks.push(
         this.statements.run(INSERT_SQL, [jsonArray(texts)]).then(
           (last) => {
@@ -589,10 +592,10 @@ export class UsageJournal {
             });
             this.journaledCount += part.length;
             if (withSums) {
-              this.summedCount += carried.length + part.length;
+              this.summedCount += carried.count + part.length;
               this.marked(last);
             } else if (this.summary) {
-              for (const e of part) this.unsummed.push(e);
+              for (const e of part) this.unsummed.add(e);
             }
             return null;
           },
@@ -603,7 +606,7 @@ export class UsageJournal {
             }
             this.queue.unshift(...part);
             if (withSums) {
-              this.unsummed = carried.concat(this.unsummed);
+              this.unsummed.merge(carried);
               this.sumsWanted = true;
             }
             return error;
@@ -640,7 +643,7 @@ export class UsageJournal {
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
     if (this.onCommit && batch.length > 0) this.onCommit(batch.length, (performance.now() - started) / 1000);
-    if (this.queue.length > 0 || this.forgetsReady() || (this.sumsWanted && this.unsummed.length > 0)) {
+    if (this.queue.length > 0 || this.forgetsReady() || (this.sumsWanted && this.unsummed.count > 0)) {
       setImmediate(() => void this.flush());
       return;
     }
