@@ -72,24 +72,26 @@ function query(file: string, sql: string): Promise<Record<string, unknown>[]> {
   });
 }
 
-/** A store on `dir` at `NOW`, its users kept only while their files are open. */
-function storeAt(
+/** A store's options on `dir` at `NOW`; by default its users are kept only while their files are open. */
+function storeOptions(
   dir: string,
   maxOpenDataSources: number,
   applyDelayMs: number,
-  sumsIntervalMs?: number,
-): PerUserSqliteStore {
-  return new PerUserSqliteStore({
+  { sumsIntervalMs, maxUsersInMemory = 0 }: { sumsIntervalMs?: number; maxUsersInMemory?: number } = {},
+) {
+  return {
     sumsIntervalMs,
     dataDir: dir,
     maxOpenDataSources,
     busyTimeoutMs: 1000,
-    synchronous: 'normal',
+    synchronous: 'normal' as const,
     reservationTtlMs: 900_000,
-    journal: { applyDelayMs, maxUsersInMemory: 0 },
+    journal: { applyDelayMs, maxUsersInMemory },
     clock: () => NOW,
-  });
+  };
 }
+
+const storeAt = (...args: Parameters<typeof storeOptions>) => new PerUserSqliteStore(storeOptions(...args));
 
 describe('PerUserSqliteStore', () => {
   let dir: string;
@@ -233,7 +235,7 @@ describe('PerUserSqliteStore', () => {
   it("holds an entry its user's file has in the journal until the summary has its sums; sums a crash left unsummed once, at the next start", async () => {
     await store.close();
     // Sums only when read or drained, not by time: what is held, and when, is then this test's to decide.
-    store = storeAt(dir, 8, 0, 3_600_000);
+    store = storeAt(dir, 8, 0, { sumsIntervalMs: 3_600_000 });
     await store.init();
     const settle = async (requestId: string, tokens: number) => {
       const r = await store.reserve({
@@ -292,7 +294,7 @@ describe('PerUserSqliteStore', () => {
     });
     // Summed once at the start, applied to the user's file, and not again at the start after.
     for (let open = 0; open < 2; open++) {
-      store = storeAt(dir, 8, 0, 3_600_000);
+      store = storeAt(dir, 8, 0, { sumsIntervalMs: 3_600_000 });
       await store.init();
       expect(await store.topSpenders({ by: 'calls', periodKeys: ['month:2026-11-01'], limit: 5 })).toEqual([
         { userId: 'u', calls: 7, tokens: 33, costMicros: 70, periodKey: 'month:2026-11-01' },
@@ -402,15 +404,7 @@ describe('PerUserSqliteStore.pendingWrites', () => {
   it("counts journaled rows waiting for an open user's file and for a parked user's", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'usage-pending-spec-'));
     // One open file, rows applied after a minute: what waits is ours to count.
-    const store = new PerUserSqliteStore({
-      dataDir: dir,
-      maxOpenDataSources: 1,
-      busyTimeoutMs: 1000,
-      synchronous: 'normal',
-      reservationTtlMs: 900_000,
-      journal: { applyDelayMs: 60_000, maxUsersInMemory: 10 },
-      clock: () => NOW,
-    });
+    const store = storeAt(dir, 1, 60_000, { maxUsersInMemory: 10 });
     await store.init();
     const settle = async (userId: string, requestId: string) => {
       const r = await store.reserve({
@@ -446,15 +440,7 @@ describe('PerUserSqliteStore.pendingWrites', () => {
 describe('PerUserSqliteStore start-up with rows a crash left in the journal', () => {
   it('applies them once, in this version’s entry format and in the object format of earlier versions', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'usage-journal-spec-'));
-    const options = {
-      dataDir: dir,
-      maxOpenDataSources: 8,
-      busyTimeoutMs: 1000,
-      synchronous: 'normal' as const,
-      reservationTtlMs: 900_000,
-      journal: { applyDelayMs: 0, maxUsersInMemory: 0 },
-      clock: () => NOW,
-    };
+    const options = storeOptions(dir, 8, 0);
     try {
       // Journaled and never applied: what a crash between the two commits leaves.
       const journal = await UsageJournal.open(dir, {
