@@ -52,7 +52,8 @@ function partOf(url: string, fn: string): Part | undefined {
   if (
     url.includes('/node_modules/sqlite3/') ||
     url.includes('/node_modules/better-sqlite3/') ||
-    url.includes('/node_modules/typeorm/')
+    url.includes('/node_modules/typeorm/') ||
+    /\/node_modules\/pg(-[a-z]+)?\//.test(url) // the shared store's driver: pg, pg-protocol, pg-pool, pg-types
   )
     return 'commit: journal, intents, user files';
   const at = url.indexOf(LIB);

@@ -84,11 +84,20 @@ describe('LeaseBook', () => {
     expect(db.asks).toBe(2);
   });
 
-  it('never admits from a block granted under another limit (a changed plan)', async () => {
+  it('never admits from a block granted under another limit (a changed plan), and gives the old block back once its requests settled', async () => {
     const db = new Ledger();
     const book = new LeaseBook(OPTIONS, db, 60_000);
     expect(await admitOrTake(book, 'a', [charge(1, 1_000)], 0)).toBe(true);
     expect(book.admit('u', 'b', [charge(1, 500)], 0)).toBe(false);
+    // A block under the new limit; the old one admits no more and goes back once its request settled.
+    expect(await admitOrTake(book, 'b', [charge(1, 500)], 0)).toBe(true);
+    const [oldBlock, newBlock] = [...db.granted.keys()];
+    expect(book.admit('u', 'c', [charge(1, 1_000)], 0)).toBe(false);
+    book.done('a');
+    await new Promise(setImmediate);
+    expect(db.returned).toEqual([oldBlock]);
+    expect(book.admit('u', 'd', [charge(1, 500)], 0)).toBe(true); // from the new block
+    expect(db.granted.has(newBlock)).toBe(true);
   });
 
   it('random interleavings: requests not yet settled are always covered by blocks not yet given back; each block goes back once', async () => {
