@@ -193,6 +193,35 @@ function requestRow(w: PendingWrite): unknown[] {
   ];
 }
 
+/**
+ * `JSON.stringify(deltas)` for deltas in `CounterDelta`'s key order, each from its counter's text up to the
+ * amount, made once per counter and period end: every request's intent and journal entry carry its deltas,
+ * and the stringify cost ~3 µs per request's three where this costs ~0.3 (a scratch measurement, 2026-12-06).
+ */
+export function deltasJson(deltas: readonly CounterDelta[]): string {
+  let text = '[';
+  for (let i = 0; i < deltas.length; i++) {
+    const d = deltas[i];
+    text += (i === 0 ? '' : ',') + deltaPrefix(d) + (Number.isFinite(d.amount) ? d.amount : 'null') + '}';
+  }
+  return text + ']';
+}
+
+function deltaPrefix(d: CounterDelta): string {
+  const key = counterKey(d.periodKey, d.scope, d.metric);
+  let cached = deltaPrefixes.get(key);
+  if (cached?.periodEnd !== d.periodEnd) {
+    // Periods come and go (a daily limit has new counters every day): start afresh now and then.
+    if (deltaPrefixes.size >= 4096) deltaPrefixes.clear();
+    const text = `{"periodKey":${JSON.stringify(d.periodKey)},"scope":${JSON.stringify(d.scope)},"metric":${JSON.stringify(
+      d.metric,
+    )},"periodEnd":${JSON.stringify(d.periodEnd)},"amount":`;
+    deltaPrefixes.set(key, (cached = { periodEnd: d.periodEnd, text }));
+  }
+  return cached.text;
+}
+const deltaPrefixes = new Map<string, { periodEnd: number; text: string }>();
+
 /** Adds `deltas` to `sum`, by counter (`counterKey`); a counter's first delta is copied, the caller's stay as they are. */
 export function addDeltas(sum: Map<string, CounterDelta>, deltas: readonly CounterDelta[] | undefined): void {
   for (const d of deltas ?? []) {

@@ -14,6 +14,7 @@ import {
 } from './spending-summary';
 import type { SpendingTotal } from '../usage-store.interface';
 import {
+  deltasJson,
   jsonArray,
   kindOf,
   MAX_ROWS_PER_STATEMENT,
@@ -41,7 +42,7 @@ const FORMAT = 2;
 /** A write's journal entry (JSON text), the row values in the same text its user's database will insert. */
 export function entryJson(userId: string, w: JournaledWrite): string {
   return `[${JSON.stringify(userId)},${FORMAT},${kindOf(w) === 'event'},${rowJson(w)},${
-    w.deltas?.length ? JSON.stringify(w.deltas) : 'null'
+    w.deltas?.length ? deltasJson(w.deltas) : 'null'
   },${w.alerts?.length ? JSON.stringify(w.alerts) : 'null'}]`;
 }
 
