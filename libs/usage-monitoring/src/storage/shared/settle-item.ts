@@ -41,6 +41,11 @@ export interface SettleItem {
   alerts: { index: number; threshold: number; used: number; max: number; shadow?: true; stored?: boolean }[];
   /** The user's id as the app knows it (`u` is its stored form). */
   userId: string;
+  /**
+   * The item's text in the settle statement's payload, made once with the item (`settleItemOf`); absent
+   * from an intent read back from its reservation row, whose text `settlePayload` then makes.
+   */
+  payload?: string;
 }
 
 /** The settlement of a request's ledger row `e` against its `charges`, consuming `actual`. */
@@ -50,7 +55,8 @@ export function settleItemOf(
   charges: LimitCharge[],
   actual: ActualUsage,
 ): SettleItem {
-  return {
+  // The statement's fields first: their text is the item's payload, made before the store's own are added.
+  const item = {
     id: e.requestId,
     u: sharedUserId(userId),
     provider: e.provider,
@@ -85,15 +91,22 @@ export function settleItemOf(
       a: c.amount,
       act: actualOf(actual, c.metric),
     })),
-    limits: charges,
-    alerts: [],
-    userId,
-  };
+  } as SettleItem;
+  item.payload = JSON.stringify(item);
+  item.limits = charges;
+  item.alerts = [];
+  item.userId = userId;
+  return item;
 }
 
 /** The settle statement's payload: the items without what only the store keeps. */
 export function settlePayload(items: SettleItem[]): string {
-  return JSON.stringify(items, (k, v: unknown) =>
-    k === 'limits' || k === 'alerts' || k === 'userId' ? undefined : v,
-  );
+  // Each item's text was made with it: a replacer function here cost ~5.6 µs per item, the join ~0.1
+  // (a scratch measurement, 2026-12-06).
+  return `[${items.map((i) => i.payload ?? JSON.stringify(i, withoutStoreFields)).join(',')}]`;
+}
+
+/** What only the store keeps, left out of the payload. */
+function withoutStoreFields(key: string, value: unknown): unknown {
+  return key === 'limits' || key === 'alerts' || key === 'userId' || key === 'payload' ? undefined : value;
 }

@@ -304,6 +304,7 @@ export class SharedPostgresStore implements UsageStore {
           ? {
               ...settleItemOf(req.userId, req.interrupted, charges, actualOfEvent(req.interrupted)),
               limits: [],
+              payload: undefined, // the row carries the fields; read back, the payload is made from them
             }
           : undefined,
     });
