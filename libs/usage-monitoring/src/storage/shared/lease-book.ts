@@ -1,5 +1,5 @@
 import { newRequestId } from '../../metering/request-id';
-import { counterKey } from '../sqlite/admin-log';
+import { counterKey } from '../counter-key';
 import type { LimitCharge } from '../usage-store.interface';
 import { PgBatcher } from './pg-batcher';
 import type { ResolvedLeases } from './shared-store.options';
@@ -139,8 +139,13 @@ export class LeaseBook {
    * an old lease.
    */
   private activeFor(userId: string, c: LimitCharge): Lease | undefined {
-    const lease = this.active.get(userId)?.get(counterKey(c.periodKey, c.scope, c.metric));
-    return lease && lease.max === c.max && lease.shadowMax === c.shadowMax ? lease : undefined;
+    const lease = this.slotOf(userId, c);
+    return lease && grantedUnder(lease, c) ? lease : undefined;
+  }
+
+  /** The counter's lease admitting now, whatever limits it was granted under. */
+  private slotOf(userId: string, c: LimitCharge): Lease | undefined {
+    return this.active.get(userId)?.get(counterKey(c.periodKey, c.scope, c.metric));
   }
 
   /**
@@ -158,12 +163,12 @@ export class LeaseBook {
         waits.push(pending);
         continue;
       }
-      const current = this.activeFor(userId, c);
+      const slot = this.slotOf(userId, c);
+      const current = slot && grantedUnder(slot, c) ? slot : undefined;
       if (current && now < current.until && current.remaining >= Math.max(c.amount, 1)) continue;
       if ((this.refused.get(key) ?? 0) > now) return false; // no lease here: the database decides
-      // The counter's lease now: spent, expired, or granted under limits that have changed since.
-      const stale = this.active.get(userId)?.get(counterKey(c.periodKey, c.scope, c.metric));
-      if (stale) this.retire(stale);
+      // The counter's lease is spent, expired, or granted under limits that have changed since.
+      if (slot) this.retire(slot);
       const want = this.options.requests * Math.max(c.amount, 1);
       const item: TakeItem = {
         id: newRequestId(),
@@ -285,6 +290,11 @@ export class LeaseBook {
     const p = this.gives.submit(id).finally(() => this.giving.delete(p));
     this.giving.add(p);
   }
+}
+
+/** Whether `lease` was granted under `c`'s limits: a changed plan never admits from an old lease. */
+function grantedUnder(lease: Lease, c: LimitCharge): boolean {
+  return lease.max === c.max && lease.shadowMax === c.shadowMax;
 }
 
 /** A counter of a user, with the limits a lease of it is asked under (asks in flight, refusals; slow path). */

@@ -15,6 +15,7 @@ import type {
 } from '../usage-store.interface';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 import { synchronousPragma } from './user-data-source.factory';
+import { counterKey } from '../counter-key';
 
 /** The admin file, directly inside `dataDir` (a dot-name, which no user's file can have). */
 export const ADMIN_FILE = '.usage-admin.sqlite';
@@ -54,25 +55,6 @@ export interface Allowance {
   granted: number;
   forgiven: number;
 }
-
-/**
- * A counter's key within one user's ledger. Looked up several times per request: each key is built once
- * and then found by its parts (building it anew is a new string each time, flattened again by every lookup).
- */
-export function counterKey(periodKey: string, scope: string, metric: string): string {
-  let byScope = counterKeys.get(periodKey);
-  if (!byScope) {
-    // Periods come and go (a daily limit has a new key every day): start afresh now and then.
-    if (counterKeys.size >= 256) counterKeys.clear();
-    counterKeys.set(periodKey, (byScope = new Map()));
-  }
-  let byMetric = byScope.get(scope);
-  if (!byMetric) byScope.set(scope, (byMetric = new Map()));
-  let key = byMetric.get(metric);
-  if (key === undefined) byMetric.set(metric, (key = `${periodKey}\u0001${scope}\u0001${metric}`));
-  return key;
-}
-const counterKeys = new Map<string, Map<string, Map<string, string>>>();
 
 /**
  * Grants and resets of the per-user store, in memory: user → counter key → allowance. Read on every

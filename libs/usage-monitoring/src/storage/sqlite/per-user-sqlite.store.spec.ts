@@ -93,6 +93,19 @@ function storeOptions(
 
 const storeAt = (...args: Parameters<typeof storeOptions>) => new PerUserSqliteStore(storeOptions(...args));
 
+/** Reserves `charges` for `userId` and settles the request with `tokens` (refused: the test fails). */
+async function settleAs(
+  store: PerUserSqliteStore,
+  userId: string,
+  requestId: string,
+  charges: LimitCharge[],
+  tokens: number,
+): Promise<void> {
+  const r = await store.reserve({ requestId, userId, provider: 'openai', now: NOW, charges });
+  if (!r.admitted) throw new Error('refused');
+  await store.settle(r.reservation, settlement(r.reservation, tokens));
+}
+
 describe('PerUserSqliteStore', () => {
   let dir: string;
   let store: PerUserSqliteStore;
@@ -111,14 +124,9 @@ describe('PerUserSqliteStore', () => {
 
   it('keeps the spending summary of what the journal receives: ids of any character, rows without counters, bare request rows', async () => {
     const odd = 'a"b\\c\u0000d <é> 🙂';
-    const settleAs = async (userId: string, requestId: string, charges: LimitCharge[], tokens: number) => {
-      const r = await store.reserve({ requestId, userId, provider: 'openai', now: NOW, charges });
-      if (!r.admitted) throw new Error('refused');
-      await store.settle(r.reservation, settlement(r.reservation, tokens));
-    };
-    await settleAs(odd, 'o1', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 7);
-    await settleAs(odd, 'o2', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 3);
-    await settleAs('no-limits', 'n1', [], 4); // a plan without limits: a ledger row, no counter
+    await settleAs(store, odd, 'o1', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 7);
+    await settleAs(store, odd, 'o2', [charge('calls', 10, 1), charge('tokens', 1_000, 5)], 3);
+    await settleAs(store, 'no-limits', 'n1', [], 4); // a plan without limits: a ledger row, no counter
     await store.recordRequest({
       requestId: 'bare',
       userId: 'no-limits',
@@ -237,17 +245,8 @@ describe('PerUserSqliteStore', () => {
     // Sums only when read or drained, not by time: what is held, and when, is then this test's to decide.
     store = storeAt(dir, 8, 0, { sumsIntervalMs: 3_600_000 });
     await store.init();
-    const settle = async (requestId: string, tokens: number) => {
-      const r = await store.reserve({
-        requestId,
-        userId: 'u',
-        provider: 'openai',
-        now: NOW,
-        charges: [charge('calls', 100, 1), charge('tokens', 10_000, 5)],
-      });
-      if (!r.admitted) throw new Error('refused');
-      await store.settle(r.reservation, settlement(r.reservation, tokens));
-    };
+    const settle = (requestId: string, tokens: number) =>
+      settleAs(store, 'u', requestId, [charge('calls', 100, 1), charge('tokens', 10_000, 5)], tokens);
     for (let i = 0; i < 5; i++) await settle(`h${i}`, i + 1);
     const journal = join(dir, JOURNAL_FILE);
     const userFile = join(dir, userFileName('u'));
@@ -406,17 +405,8 @@ describe('PerUserSqliteStore.pendingWrites', () => {
     // One open file, rows applied after a minute: what waits is ours to count.
     const store = storeAt(dir, 1, 60_000, { maxUsersInMemory: 10 });
     await store.init();
-    const settle = async (userId: string, requestId: string) => {
-      const r = await store.reserve({
-        requestId,
-        userId,
-        provider: 'openai',
-        now: NOW,
-        charges: [charge('calls', 100, 1)],
-      });
-      if (!r.admitted) throw new Error('refused');
-      await store.settle(r.reservation, settlement(r.reservation, 1));
-    };
+    const settle = (userId: string, requestId: string) =>
+      settleAs(store, userId, requestId, [charge('calls', 100, 1)], 1);
     /** The count once the journal's commit has finished (a commit running counts as one write). */
     const pending = async (n: number) => {
       for (const end = Date.now() + 2_000; store.pendingWrites() !== n && Date.now() < end;)
@@ -528,17 +518,7 @@ describe('PerUserSqliteStore apply pacing', () => {
       }
       await store.flush();
       await Promise.all(
-        users.map(async (userId) => {
-          const r = await store.reserve({
-            requestId: `${userId}-r`,
-            userId,
-            provider: 'openai',
-            now: NOW,
-            charges: [charge('calls', 10, 1)],
-          });
-          if (!r.admitted) throw new Error('refused');
-          await store.settle(r.reservation, settlement(r.reservation, 3));
-        }),
+        users.map((userId) => settleAs(store, userId, `${userId}-r`, [charge('calls', 10, 1)], 3)),
       );
       await new Promise((resolve) => setImmediate(resolve));
       expect(waiting()).toBe(100);

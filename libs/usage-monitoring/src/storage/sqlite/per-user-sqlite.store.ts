@@ -26,7 +26,8 @@ import type {
 } from '../usage-store.interface';
 import type { LimitMetric } from '../../plans/plan.interface';
 import { ThrottledLogger } from '../../enforcement/throttled-logger';
-import { ADMIN_FILE, AdminLog, AllowanceBook, counterKey } from './admin-log';
+import { ADMIN_FILE, AdminLog, AllowanceBook } from './admin-log';
+import { counterKey } from '../counter-key';
 import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';

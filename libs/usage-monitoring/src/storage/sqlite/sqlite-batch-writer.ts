@@ -1,6 +1,6 @@
 import type { UsageAlert } from '../../alerts/usage-alert.interface';
 import { withoutNul } from '../settlement';
-import { counterKey } from './admin-log';
+import { counterKey } from '../counter-key';
 import type { SqliteConnection } from './sqlite-connection';
 import type { ApiRequestRecord, UsageEventRecord } from '../usage-store.interface';
 

@@ -15,7 +15,8 @@ import type {
 } from '../usage-store.interface';
 import { actualOf, admittedAs, crossedThresholds, thresholdAlert } from '../settlement';
 import { type ApplyPacer, type CounterDelta, rowJson, SqliteBatchWriter } from './sqlite-batch-writer';
-import { type Allowance, type AllowanceBook, counterKey } from './admin-log';
+import { type Allowance, type AllowanceBook } from './admin-log';
+import { counterKey } from '../counter-key';
 import type { SqliteConnection } from './sqlite-connection';
 import {
   entryJson,
