@@ -15,6 +15,10 @@ export interface MeteringContext {
   /** Billing-month key of the reservation (stored on the ledger row). */
   ledgerPeriodKey: string;
   startedAt: number;
+  /** Where the call was admitted from (the route's path), its method and request size, as its ledger row records them. */
+  endpoint: string;
+  method: string;
+  requestBytes: number;
   /** Set by the interceptor when it takes over: from then on it settles, whatever the client does. */
   intercepted: boolean;
   settled: boolean;

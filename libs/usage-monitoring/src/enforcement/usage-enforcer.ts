@@ -45,10 +45,20 @@ export interface AdmissionRequest {
 
 class EnforcementTimeoutError extends Error {}
 
+/** What an admission carries from its reservation to its metering context. */
+interface Admission {
+  req: AdmissionRequest;
+  estimate: MeasuredUsage;
+  ledgerPeriodKey: string;
+  now: number;
+}
+
 /** An admission waiting for the store (`withTimeout`). */
 interface Waiter {
   deadline: number;
-  reject: (e: Error) => void;
+  admission: Admission;
+  resolve: (metering: MeteringContext | null) => void;
+  reject: (e: unknown) => void;
   late: boolean;
 }
 
@@ -84,74 +94,90 @@ export class UsageEnforcer {
   ) {}
 
   admit(req: AdmissionRequest): MeteringContext | null | Promise<MeteringContext | null> {
-    const { userId, provider } = req;
     const now = this.options.clock();
-    let ledgerPeriodKey = '';
-    let estimate: MeasuredUsage | undefined;
-    const reserveWith = (assignment: PlanAssignment | undefined): ReserveResult | Promise<ReserveResult> => {
+    let assignment: PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
+    try {
+      assignment = this.options.resolvePlan(req.userId);
+    } catch (e) {
+      return this.onFailure(e, req.provider);
+    }
+    if (!isThenable<PlanAssignment | undefined>(assignment)) return this.decide(req, assignment, now);
+    return Promise.resolve(assignment).then(
+      (a) => this.decide(req, a, now),
+      (e) => this.onFailure(e, req.provider),
+    );
+  }
+
+  /**
+   * The reservation for a resolved plan: decided at once when the store answers synchronously, else awaited
+   * within `enforcementTimeoutMs` (methods rather than closures per request: this runs on every one).
+   */
+  private decide(
+    req: AdmissionRequest,
+    assignment: PlanAssignment | undefined,
+    now: number,
+  ): MeteringContext | null | Promise<MeteringContext | null> {
+    let admission: Admission;
+    let outcome: ReserveResult | PromiseLike<ReserveResult>;
+    try {
       const plan = this.options.plans.resolve(assignment);
       const built = this.charges(plan, req, now);
-      estimate = built.estimate;
-      ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
+      const ledgerPeriodKey = this.periods.window('month', now, plan.anchorDay).key;
       const requestId = newRequestId();
-      return this.store.reserve({
+      admission = { req, estimate: built.estimate, ledgerPeriodKey, now };
+      outcome = this.store.reserve({
         requestId,
-        userId,
-        provider,
+        userId: req.userId,
+        provider: req.provider,
         charges: built.charges,
         now,
         interrupted: this.options.durableIntent
           ? interruptedRow(requestId, req, built, ledgerPeriodKey, now)
           : undefined,
       });
-    };
-    const admitted = (result: ReserveResult): MeteringContext => {
-      if (!result.admitted) {
-        this.stats.record(429);
-        const refusal = limitExceeded(result.exceeded, provider, now);
-        this.usageMetrics.decision('refused', provider, refusal.getResponse().code);
-        throw refusal;
-      }
-      this.usageMetrics.decision('admitted', provider, 'ok');
-      const shadow = result.shadow;
-      if (shadow) {
-        const code = USAGE_LIMIT_CODES[shadow.charge.metric];
-        this.usageMetrics.decision('shadow_refused', provider, code);
-        this.throttledLog.warn(
-          `shadow:${shadow.charge.limitId}`,
-          `shadow limit ${shadow.charge.limitId} would have refused a request (${code}); admitted, recorded on its ledger row`,
-        );
-      }
-      return {
-        reservation: result.reservation,
-        provider,
-        model: req.model,
-        estimate: estimate!,
-        ledgerPeriodKey,
-        startedAt: now,
-        intercepted: false,
-        settled: false,
-        shadowRefused: shadow?.charge.limitId,
-      };
-    };
-    const decide = (assignment: PlanAssignment | undefined) => {
-      let outcome: ReserveResult | PromiseLike<ReserveResult>;
-      try {
-        outcome = reserveWith(assignment);
-      } catch (e) {
-        return this.onFailure(e, provider);
-      }
-      if (!isThenable<ReserveResult>(outcome)) return admitted(outcome);
-      return this.withTimeout(outcome).then(admitted, (e) => this.onFailure(e, provider));
-    };
-    let assignment: PlanAssignment | undefined | Promise<PlanAssignment | undefined>;
-    try {
-      assignment = this.options.resolvePlan(userId);
     } catch (e) {
-      return this.onFailure(e, provider);
+      return this.onFailure(e, req.provider);
     }
-    if (!isThenable<PlanAssignment | undefined>(assignment)) return decide(assignment);
-    return Promise.resolve(assignment).then(decide, (e) => this.onFailure(e, provider));
+    if (!isThenable<ReserveResult>(outcome)) return this.admitted(admission, outcome);
+    return this.withTimeout(outcome, admission);
+  }
+
+  /** An answer of the store: the metering context, or the 429 (thrown). */
+  private admitted(
+    { req, estimate, ledgerPeriodKey, now }: Admission,
+    result: ReserveResult,
+  ): MeteringContext {
+    const { provider } = req;
+    if (!result.admitted) {
+      this.stats.record(429);
+      const refusal = limitExceeded(result.exceeded, provider, now);
+      this.usageMetrics.decision('refused', provider, refusal.getResponse().code);
+      throw refusal;
+    }
+    this.usageMetrics.decision('admitted', provider, 'ok');
+    const shadow = result.shadow;
+    if (shadow) {
+      const code = USAGE_LIMIT_CODES[shadow.charge.metric];
+      this.usageMetrics.decision('shadow_refused', provider, code);
+      this.throttledLog.warn(
+        `shadow:${shadow.charge.limitId}`,
+        `shadow limit ${shadow.charge.limitId} would have refused a request (${code}); admitted, recorded on its ledger row`,
+      );
+    }
+    return {
+      reservation: result.reservation,
+      provider,
+      model: req.model,
+      estimate,
+      ledgerPeriodKey,
+      startedAt: now,
+      endpoint: req.endpoint,
+      method: req.method,
+      requestBytes: req.requestBytes,
+      intercepted: false,
+      settled: false,
+      shadowRefused: shadow?.charge.limitId,
+    };
   }
 
   /** Gives an admitted reservation back uncharged (the call never ran). */
@@ -210,10 +236,12 @@ export class UsageEnforcer {
    * (their deadlines expire in the order they were made), instead of a timer set and cleared per request;
    * a late admission is rejected within a fifth of the timeout after its deadline.
    */
-  private withTimeout(p: PromiseLike<ReserveResult>): Promise<ReserveResult> {
+  private withTimeout(p: PromiseLike<ReserveResult>, admission: Admission): Promise<MeteringContext | null> {
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         deadline: Date.now() + this.options.enforcementTimeoutMs,
+        admission,
+        resolve,
         reject,
         late: false,
       };
@@ -223,23 +251,38 @@ export class UsageEnforcer {
         Math.max(5, this.options.enforcementTimeoutMs / 5),
       );
       p.then(
-        (r) => {
-          if (!waiter.late) {
-            this.waiting.delete(waiter);
-            resolve(r);
-          } else if (r.admitted) {
-            // Answered after we gave up: give the reservation back, nobody will settle it.
-            void Promise.resolve(this.store.release(r.reservation)).catch(() => undefined);
-          }
-        },
+        (r) => this.answered(waiter, r),
         (e: unknown) => {
-          if (!waiter.late) {
-            this.waiting.delete(waiter);
-            reject(e instanceof Error ? e : new Error(String(e)));
-          }
+          if (waiter.late) return;
+          this.waiting.delete(waiter);
+          this.failed(waiter, e);
         },
       );
     });
+  }
+
+  /** The store's answer for a waiting admission: its metering context or refusal, or, when too late, released. */
+  private answered(waiter: Waiter, r: ReserveResult): void {
+    if (waiter.late) {
+      // Answered after we gave up: give the reservation back, nobody will settle it.
+      if (r.admitted) void Promise.resolve(this.store.release(r.reservation)).catch(() => undefined);
+      return;
+    }
+    this.waiting.delete(waiter);
+    try {
+      waiter.resolve(this.admitted(waiter.admission, r));
+    } catch (e) {
+      waiter.reject(e);
+    }
+  }
+
+  /** A waiting admission that failed or timed out: fail-open (`null`) or its 503. */
+  private failed(waiter: Waiter, error: unknown): void {
+    try {
+      waiter.resolve(this.onFailure(error, waiter.admission.req.provider));
+    } catch (e) {
+      waiter.reject(e);
+    }
   }
 
   private expireWaiters(): void {
@@ -248,7 +291,7 @@ export class UsageEnforcer {
       if (w.deadline > now) break; // the rest were made later
       w.late = true;
       this.waiting.delete(w);
-      w.reject(new EnforcementTimeoutError('usage store did not answer in time'));
+      this.failed(w, new EnforcementTimeoutError('usage store did not answer in time'));
     }
     if (this.waiting.size === 0) {
       clearInterval(this.ticker);

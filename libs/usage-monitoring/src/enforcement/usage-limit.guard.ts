@@ -170,13 +170,15 @@ export class UsageLimitGuard implements CanActivate {
     let admission: MeteringContext | null | Promise<MeteringContext | null>;
     try {
       const input = inputOf(context, request);
+      const { endpoint, method } = endpointOf(context, request);
       admission = this.enforcer.admit({
         userId,
         provider,
         model: metered?.model,
         body: input,
         estimate: metered?.estimate ? this.statedEstimate(context, metered, request, input) : undefined,
-        ...endpointOf(context, request),
+        endpoint,
+        method,
         requestBytes: requestBytesOf(request),
       });
     } catch (e) {

@@ -15,10 +15,8 @@ import type { MeteringContext } from '../enforcement/metering-context';
 import type { UsageEventRecord, UsageStore } from '../storage/usage-store.interface';
 import {
   defaultRequestResponse,
-  endpointOf,
   handlerName,
   inputOf,
-  requestBytesOf,
   reservationOf,
   type RequestResponse,
 } from '../enforcement/execution-contexts';
@@ -379,8 +377,10 @@ export class MeteringInterceptor implements NestInterceptor {
       outcome,
       statusCode: error !== undefined ? statusOf(error) : this.successStatus(context, route),
       usage: measure,
-      ...endpointOf(context, request),
-      requestBytes: requestBytesOf(request),
+      // As the guard admitted it: the same request, read once.
+      endpoint: metering.endpoint,
+      method: metering.method,
+      requestBytes: metering.requestBytes,
       responseBytes,
       userAgent: typeof ua === 'string' ? ua : null,
       ip: typeof request.ip === 'string' ? request.ip : null,
