@@ -17,7 +17,8 @@
  * `--profile`: also runs V8's sampling profiler (every 1 ms) on each server's main thread during the load and
  * prints a second table, the main thread's CPU per request split into the parts of a metered request
  * (see `profile-split.ts`), medians over rounds. The profiler costs throughput of its own; req/s of a
- * profiled run are not comparable with an unprofiled one.
+ * profiled run are not comparable with an unprofiled one. `--keep DIR` also saves each round's profile there
+ * (`<case>-<round>-<requests>.cpuprofile`, for Chrome DevTools or a script of your own).
  *
  * `--gc`: also counts the server's garbage collections during the load (`BENCH_GC`) and prints young-
  * generation collections (scavenges) per 1,000 requests, their main-thread pause per request, and major
@@ -40,6 +41,8 @@ import {
   untilQuiet,
   startServer,
   takeNumberFlag,
+  takeStringFlag,
+  profileName,
   gcLine,
   type Server,
 } from './harness';
@@ -55,6 +58,8 @@ const TAIL_MS = flag('--tail', 1500);
 const WARM_S = flag('--warm', 2);
 const PROFILE = args.includes('--profile');
 if (PROFILE) args.splice(args.indexOf('--profile'), 1);
+const KEEP = takeStringFlag(args, '--keep');
+if (KEEP && !PROFILE) throw new Error('--keep saves the profiles of --profile: give both');
 const GC = args.includes('--gc');
 if (GC) args.splice(args.indexOf('--gc'), 1);
 const CASES = args.length ? args : ['noop', 'metered'];
@@ -185,6 +190,8 @@ async function measure(spec: string, round: number): Promise<Split> {
     if (PROFILE) {
       await toggleProfiler(server.child, true);
       parts = new Map([...splitProfile(profileFile)].map(([k, v]) => [k, v / r.requests.total]));
+      if (KEEP)
+        cpSync(profileFile, join(KEEP, profileName(spec, `-${round}-${r.requests.total}.cpuprofile`)));
     }
     const us = (ticks: number) => (ticks * (1e6 / CLK_TCK)) / r.requests.total;
     const n = r.requests.total;

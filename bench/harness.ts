@@ -173,6 +173,21 @@ export function takeNumberFlag(args: string[], name: string, fallback: number, p
   return v;
 }
 
+/** A flag's value (`--name VALUE`), taken out of `args`; `undefined` when the flag is absent. */
+export function takeStringFlag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i < 0) return undefined;
+  const v = args[i + 1];
+  if (v === undefined || v.startsWith('--')) throw new Error(`${name} needs a value`);
+  args.splice(i, 2);
+  return v;
+}
+
+/** A file name for a case's saved profile: the case with anything but letters, digits, `=`, `_`, `-` as `_`. */
+export function profileName(spec: string, suffix: string): string {
+  return `${spec.replace(/[^a-z0-9=_-]/gi, '_')}${suffix}`;
+}
+
 /**
  * A bench case, `mode[:NAME=VALUE,...]`: a bench-server mode and its settings. `users` (default
  * `defaultUsers`) and `rows` (ledger rows the hot user starts with) are the bench's; the others are the

@@ -6,13 +6,22 @@
  * `users=N`) for `--duration`
  * seconds (5 by default). Prints each case's bytes per request (objects already collected included: what
  * the young generation's collections are paid for), and the functions whose bytes per request differ most
- * from the first case's. Sampled: a function's figure moves by a few per cent between runs.
+ * from the first case's. Sampled: a function's figure moves by a few per cent between runs. `--keep DIR` also
+ * saves each case's profile there (`<case>-<requests>.heapprofile`, for Chrome DevTools or a script).
  */
 import autocannon from 'autocannon';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chatRoundRobin, compile, parseCase, startServer, takeNumberFlag } from './harness';
+import {
+  chatRoundRobin,
+  compile,
+  parseCase,
+  profileName,
+  startServer,
+  takeNumberFlag,
+  takeStringFlag,
+} from './harness';
 
 interface HeapNode {
   callFrame: { functionName: string; url: string; lineNumber: number };
@@ -22,6 +31,7 @@ interface HeapNode {
 
 const args = process.argv.slice(2);
 const DURATION = takeNumberFlag(args, '--duration', 5, true);
+const KEEP = takeStringFlag(args, '--keep');
 const CASES = args.length ? args : ['noop', 'metered'];
 const TOP = 25;
 
@@ -59,6 +69,7 @@ async function profile(spec: string): Promise<{ total: number; byFunction: Map<s
       node.children.forEach(walk);
     };
     walk((JSON.parse(readFileSync(file, 'utf8')) as { head: HeapNode }).head);
+    if (KEEP) cpSync(file, join(KEEP, profileName(spec, `-${n}.heapprofile`)));
     process.stdout.write(`${spec}: ${n} requests profiled, ${(total / 1024).toFixed(1)} KB per request\n`);
     return { total, byFunction };
   } finally {
