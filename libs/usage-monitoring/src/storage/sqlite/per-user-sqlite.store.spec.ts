@@ -234,13 +234,13 @@ describe('PerUserSqliteStore', () => {
     expect(await query(file, 'SELECT seq FROM usage_summary_mark')).toEqual([{ seq: 61 }]);
     expect(await query(file, "SELECT seq FROM usage_journal WHERE entry LIKE '{%'")).toEqual([]);
     expect(await query(file, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")).toEqual([
-      { name: 'usage_summary_fill_intent' },
+      { name: 'usage_summary_fill_intents' },
       { name: 'usage_summary_sums_marked' },
     ]);
     await openStore();
   });
 
-  it("holds an entry its user's file has in the journal until the summary has its sums; sums a crash left unsummed once, at the next start", async () => {
+  it("holds an entry its user's file has in the journal until the summary has its sums; sums a crash left unsummed once, at the next start (of this format and of format 2)", async () => {
     await store.close();
     // Sums only when read or drained, not by time: what is held, and when, is then this test's to decide.
     store = storeAt(dir, 8, 0, { sumsIntervalMs: 3_600_000 });
@@ -279,7 +279,14 @@ describe('PerUserSqliteStore', () => {
       }));
     const left = [7, 11].map((tokens, i) => {
       const { event } = settlement({ requestId: `c${i}`, userId: 'u' } as Reservation, tokens);
-      return entryJson('u', { event, deltas: deltas(tokens) });
+      const entry = entryJson('u', { event, deltas: deltas(tokens) });
+      if (i === 0) return entry;
+      // The second as format 2 wrote it (until 2026-12-06, each delta an object): a crash, then an upgrade.
+      const e = JSON.parse(entry) as unknown[];
+      const keys = ['periodKey', 'scope', 'metric', 'periodEnd', 'amount'];
+      e[1] = 2;
+      e[4] = (e[4] as unknown[][]).map((d) => Object.fromEntries(keys.map((k, j) => [k, d[j]])));
+      return JSON.stringify(e);
     });
     await new Promise<void>((resolve, reject) => {
       const db = new Database(journal, (e) => {

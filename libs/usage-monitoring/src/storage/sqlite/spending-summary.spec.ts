@@ -1,7 +1,18 @@
 import fc from 'fast-check';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { UsageEventRecord } from '../usage-store.interface';
-import type { CounterDelta } from './sqlite-batch-writer';
-import { SummarySums, type SummedEntry } from './spending-summary';
+import { EVENT_COLUMNS, type CounterDelta } from './sqlite-batch-writer';
+import { openConnection } from './sqlite-connection';
+import {
+  prepareSummary,
+  summarizeIntents,
+  summarizeJournal,
+  SummarySums,
+  type SummedEntry,
+} from './spending-summary';
+import { entryJson, JOURNAL_FILE } from './usage-journal';
 
 interface Parsed {
   t: [string, string, number, number, number][];
@@ -131,5 +142,80 @@ describe('SummarySums', () => {
 
   it('with nothing summed is an empty row, which still marks', () => {
     expect(new SummarySums().json()).toBe('{"t":[],"c":[]}');
+  });
+});
+
+describe('the summary of entries a crash left', () => {
+  const END = 1_767_225_600_000;
+  const PERIOD = 'month:2026-12-01';
+  /** A ledger row's values: `tokens` input tokens, 10 µ$, in December. */
+  const rowOf = (tokens: number) =>
+    JSON.stringify(
+      EVENT_COLUMNS.map((c) =>
+        c === 'period_key'
+          ? PERIOD
+          : c === 'input_tokens'
+            ? tokens
+            : c === 'output_tokens'
+              ? 0
+              : c === 'cost_micros'
+                ? 10
+                : null,
+      ),
+    );
+  const deltas = (tokens: number): CounterDelta[] =>
+    (['calls', 'tokens'] as const).map((metric) => ({
+      periodKey: PERIOD,
+      scope: 'ai_text',
+      metric,
+      periodEnd: END,
+      amount: metric === 'calls' ? 1 : tokens,
+    }));
+  /** This version's entry, as the journal and the intent log write it. */
+  const current = (tokens: number) =>
+    entryJson('u', { kind: 'event', row: rowOf(tokens), deltas: deltas(tokens) });
+  /** Format 2's (until 2026-12-06): the same, each delta an object. */
+  const format2 = (tokens: number) => `["u",2,true,${rowOf(tokens)},${JSON.stringify(deltas(tokens))},null]`;
+
+  it("adds interrupted requests' and journal entries' rows and deltas, in this format and in format 2 alike", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-summary-spec-'));
+    const c = await openConnection('sqlite3', join(dir, JOURNAL_FILE), {
+      mustExist: false,
+      busyTimeoutMs: 1_000,
+      pragmas: 'PRAGMA journal_mode = WAL',
+    });
+    const summary = () =>
+      Promise.all([
+        c.all('SELECT user_id, period_key, calls, tokens, cost_micros FROM usage_summary_totals'),
+        c.all('SELECT user_id, scope, metric, period_end, used FROM usage_summary_counters ORDER BY metric'),
+      ]);
+    try {
+      await c.exec('CREATE TABLE usage_journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry TEXT NOT NULL)');
+      expect(await prepareSummary(c)).toEqual({ built: false, mark: 0 });
+      await summarizeIntents(c, [
+        { requestId: 'i1', entry: format2(5) },
+        { requestId: 'i2', entry: current(7) },
+        { requestId: 'i2', entry: current(7) }, // once per request
+      ]);
+      expect(await summary()).toEqual([
+        [{ user_id: '"u"', period_key: PERIOD, calls: 2, tokens: 12, cost_micros: 20 }],
+        [
+          { user_id: '"u"', scope: 'ai_text', metric: 'calls', period_end: END, used: 2 },
+          { user_id: '"u"', scope: 'ai_text', metric: 'tokens', period_end: END, used: 12 },
+        ],
+      ]);
+      await c.run('INSERT INTO usage_journal (entry) VALUES (?), (?)', [format2(11), current(13)]);
+      expect(await summarizeJournal(c)).toBe(2);
+      expect(await summary()).toEqual([
+        [{ user_id: '"u"', period_key: PERIOD, calls: 4, tokens: 36, cost_micros: 40 }],
+        [
+          { user_id: '"u"', scope: 'ai_text', metric: 'calls', period_end: END, used: 4 },
+          { user_id: '"u"', scope: 'ai_text', metric: 'tokens', period_end: END, used: 36 },
+        ],
+      ]);
+    } finally {
+      await c.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -27,6 +27,15 @@ import { openConnection, type SqliteConnection, type SqliteDriver } from './sqli
  */
 const col = (name: string): number => EVENT_COLUMNS.indexOf(name);
 
+/**
+ * A counter delta's field in SQL, `d` being a `json_each` row over an entry's deltas: an array in this
+ * version's entries (`deltasJson`), an object in format 2's, which an upgrade may find in the journal.
+ */
+const DELTA_FIELDS = ['periodKey', 'scope', 'metric', 'periodEnd', 'amount'];
+const delta = (name: string): string =>
+  `iif(d.type = 'array', d.value ->> ${DELTA_FIELDS.indexOf(name)}, d.value ->> '${name}')`;
+const IS_DELTA = `d.type IN ('array', 'object')`;
+
 /** The upserts of one journal entry (`entry`: an SQL expression of its text) into the summary. */
 function upsertsOf(entry: string): string {
   const row = (c: string) => `${entry} ->> '$[3][${col(c)}]'`;
@@ -36,9 +45,9 @@ function upsertsOf(entry: string): string {
   ON CONFLICT DO UPDATE SET calls = calls + 1, tokens = tokens + excluded.tokens,
     cost_micros = cost_micros + excluded.cost_micros;
   INSERT INTO usage_summary_counters (user_id, period_key, scope, metric, period_end, used)
-  SELECT ${entry} -> 0, d.value ->> 'periodKey', d.value ->> 'scope', d.value ->> 'metric',
-    d.value ->> 'periodEnd', d.value ->> 'amount'
-  FROM json_each(${entry}, '$[4]') AS d WHERE d.type = 'object'
+  SELECT ${entry} -> 0, ${delta('periodKey')}, ${delta('scope')}, ${delta('metric')},
+    ${delta('periodEnd')}, ${delta('amount')}
+  FROM json_each(${entry}, '$[4]') AS d WHERE ${IS_DELTA}
   ON CONFLICT DO UPDATE SET used = used + excluded.used;`;
 }
 
@@ -81,7 +90,9 @@ const SCHEMA = [
   UPDATE usage_summary_mark SET seq = NEW.seq;
   DELETE FROM usage_journal WHERE seq = NEW.seq;
   END`,
-  `CREATE TRIGGER IF NOT EXISTS usage_summary_fill_intent AFTER INSERT ON usage_summary_intents
+  // Until 2026-12-06 (entry format 2) it read deltas as objects only: replaced by the trigger below.
+  'DROP TRIGGER IF EXISTS usage_summary_fill_intent',
+  `CREATE TRIGGER IF NOT EXISTS usage_summary_fill_intents AFTER INSERT ON usage_summary_intents
   BEGIN ${upsertsOf('NEW.entry')}
   END`,
 ];
@@ -178,8 +189,8 @@ export async function prepareSummary(c: SqliteConnection): Promise<{ built: bool
   return { built: rows[0].n > 0, mark: await summarizeJournal(c) };
 }
 
-/** A journal entry of this format (`entryJson`) that is a ledger row: `j.entry` in SQL. */
-const LEDGER_ENTRY = `substr(j.entry, 1, 1) = '[' AND j.entry ->> 1 = 2 AND j.entry ->> 2`;
+/** A journal entry of this format (`entryJson`) or format 2 that is a ledger row: `j.entry` in SQL. */
+const LEDGER_ENTRY = `substr(j.entry, 1, 1) = '[' AND j.entry ->> 1 IN (2, 3) AND j.entry ->> 2`;
 
 /**
  * Adds the journal entries above the mark (committed, their sums not yet) to the summary and moves the mark
@@ -202,10 +213,10 @@ export async function summarizeJournal(c: SqliteConnection): Promise<number> {
     );
     await c.run(
       `INSERT INTO usage_summary_counters (user_id, period_key, scope, metric, period_end, used)
-       SELECT j.entry -> 0, d.value ->> 'periodKey', d.value ->> 'scope', d.value ->> 'metric',
-         max(d.value ->> 'periodEnd'), sum(d.value ->> 'amount')
+       SELECT j.entry -> 0, ${delta('periodKey')}, ${delta('scope')}, ${delta('metric')},
+         max(${delta('periodEnd')}), sum(${delta('amount')})
        FROM usage_journal AS j, json_each(j.entry, '$[4]') AS d
-       WHERE j.seq > ? AND ${LEDGER_ENTRY} AND d.type = 'object' GROUP BY 1, 2, 3, 4
+       WHERE j.seq > ? AND ${LEDGER_ENTRY} AND ${IS_DELTA} GROUP BY 1, 2, 3, 4
        ON CONFLICT DO UPDATE SET used = used + excluded.used`,
       [mark],
     );

@@ -194,17 +194,30 @@ function requestRow(w: PendingWrite): unknown[] {
 }
 
 /**
- * `JSON.stringify(deltas)` for deltas in `CounterDelta`'s key order, each from its counter's text up to the
- * amount, made once per counter and period end: every request's intent and journal entry carry its deltas,
- * and the stringify cost ~3 µs per request's three where this costs ~0.3 (a scratch measurement, 2026-12-06).
+ * The deltas as a journal entry carries them: `[[periodKey, scope, metric, periodEnd, amount], ...]`
+ * (`JSON.stringify` of those arrays), each from its counter's text up to the amount, made once per counter
+ * and period end. Arrays rather than objects: an entry of three deltas is 430 bytes instead of 580, which
+ * SQLite parses, stores and checkpoints for every request in the journal and again in the intent log (a
+ * scratch measurement, 2026-12-06: 13.8 → 12.1 µs of CPU per entry inserted, medians of four rounds).
  */
 export function deltasJson(deltas: readonly CounterDelta[]): string {
   let text = '[';
   for (let i = 0; i < deltas.length; i++) {
     const d = deltas[i];
-    text += (i === 0 ? '' : ',') + deltaPrefix(d) + (Number.isFinite(d.amount) ? d.amount : 'null') + '}';
+    text += (i === 0 ? '' : ',') + deltaPrefix(d) + (Number.isFinite(d.amount) ? d.amount : 'null') + ']';
   }
   return text + ']';
+}
+
+/** The deltas of `deltasJson`'s text, read back. */
+export function deltasOf(compact: readonly (readonly unknown[])[]): CounterDelta[] {
+  return compact.map(([periodKey, scope, metric, periodEnd, amount]) => ({
+    periodKey: periodKey as string,
+    scope: scope as string,
+    metric: metric as string,
+    periodEnd: periodEnd as number,
+    amount: amount as number,
+  }));
 }
 
 function deltaPrefix(d: CounterDelta): string {
@@ -213,9 +226,7 @@ function deltaPrefix(d: CounterDelta): string {
   if (cached?.periodEnd !== d.periodEnd) {
     // Periods come and go (a daily limit has new counters every day): start afresh now and then.
     if (deltaPrefixes.size >= 4096) deltaPrefixes.clear();
-    const text = `{"periodKey":${JSON.stringify(d.periodKey)},"scope":${JSON.stringify(d.scope)},"metric":${JSON.stringify(
-      d.metric,
-    )},"periodEnd":${JSON.stringify(d.periodEnd)},"amount":`;
+    const text = `[${JSON.stringify(d.periodKey)},${JSON.stringify(d.scope)},${JSON.stringify(d.metric)},${JSON.stringify(d.periodEnd)},`;
     deltaPrefixes.set(key, (cached = { periodEnd: d.periodEnd, text }));
   }
   return cached.text;

@@ -164,7 +164,7 @@ describe('UsageJournal with batchForgets (the intent log)', () => {
 });
 
 describe('entryJson', () => {
-  it("carries each write's deltas as JSON.stringify writes them, whatever their text and however often the counter recurs", () => {
+  it("carries each write's deltas as arrays, as JSON.stringify writes them, whatever their text and however often the counter recurs", () => {
     const delta = fc.record({
       periodKey: fc.constantFrom('2026-12', '2026-12-05', 'p"\\\u0001é'),
       scope: fc.string({ maxLength: 12 }),
@@ -175,8 +175,9 @@ describe('entryJson', () => {
     fc.assert(
       fc.property(fc.string({ maxLength: 20 }), fc.array(delta, { maxLength: 4 }), (userId, deltas) => {
         const write = { kind: 'request' as const, row: '["r",null]', deltas };
-        const expected = `[${JSON.stringify(userId)},2,false,["r",null],${
-          deltas.length ? JSON.stringify(deltas) : 'null'
+        const compact = deltas.map((d) => [d.periodKey, d.scope, d.metric, d.periodEnd, d.amount]);
+        const expected = `[${JSON.stringify(userId)},3,false,["r",null],${
+          deltas.length ? JSON.stringify(compact) : 'null'
         },null]`;
         expect(entryJson(userId, write)).toBe(expected);
       }),

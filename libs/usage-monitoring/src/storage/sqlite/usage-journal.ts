@@ -15,12 +15,14 @@ import {
 import type { SpendingTotal } from '../usage-store.interface';
 import {
   deltasJson,
+  deltasOf,
   jsonArray,
   kindOf,
   MAX_ROWS_PER_STATEMENT,
   RETRY_MAX_MS,
   RETRY_MIN_MS,
   rowJson,
+  type CounterDelta,
   type PendingWrite,
 } from './sqlite-batch-writer';
 
@@ -36,8 +38,12 @@ export const INTENT_FILE = '.usage-intents.sqlite';
 /** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
 export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts' | 'row' | 'kind'>;
 
-/** The journal's entry format: `[userId, 2, isEvent, row values, deltas | null, alerts | null]`. */
-const FORMAT = 2;
+/**
+ * The journal's entry format: `[userId, 3, isEvent, row values, deltas | null, alerts | null]`, the deltas as
+ * `deltasJson` writes them. Format 2 (until 2026-12-06) had the same fields with each delta an object; a crash
+ * or an upgrade may leave entries of it, and of the object form before it, which are read as they were.
+ */
+const FORMAT = 3;
 
 /** A write's journal entry (JSON text), the row values in the same text its user's database will insert. */
 export function entryJson(userId: string, w: JournaledWrite): string {
@@ -47,18 +53,23 @@ export function entryJson(userId: string, w: JournaledWrite): string {
 }
 
 /**
- * A journal entry read back at start-up: this format, or the object form of earlier versions
+ * A journal entry read back at start-up: this format, format 2, or the object form of earlier versions
  * (`[userId, { event, deltas, request, alerts }]`), which a crash may have left.
  */
 function parseEntry(text: string): [string, JournaledWrite] {
   const e = JSON.parse(text) as unknown[];
-  if (e[1] !== FORMAT) return e as [string, JournaledWrite];
+  if (e[1] !== FORMAT && e[1] !== 2) return e as [string, JournaledWrite];
+  const deltas = e[4] as (CounterDelta | unknown[])[] | null;
   return [
     e[0] as string,
     {
       kind: e[2] ? 'event' : 'request',
       row: JSON.stringify(e[3]),
-      deltas: (e[4] as PendingWrite['deltas']) ?? undefined,
+      deltas: deltas
+        ? e[1] === 2
+          ? (deltas as CounterDelta[])
+          : deltasOf(deltas as unknown[][])
+        : undefined,
       alerts: (e[5] as PendingWrite['alerts']) ?? undefined,
     },
   ];
