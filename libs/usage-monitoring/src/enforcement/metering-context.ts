@@ -15,7 +15,7 @@ export interface MeteringContext {
   /** Billing-month key of the reservation (stored on the ledger row). */
   ledgerPeriodKey: string;
   startedAt: number;
-  /** Where the call was admitted from (the route's path), its method and request size, as its ledger row records them. */
+  /** Where the call was admitted from (the route's path), its method and request size: its ledger row records them. */
   endpoint: string;
   method: string;
   requestBytes: number;

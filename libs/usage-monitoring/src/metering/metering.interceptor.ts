@@ -377,10 +377,6 @@ export class MeteringInterceptor implements NestInterceptor {
       outcome,
       statusCode: error !== undefined ? statusOf(error) : this.successStatus(context, route),
       usage: measure,
-      // As the guard admitted it: the same request, read once.
-      endpoint: metering.endpoint,
-      method: metering.method,
-      requestBytes: metering.requestBytes,
       responseBytes,
       userAgent: typeof ua === 'string' ? ua : null,
       ip: typeof request.ip === 'string' ? request.ip : null,

@@ -139,7 +139,7 @@ export class UsageMeter {
           model: spec.model,
           body: spec.request,
           estimate: spec.estimate,
-          endpoint: this.endpoint(spec),
+          endpoint: spec.operation ?? `meter:${spec.provider}`,
           method: 'CALL',
           requestBytes: 0,
         }),
@@ -197,17 +197,10 @@ export class UsageMeter {
       outcome,
       statusCode,
       usage,
-      endpoint: this.endpoint(spec),
-      method: 'CALL',
-      requestBytes: 0,
       responseBytes: 0,
       userAgent: null,
       ip: null,
     });
-  }
-
-  private endpoint(spec: MeterSpec): string {
-    return spec.operation ?? `meter:${spec.provider}`;
   }
 }
 

@@ -33,9 +33,6 @@ export interface CallRecord {
   statusCode: number;
   /** Read inside the settlement: a usage that cannot be read is charged the reservation's estimate. */
   usage: () => MeasuredUsage;
-  endpoint: string;
-  method: string;
-  requestBytes: number;
   responseBytes: number;
   userAgent: string | null;
   ip: string | null;
@@ -91,8 +88,8 @@ export class UsageSettler {
         userId: reservation.userId,
         provider,
         model,
-        endpoint: call.endpoint.slice(0, 512),
-        method: call.method,
+        endpoint: metering.endpoint.slice(0, 512),
+        method: metering.method,
         statusCode: call.statusCode,
         inputTokens: usage.inputTokens,
         outputTokens: usage.outputTokens,
@@ -102,7 +99,7 @@ export class UsageSettler {
         costMicros: priced.costMicros,
         priceVersion: priced.priceVersion ?? null,
         responseTimeMs: Math.max(0, now - metering.startedAt),
-        requestBytes: call.requestBytes,
+        requestBytes: metering.requestBytes,
         responseBytes: call.responseBytes,
         userAgent: call.userAgent?.slice(0, 512) ?? null,
         ip: call.ip?.slice(0, 64) ?? null,

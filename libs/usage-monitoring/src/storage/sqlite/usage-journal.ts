@@ -59,17 +59,15 @@ export function entryJson(userId: string, w: JournaledWrite): string {
 function parseEntry(text: string): [string, JournaledWrite] {
   const e = JSON.parse(text) as unknown[];
   if (e[1] !== FORMAT && e[1] !== 2) return e as [string, JournaledWrite];
-  const deltas = e[4] as (CounterDelta | unknown[])[] | null;
+  // Format 2's deltas are objects already.
+  const raw = e[4] as unknown[] | null;
+  const deltas = !raw ? undefined : e[1] === 2 ? (raw as CounterDelta[]) : deltasOf(raw as unknown[][]);
   return [
     e[0] as string,
     {
       kind: e[2] ? 'event' : 'request',
       row: JSON.stringify(e[3]),
-      deltas: deltas
-        ? e[1] === 2
-          ? (deltas as CounterDelta[])
-          : deltasOf(deltas as unknown[][])
-        : undefined,
+      deltas,
       alerts: (e[5] as PendingWrite['alerts']) ?? undefined,
     },
   ];
