@@ -150,7 +150,7 @@ export const RESERVE_BATCH = `SELECT o_id, o_pass, o_state FROM usage_reserve_ba
  * for the reservations actually deleted and the ledger rows actually inserted, locking counters in the
  * same order as admission. The payload is read as \`json\`, not \`jsonb\`: \`json_to_recordset\` takes the text as
  * it is, where \`jsonb\` first builds its binary form: the whole statement 78 → 67 µs of PostgreSQL's CPU per row
- (medians of six rounds of a scratch measurement, batches of 20, 2026-12-06).
+ * (medians of six rounds of a scratch measurement, batches of 20, 2026-12-06).
  */
 export const SETTLE_BATCH = `
 WITH s AS (

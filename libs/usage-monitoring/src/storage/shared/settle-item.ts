@@ -48,12 +48,16 @@ export interface SettleItem {
   payload?: string;
 }
 
-/** The settlement of a request's ledger row `e` against its `charges`, consuming `actual`. */
+/**
+ * The settlement of a request's ledger row `e` against its `charges`, consuming `actual`. `withPayload`
+ * false: no payload text (an intent, stored in its reservation row; read back, `settlePayload` makes it).
+ */
 export function settleItemOf(
   userId: string,
   e: UsageEventRecord,
   charges: LimitCharge[],
   actual: ActualUsage,
+  withPayload = true,
 ): SettleItem {
   // The statement's fields first: their text is the item's payload, made before the store's own are added.
   const item = {
@@ -92,7 +96,7 @@ export function settleItemOf(
       act: actualOf(actual, c.metric),
     })),
   } as SettleItem;
-  item.payload = JSON.stringify(item);
+  if (withPayload) item.payload = JSON.stringify(item);
   item.limits = charges;
   item.alerts = [];
   item.userId = userId;

@@ -301,11 +301,7 @@ export class SharedPostgresStore implements UsageStore {
       })),
       intent:
         this.options.durableIntent && req.interrupted
-          ? {
-              ...settleItemOf(req.userId, req.interrupted, charges, actualOfEvent(req.interrupted)),
-              limits: [],
-              payload: undefined, // the row carries the fields; read back, the payload is made from them
-            }
+          ? intentItem(req.userId, req.interrupted, charges)
           : undefined,
     });
     if (!row.o_pass) return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
@@ -959,4 +955,15 @@ function toStoreError(e: unknown): UsageStoreError {
 /** What charging a request at its estimate consumes. */
 function actualOfEvent(e: UsageEventRecord): ActualUsage {
   return { calls: 1, tokens: e.inputTokens + e.outputTokens, costMicros: e.costMicros };
+}
+
+/**
+ * A request's intent (durable intent): its settlement at the estimate, kept in its reservation row as JSON
+ * (no payload text: `settlePayload` makes it when the row is read back), without its limits, which only
+ * threshold alerts read (`chargeInterrupted` raises none).
+ */
+function intentItem(userId: string, interrupted: UsageEventRecord, charges: LimitCharge[]): SettleItem {
+  const item = settleItemOf(userId, interrupted, charges, actualOfEvent(interrupted), false);
+  item.limits = [];
+  return item;
 }
