@@ -38,8 +38,13 @@ describeSqlite('cross-user journal (storage.journal)', () => {
   it('acknowledges from the journal, stays exact under 300 parallel requests, applies on eviction and on close', async () => {
     // A 60 s apply delay: rows reach a user's file only when the user's database is closed.
     const dataDir = tempDataDir(); // ours: it outlives the app, to be read after closing
+    // Evicting the hot user applies its 100 rows while the next user waits for a slot: on a loaded machine that
+    // outlasted the default 250 ms enforcement timeout once (a 503; 2026-12-06). This test is about exactness.
     const t = await createTestApp({
-      usage: { storage: { dataDir, maxOpenDataSources: 3, journal: { applyDelayMs: 60_000 } } },
+      usage: {
+        enforcementTimeoutMs: 5_000,
+        storage: { dataDir, maxOpenDataSources: 3, journal: { applyDelayMs: 60_000 } },
+      },
     });
     const post = (user: string) =>
       request(t.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(chat);
