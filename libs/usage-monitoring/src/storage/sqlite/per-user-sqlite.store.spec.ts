@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
 import type { LimitCharge, Reservation, Settlement } from '../usage-store.interface';
 import { PerUserSqliteStore } from './per-user-sqlite.store';
+import { DELTA_FIELDS } from './sqlite-batch-writer';
 import { entryJson, JOURNAL_FILE, UsageJournal } from './usage-journal';
 import { userFileName } from './user-file-name';
 
@@ -283,9 +284,8 @@ describe('PerUserSqliteStore', () => {
       if (i === 0) return entry;
       // The second as format 2 wrote it (until 2026-12-06, each delta an object): a crash, then an upgrade.
       const e = JSON.parse(entry) as unknown[];
-      const keys = ['periodKey', 'scope', 'metric', 'periodEnd', 'amount'];
       e[1] = 2;
-      e[4] = (e[4] as unknown[][]).map((d) => Object.fromEntries(keys.map((k, j) => [k, d[j]])));
+      e[4] = (e[4] as unknown[][]).map((d) => Object.fromEntries(DELTA_FIELDS.map((k, j) => [k, d[j]])));
       return JSON.stringify(e);
     });
     await new Promise<void>((resolve, reject) => {

@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SpendingTotal, UsageEventRecord } from '../usage-store.interface';
-import { addDeltas, type CounterDelta, EVENT_COLUMNS } from './sqlite-batch-writer';
+import { addDeltas, type CounterDelta, DELTA_FIELDS, EVENT_COLUMNS } from './sqlite-batch-writer';
 import { openConnection, type SqliteConnection, type SqliteDriver } from './sqlite-connection';
 
 /**
@@ -31,8 +31,7 @@ const col = (name: string): number => EVENT_COLUMNS.indexOf(name);
  * A counter delta's field in SQL, `d` being a `json_each` row over an entry's deltas: an array in this
  * version's entries (`deltasJson`), an object in format 2's, which an upgrade may find in the journal.
  */
-const DELTA_FIELDS = ['periodKey', 'scope', 'metric', 'periodEnd', 'amount'];
-const delta = (name: string): string =>
+const delta = (name: (typeof DELTA_FIELDS)[number]): string =>
   `iif(d.type = 'array', d.value ->> ${DELTA_FIELDS.indexOf(name)}, d.value ->> '${name}')`;
 const IS_DELTA = `d.type IN ('array', 'object')`;
 

@@ -209,6 +209,9 @@ export function deltasJson(deltas: readonly CounterDelta[]): string {
   return text + ']';
 }
 
+/** A delta's fields in the order `deltasJson` writes them (format 3 of the journal's entries). */
+export const DELTA_FIELDS = ['periodKey', 'scope', 'metric', 'periodEnd', 'amount'] as const;
+
 /** The deltas of `deltasJson`'s text, read back. */
 export function deltasOf(compact: readonly (readonly unknown[])[]): CounterDelta[] {
   return compact.map(([periodKey, scope, metric, periodEnd, amount]) => ({
