@@ -45,7 +45,7 @@ export interface SqliteStorageOptions {
    * How settlements are written (one path, always on). Every user's settlements of a turn commit together
    * to one journal file inside `dataDir` (`.usage-journal.sqlite`) before their responses are released,
    * so a thousand users each sending a request cost one commit, not a thousand; each user's rows then move
-   * to the user's own file in one commit `applyDelayMs` later, or 10 ms per open user whose rows are
+   * to the user's own file in one commit `applyDelayMs` later, or 10 ms per user whose rows are
    * waiting when that is longer (1,000 users active at once: about 10 s; at most 60 s), so that many users
    * cost about a hundred user-file commits a second (at once when the user's database is closed or evicted,
    * and at start-up for rows a crash left in the journal). Counters and enforcement are exact; a user's file
@@ -53,8 +53,8 @@ export interface SqliteStorageOptions {
    *
    * A user whose database the LRU closes stays in memory with its counters (up to `maxUsersInMemory`
    * users, least recently used dropped first, never one with rows still to apply): coming back costs no
-   * database open, and its rows reach its file in the background, one open–commit–close per user every
-   * `applyDelayMs`, within `maxOpenDataSources`. `0` turns that off.
+   * database open, and its rows reach its file in the background, one open–commit–close per user after the
+   * same delay as an open user's, within `maxOpenDataSources`. `0` turns that off.
    *
    * (Earlier versions made it opt-in, `journal: true`; `true` is still accepted and means the defaults. The
    * direct per-user commit it replaced, `journal: false`, was removed: it was a little faster for one hot

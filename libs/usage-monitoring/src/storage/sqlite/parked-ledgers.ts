@@ -1,4 +1,4 @@
-import { RETRY_MAX_MS, SqliteBatchWriter } from './sqlite-batch-writer';
+import { type ApplyPacer, RETRY_MAX_MS, SqliteBatchWriter } from './sqlite-batch-writer';
 import type { SqliteConnection } from './sqlite-connection';
 import { type JournalRow, journalRowOf, pendingOf, type UsageJournal } from './usage-journal';
 import type { UserLedger } from './user-ledger';
@@ -9,8 +9,13 @@ const APPLY_CONCURRENCY = 2;
 export interface ParkedLedgersOptions {
   /** Ledgers kept at most (more only while their rows wait to be applied or requests are in flight). */
   max: number;
-  /** How long a parked user's journaled rows wait before they are applied to its file. */
+  /** How long a parked user's journaled rows wait at least before they are applied to its file. */
   applyDelayMs: number;
+  /**
+   * Spaces the applies with the open users' commits: 10 ms per user whose rows are waiting (open or
+   * parked), at most 60 s. Without one (`applyDelayMs` 0), rows are applied as soon as a slot is free.
+   */
+  pacer: ApplyPacer | undefined;
   journal: UsageJournal;
   /** Opens an existing user file for writing (never creates one). */
   openFile: (userId: string) => Promise<SqliteConnection>;
@@ -22,18 +27,28 @@ export interface ParkedLedgersOptions {
  * Users whose database the LRU closed, kept in memory with their counters (journal mode only). Their
  * requests are admitted against the in-memory counters and settle into the journal like anyone else's,
  * so a user coming back costs no database open on the request path. Their journaled rows reach their
- * files in the background, in one open–commit–close per user every `applyDelayMs`, within the same
+ * files in the background, one open–commit–close per user once its first waiting row is as old as the
+ * pacer's delay (`applyDelayMs`, or 10 ms per user waiting: 10,000 parked users with rows are applied
+ * about every 60 s, about 170 opens a second, not one after another without a pause), within the same
  * open-file cap; rows not yet applied stay in the journal (applied at the next start after a crash).
  */
 export class ParkedLedgers {
   /** Insertion order is recency: `get` moves a user to the end. */
   private readonly ledgers = new Map<string, UserLedger>();
-  /** Ledgers with rows to apply, or being applied (never dropped from memory while in here). */
-  private readonly withRows = new Set<UserLedger>();
+  /**
+   * Ledgers with rows to apply, with when their first waiting row was parked; insertion order is that
+   * time's, so the first one is the next due (never dropped from memory while in here or in `applying`).
+   */
+  private readonly withRows = new Map<UserLedger, number>();
+  private readonly applying = new Set<UserLedger>();
   private readonly failing = new Set<UserLedger>();
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  /** After a failed apply, no apply starts before this (`Date.now()`), unless forced. */
+  private pausedUntil = 0;
   private retryDelay = 0;
+  /** `applyPending` is running: every waiting row is applied now, whatever its age. */
+  private forced = 0;
+  private idleWaiters: (() => void)[] = [];
   private closed = false;
 
   constructor(private readonly options: ParkedLedgersOptions) {}
@@ -45,7 +60,8 @@ export class ParkedLedgers {
   /** Journaled rows waiting for parked users' files. */
   get pendingRows(): number {
     let n = 0;
-    for (const ledger of this.withRows) n += ledger.parkedRows;
+    for (const ledger of this.withRows.keys()) n += ledger.parkedRows;
+    for (const ledger of this.applying) n += ledger.parkedRows;
     return n;
   }
 
@@ -75,8 +91,11 @@ export class ParkedLedgers {
 
   /** A parked ledger has rows to apply. */
   rowsParked(ledger: UserLedger): void {
-    this.withRows.add(ledger);
-    if (!this.timer && !this.running && !this.closed) this.schedule(this.options.applyDelayMs);
+    // One being applied is put back in line when its apply ends, if rows came meanwhile.
+    if (this.withRows.has(ledger) || this.applying.has(ledger)) return;
+    this.withRows.set(ledger, Date.now());
+    this.counted();
+    if (!this.timer) this.pump();
   }
 
   /** Applies every parked row now (shutdown); resolves with the number of users left with rows. */
@@ -87,18 +106,75 @@ export class ParkedLedgers {
 
   /** Applies every parked row now instead of after its delay; resolves with the number of users left with rows. */
   async applyPending(deadlineMs = 5_000): Promise<number> {
+    this.forced++;
+    try {
+      this.pump();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, deadlineMs);
+        timer.unref();
+        this.idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+        this.wakeIfIdle();
+      });
+    } finally {
+      this.forced--;
+    }
+    // Rows left (a file that cannot be written) wait their turn again, with the backoff.
+    this.pump();
+    return this.withRows.size + this.applying.size;
+  }
+
+  private wakeIfIdle(): void {
+    if (this.withRows.size > 0 || this.applying.size > 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Tells the pacer how many parked users' rows are waiting. */
+  private counted(): void {
+    if (this.options.pacer) this.options.pacer.parkedWaiting = this.withRows.size + this.applying.size;
+  }
+
+  /** Starts the applies that are due, up to `APPLY_CONCURRENCY` at once; sets a timer for the next one. */
+  private pump(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    const until = Date.now() + deadlineMs;
-    do {
-      await this.running;
-      if (this.withRows.size === 0) break;
-      this.running = this.applyNow();
-      await this.running;
-    } while (this.withRows.size > 0 && Date.now() < until);
-    this.running = undefined;
-    if (this.withRows.size > 0 && !this.timer && !this.closed) this.schedule(this.options.applyDelayMs);
-    return this.withRows.size;
+    if (this.closed && this.forced === 0) return;
+    const now = Date.now();
+    const delay = this.options.pacer?.delayMs() ?? this.options.applyDelayMs;
+    for (const [ledger, since] of this.withRows) {
+      if (this.applying.size >= APPLY_CONCURRENCY) return;
+      // Forced: every row now, failing files again at once (the caller's deadline bounds it).
+      const due = this.forced > 0 ? now : Math.max(since + delay, this.pausedUntil);
+      if (due > now) {
+        this.timer = setTimeout(() => this.pump(), due - now);
+        this.timer.unref();
+        return;
+      }
+      this.withRows.delete(ledger);
+      this.applying.add(ledger);
+      void this.options
+        .withSlot(() => this.applyTo(ledger))
+        .then(
+          (applied) => this.applied(ledger, applied),
+          () => this.applied(ledger, false),
+        );
+    }
+  }
+
+  private applied(ledger: UserLedger, applied: boolean): void {
+    this.applying.delete(ledger);
+    this.retryDelay = applied ? 0 : Math.min(Math.max(this.retryDelay * 2, 50), RETRY_MAX_MS);
+    if (!applied) this.pausedUntil = Date.now() + this.retryDelay;
+    // Rows parked while the apply ran, or left by a failure: back in line, last.
+    if (ledger.parkedRows > 0) this.withRows.set(ledger, Date.now());
+    this.counted();
+    if (this.ledgers.size > this.options.max) this.trim();
+    this.wakeIfIdle();
+    this.pump();
   }
 
   /** Drops the least recently used ledgers that hold nothing but counters, down to `max`. */
@@ -106,49 +182,17 @@ export class ParkedLedgers {
     for (const [userId, ledger] of this.ledgers) {
       if (this.ledgers.size <= this.options.max) return;
       // Never one still closing its database (its last rows may yet come back to it) or with rows to apply.
-      if (ledger.parked && ledger.isIdle() && !this.withRows.has(ledger)) {
+      if (ledger.parked && ledger.isIdle() && !this.withRows.has(ledger) && !this.applying.has(ledger)) {
         this.ledgers.delete(userId);
         this.failing.delete(ledger);
       }
     }
   }
 
-  private schedule(delayMs: number): void {
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.running = this.applyNow().finally(() => {
-        this.running = undefined;
-        if (this.withRows.size > 0 && !this.timer && !this.closed) {
-          // After a failure, back off; otherwise rows parked meanwhile wait their own delay.
-          this.schedule(this.retryDelay || this.options.applyDelayMs);
-        }
-      });
-    }, delayMs);
-    this.timer.unref();
-  }
-
-  private async applyNow(): Promise<void> {
-    const batch = [...this.withRows];
-    let failed = false;
-    let next = 0;
-    const worker = async () => {
-      while (next < batch.length) {
-        const ledger = batch[next++];
-        if (!(await this.options.withSlot(() => this.applyTo(ledger)))) failed = true;
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(APPLY_CONCURRENCY, batch.length) }, worker));
-    this.retryDelay = failed ? Math.min(Math.max(this.retryDelay * 2, 50), RETRY_MAX_MS) : 0;
-    if (this.ledgers.size > this.options.max) this.trim();
-  }
-
   /** One open–commit–close of the user's file with every row parked on it; false when they stay parked. */
   private async applyTo(ledger: UserLedger): Promise<boolean> {
     const rows = ledger.takeParked();
-    if (rows.length === 0) {
-      this.withRows.delete(ledger);
-      return true;
-    }
+    if (rows.length === 0) return true;
     const { journal } = this.options;
     let db: SqliteConnection | undefined;
     let writer: SqliteBatchWriter | undefined;
@@ -175,8 +219,6 @@ export class ParkedLedgers {
     }
     ledger.unpark([], null);
     this.failing.delete(ledger);
-    // Rows parked while this apply ran keep the ledger in the set for the next turn.
-    if (ledger.parkedRows === 0) this.withRows.delete(ledger);
     return true;
   }
 }

@@ -545,3 +545,61 @@ describe('PerUserSqliteStore apply pacing', () => {
     }
   });
 });
+
+describe('PerUserSqliteStore parked apply pacing', () => {
+  it('applies parked users’ rows at the pace of the open ones: 10 ms per user waiting, counting both, one apply per user', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-store-parked-pacing-'));
+    // 2 open files, 100 ms base delay, every user kept in memory once its file closes.
+    const store = storeAt(dir, 2, 100, { maxUsersInMemory: 100 });
+    await store.init();
+    const rows = async (userId: string) =>
+      Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
+    const pacer = () =>
+      (store as unknown as { pacer: { waitingUsers: number; parkedWaiting: number } }).pacer;
+    try {
+      const users = Array.from({ length: 60 }, (_, i) => `parked-pace-${i}`);
+      for (const userId of users) {
+        const r = await store.reserve({
+          requestId: `${userId}-open`,
+          userId,
+          provider: 'openai',
+          now: NOW,
+          charges: [],
+        });
+        if (r.admitted) store.release(r.reservation);
+      }
+      await store.flush();
+      expect(store.usersInMemory).toBe(58);
+      // One request each, settled at once: 58 parked and 2 open users' rows wait max(100, 60 × 10) ms.
+      const started = Date.now();
+      await Promise.all(
+        users.map((userId) => settleAs(store, userId, `${userId}-r1`, [charge('calls', 10, 1)], 3)),
+      );
+      expect(pacer().parkedWaiting).toBe(58);
+      expect(pacer().waitingUsers).toBe(2);
+      // A second request of a parked user while its first row waits: both reach its file in one apply.
+      await settleAs(store, users[0], `${users[0]}-r2`, [charge('calls', 10, 1)], 3);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      // Without the pacing, parked rows were applied after 100 ms, one user after another.
+      for (const userId of [users[0], users[30], users[59]]) expect(await rows(userId)).toBe(0);
+      let first = 0;
+      while (first === 0 && Date.now() - started < 5_000) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        first = await rows(users[0]);
+      }
+      expect(first).toBe(2);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(550);
+      for (let i = 0; i < 250 && pacer().parkedWaiting > 0; i++)
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(pacer().parkedWaiting).toBe(0);
+      expect(store.pendingWrites()).toBe(0);
+      for (const userId of users) expect(await rows(userId)).toBe(userId === users[0] ? 2 : 1);
+      expect(
+        await query(store.filePath(users[0]), "SELECT used FROM usage_counters WHERE metric = 'calls'"),
+      ).toEqual([{ used: 2 }]);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -187,6 +187,7 @@ export class PerUserSqliteStore implements UsageStore {
         this.parked = new ParkedLedgers({
           max: this.options.journal.maxUsersInMemory,
           applyDelayMs: this.options.journal.applyDelayMs,
+          pacer: this.pacer,
           journal: this.journal,
           openFile: (userId) => this.factory.openFile(userId),
           withSlot: (fn) => this.cache.withSlot(fn),

@@ -264,26 +264,34 @@ function summedDeltas(rows: PendingWrite[]): string | null {
 }
 
 /**
- * Spaces the delayed commits of the open users' files. Each user's journaled rows wait `baseMs`, or
- * `perUserMs` for every open user whose rows are waiting, whichever is longer (at most `maxMs`): one hot user
+ * Spaces the delayed commits of the users' files. Each user's journaled rows wait `baseMs`, or
+ * 10 ms for every user (open or parked) whose rows are waiting, whichever is longer (at most 60 s): one hot user
  * is committed every `baseMs`, and a thousand users each with a request or two a second are committed about
  * every 10 s with their rows together, instead of a thousand small commits a second (each one writes the
  * same few pages of its file, whatever its number of rows).
  */
 export class ApplyPacer {
   private waiting = 0;
+  /** Users kept in memory with their database closed whose rows are waiting (`ParkedLedgers` sets it). */
+  parkedWaiting = 0;
 
   constructor(readonly baseMs: number) {}
 
-  /** Users whose rows are waiting now. */
+  /** Users whose rows are waiting now (open ones; `parkedWaiting` counts the others). */
   get waitingUsers(): number {
     return this.waiting;
+  }
+
+  /** How long rows wait while this many users' rows (open or parked) are waiting (ms). */
+  delayMs(): number {
+    const users = this.waiting + this.parkedWaiting;
+    return Math.min(MAX_APPLY_WAIT_MS, Math.max(this.baseMs, users * APPLY_MS_PER_WAITING_USER));
   }
 
   /** A user's rows start waiting: for how long (ms). */
   start(): number {
     this.waiting++;
-    return Math.min(MAX_APPLY_WAIT_MS, Math.max(this.baseMs, this.waiting * APPLY_MS_PER_WAITING_USER));
+    return this.delayMs();
   }
 
   /** They stopped waiting (their commit started, or the file closed). */
