@@ -501,29 +501,36 @@ describe('PerUserSqliteStore start-up with rows a crash left in the journal', ()
   });
 });
 
+/** Opens each user's file (an admission does) and lets everything settle, so later settlements are one turn. */
+async function openFiles(store: PerUserSqliteStore, users: string[]): Promise<void> {
+  for (const userId of users) {
+    const r = await store.reserve({
+      requestId: `${userId}-open`,
+      userId,
+      provider: 'openai',
+      now: NOW,
+      charges: [],
+    });
+    if (r.admitted) store.release(r.reservation);
+  }
+  await store.flush();
+}
+
+async function ledgerRows(store: PerUserSqliteStore, userId: string): Promise<number> {
+  return Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
+}
+
 describe('PerUserSqliteStore apply pacing', () => {
   it('spaces the open users’ delayed commits: 10 ms more per user waiting, the base delay for the first ones', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'usage-store-pacing-'));
     const store = storeAt(dir, 128, 100);
     await store.init();
-    const rows = async (userId: string) =>
-      Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
+    const rows = (userId: string) => ledgerRows(store, userId);
     const waiting = () => (store as unknown as { pacer: { waitingUsers: number } }).pacer.waitingUsers;
     try {
       // 100 users, one request each, settled in one turn: user i's row waits max(100, 10 × (i + 1)) ms.
       const users = Array.from({ length: 100 }, (_, i) => `pace-${i}`);
-      // Their files opened first (an admission opens a user's file), so that the settlements below are one turn.
-      for (const userId of users) {
-        const r = await store.reserve({
-          requestId: `${userId}-open`,
-          userId,
-          provider: 'openai',
-          now: NOW,
-          charges: [],
-        });
-        if (r.admitted) store.release(r.reservation);
-      }
-      await store.flush();
+      await openFiles(store, users);
       await Promise.all(
         users.map((userId) => settleAs(store, userId, `${userId}-r`, [charge('calls', 10, 1)], 3)),
       );
@@ -552,23 +559,12 @@ describe('PerUserSqliteStore parked apply pacing', () => {
     // 2 open files, 100 ms base delay, every user kept in memory once its file closes.
     const store = storeAt(dir, 2, 100, { maxUsersInMemory: 100 });
     await store.init();
-    const rows = async (userId: string) =>
-      Number((await query(store.filePath(userId), 'SELECT COUNT(*) AS n FROM usage_events'))[0].n);
+    const rows = (userId: string) => ledgerRows(store, userId);
     const pacer = () =>
       (store as unknown as { pacer: { waitingUsers: number; parkedWaiting: number } }).pacer;
     try {
       const users = Array.from({ length: 60 }, (_, i) => `parked-pace-${i}`);
-      for (const userId of users) {
-        const r = await store.reserve({
-          requestId: `${userId}-open`,
-          userId,
-          provider: 'openai',
-          now: NOW,
-          charges: [],
-        });
-        if (r.admitted) store.release(r.reservation);
-      }
-      await store.flush();
+      await openFiles(store, users);
       expect(store.usersInMemory).toBe(58);
       // One request each, settled at once: 58 parked and 2 open users' rows wait max(100, 60 × 10) ms.
       const started = Date.now();
