@@ -9,11 +9,10 @@ const APPLY_CONCURRENCY = 2;
 export interface ParkedLedgersOptions {
   /** Ledgers kept at most (more only while their rows wait to be applied or requests are in flight). */
   max: number;
-  /** How long a parked user's journaled rows wait at least before they are applied to its file. */
-  applyDelayMs: number;
   /**
-   * Spaces the applies with the open users' commits: 10 ms per user whose rows are waiting (open or
-   * parked), at most 60 s. Without one (`applyDelayMs` 0), rows are applied as soon as a slot is free.
+   * How long a parked user's rows wait, shared with the open users' commits: `applyDelayMs`, or 10 ms per
+   * user whose rows are waiting (open or parked), at most 60 s. Without one (`applyDelayMs` 0), rows are
+   * applied as soon as a slot is free.
    */
   pacer: ApplyPacer | undefined;
   journal: UsageJournal;
@@ -40,7 +39,8 @@ export class ParkedLedgers {
    * time's, so the first one is the next due (never dropped from memory while in here or in `applying`).
    */
   private readonly withRows = new Map<UserLedger, number>();
-  private readonly applying = new Set<UserLedger>();
+  /** Ledgers being applied, with the apply (settled once `applied` has run). */
+  private readonly applying = new Map<UserLedger, Promise<void>>();
   private readonly failing = new Set<UserLedger>();
   private timer: NodeJS.Timeout | undefined;
   /** After a failed apply, no apply starts before this (`Date.now()`), unless forced. */
@@ -61,7 +61,7 @@ export class ParkedLedgers {
   get pendingRows(): number {
     let n = 0;
     for (const ledger of this.withRows.keys()) n += ledger.parkedRows;
-    for (const ledger of this.applying) n += ledger.parkedRows;
+    for (const ledger of this.applying.keys()) n += ledger.parkedRows;
     return n;
   }
 
@@ -110,18 +110,24 @@ export class ParkedLedgers {
     try {
       this.pump();
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, deadlineMs);
-        timer.unref();
-        this.idleWaiters.push(() => {
+        const woken = () => {
           clearTimeout(timer);
           resolve();
-        });
+        };
+        const timer = setTimeout(() => {
+          this.idleWaiters = this.idleWaiters.filter((w) => w !== woken);
+          resolve();
+        }, deadlineMs);
+        timer.unref();
+        this.idleWaiters.push(woken);
         this.wakeIfIdle();
       });
     } finally {
       this.forced--;
     }
-    // Rows left (a file that cannot be written) wait their turn again, with the backoff.
+    // Past the deadline (a file that cannot be written): the applies running end before this returns (the
+    // store may close the journal next); the rows left wait their turn again, with the backoff.
+    await Promise.all(this.applying.values());
     this.pump();
     return this.withRows.size + this.applying.size;
   }
@@ -144,7 +150,7 @@ export class ParkedLedgers {
     this.timer = undefined;
     if (this.closed && this.forced === 0) return;
     const now = Date.now();
-    const delay = this.options.pacer?.delayMs() ?? this.options.applyDelayMs;
+    const delay = this.options.pacer?.delayMs() ?? 0;
     for (const [ledger, since] of this.withRows) {
       if (this.applying.size >= APPLY_CONCURRENCY) return;
       // Forced: every row now, failing files again at once (the caller's deadline bounds it).
@@ -155,13 +161,13 @@ export class ParkedLedgers {
         return;
       }
       this.withRows.delete(ledger);
-      this.applying.add(ledger);
-      void this.options
+      const apply = this.options
         .withSlot(() => this.applyTo(ledger))
         .then(
           (applied) => this.applied(ledger, applied),
           () => this.applied(ledger, false),
         );
+      this.applying.set(ledger, apply);
     }
   }
 

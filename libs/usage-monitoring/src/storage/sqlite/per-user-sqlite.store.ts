@@ -186,7 +186,6 @@ export class PerUserSqliteStore implements UsageStore {
       if (this.options.journal.maxUsersInMemory > 0) {
         this.parked = new ParkedLedgers({
           max: this.options.journal.maxUsersInMemory,
-          applyDelayMs: this.options.journal.applyDelayMs,
           pacer: this.pacer,
           journal: this.journal,
           openFile: (userId) => this.factory.openFile(userId),
