@@ -57,7 +57,7 @@ export class ParkedLedgers {
     return this.ledgers.size;
   }
 
-  /** Journaled rows waiting for parked users' files. */
+  /** Journaled rows not yet in parked users' files (waiting, or being applied). */
   get pendingRows(): number {
     let n = 0;
     for (const ledger of this.withRows.keys()) n += ledger.parkedRows;

@@ -599,3 +599,38 @@ describe('PerUserSqliteStore parked apply pacing', () => {
     }
   });
 });
+
+describe('PerUserSqliteStore rows of a parked user being applied', () => {
+  it('counts them as pending until they are in the file, while the apply waits on a locked file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-store-parked-applying-'));
+    // 1 open file, 50 ms delay: the first user is parked once the second opens.
+    const store = storeAt(dir, 1, 50, { maxUsersInMemory: 10 });
+    await store.init();
+    let holder: Database | undefined;
+    try {
+      await openFiles(store, ['applying-a', 'applying-b']);
+      expect(store.usersInMemory).toBe(1);
+      // Another connection holds the parked user's write lock: the apply waits (busy timeout 1 s), then fails.
+      holder = new Database(store.filePath('applying-a'));
+      await new Promise<void>((resolve, reject) =>
+        holder!.exec('BEGIN IMMEDIATE', (e) => (e ? reject(e) : resolve())),
+      );
+      await settleAs(store, 'applying-a', 'applying-a-r1', [charge('calls', 10, 1)], 3);
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      // The apply took the row 50 ms in and is waiting on the lock: the row is not in the file yet.
+      expect(await ledgerRows(store, 'applying-a')).toBe(0);
+      expect(store.pendingWrites()).toBe(1);
+      await new Promise<void>((resolve, reject) =>
+        holder!.exec('ROLLBACK', (e) => (e ? reject(e) : resolve())),
+      );
+      for (let i = 0; i < 250 && store.pendingWrites() > 0; i++)
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(store.pendingWrites()).toBe(0);
+      expect(await ledgerRows(store, 'applying-a')).toBe(1);
+    } finally {
+      await new Promise((resolve) => (holder ? holder.close(resolve) : resolve(undefined)));
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -75,6 +75,8 @@ export class UserLedger {
   /** Undefined once parked: the database is closed and journaled rows wait in `parkedQueue`. */
   private writer: SqliteBatchWriter | undefined;
   private parkedQueue: JournalRow[] = [];
+  /** Rows the applier has taken (`takeParked`) and not yet handed back (`unpark`): not in the file yet. */
+  private applyingRows = 0;
   private onParked: ((ledger: UserLedger) => void) | undefined;
   /** The last failure to apply this parked user's rows to its file (they are safe in the journal). */
   private applyFailure: Error | null = null;
@@ -181,9 +183,9 @@ export class UserLedger {
     return this.writer === undefined;
   }
 
-  /** Journaled rows waiting for this parked user's file. */
+  /** Journaled rows not yet in this parked user's file: waiting, or being applied. */
   get parkedRows(): number {
-    return this.parkedQueue.length;
+    return this.parkedQueue.length + this.applyingRows;
   }
 
   reserve(req: ReserveRequest): ReserveResult {
@@ -361,12 +363,14 @@ export class UserLedger {
   takeParked(): JournalRow[] {
     const rows = this.parkedQueue;
     this.parkedQueue = [];
+    this.applyingRows = rows.length;
     return rows;
   }
 
   /** The applier is done: `left` (rows it could not commit) go back in front, with the failure. */
   unpark(left: JournalRow[], failure: Error | null): void {
     if (left.length) this.parkedQueue = left.concat(this.parkedQueue);
+    this.applyingRows = 0;
     this.applyFailure = failure;
   }
 
