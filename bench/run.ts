@@ -55,6 +55,8 @@ interface Measure {
   cpuUsPerReq: number;
   errors: number;
   maxFds: number;
+  /** Its place in its round's order (see `nearest`). */
+  at?: number;
 }
 
 interface Case {
@@ -71,6 +73,8 @@ interface Case {
    * servers apply to users' files after the run count in its CPU (and not in the next case's time).
    */
   tailMs?: number;
+  /** A server measured again, as the baseline of the cases beside it (see `measureOrder`); not a row. */
+  again?: boolean;
 }
 
 export interface Row {
@@ -428,6 +432,7 @@ async function main(): Promise<void> {
       });
     }
 
+    cases.splice(0, cases.length, ...measureOrder(cases));
     await Promise.all(starting);
     const since = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)} s`;
     process.stderr.write(`${servers.size} servers started, warmed and users created in ${since(began)}\n`);
@@ -435,7 +440,8 @@ async function main(): Promise<void> {
     // order, so that no mode is always measured long after (or before) its baselines.
     const samples = new Map<Case, Measure[]>();
     for (let round = 0; round < ROUNDS; round++) {
-      for (const c of round % 2 === 0 ? cases : [...cases].reverse()) {
+      const order = round % 2 === 0 ? cases : [...cases].reverse();
+      for (const [at, c] of order.entries()) {
         const m = await load(
           c.servers.map((n) => servers.get(n)!),
           c.path,
@@ -443,6 +449,7 @@ async function main(): Promise<void> {
           DURATION,
           c.tailMs,
         );
+        m.at = at;
         samples.set(c, [...(samples.get(c) ?? []), m]);
         process.stderr.write(
           `round ${round + 1}/${ROUNDS} ${c.mode} [${c.adapter}] ${Math.round(m.reqPerSec)} req/s\n`,
@@ -465,31 +472,31 @@ async function main(): Promise<void> {
      * drifts by tens of percent within a minute, which a ratio of medians taken minutes apart would carry.
      */
     const ratioTo = (c: Case, server: string, path: string) => {
-      const b = cases.find((x) => x.servers.length === 1 && x.servers[0] === server && x.path === path);
-      if (!b) return NaN;
-      const base = samples.get(b)!;
-      return median(samples.get(c)!.map((m, i) => m.reqPerSec / base[i].reqPerSec));
+      const bases = cases.filter((x) => x.servers.length === 1 && x.servers[0] === server && x.path === path);
+      return bases.length ? median(nearestRatios(c, bases, samples)) : NaN;
     };
-    const rows: Row[] = cases.map((c) => {
-      const a = avg(c);
-      return {
-        mode: c.mode,
-        adapter: c.adapter,
-        users: c.users,
-        reqPerSec: Math.round(a.reqPerSec),
-        p50Ms: a.p50Ms,
-        p99Ms: a.p99Ms,
-        cpuUsPerReq: Math.round(a.cpuUsPerReq),
-        ratioToBare: round2(ratioTo(c, c.bare, c.path)),
-        ratioToNoop: round2(ratioTo(c, c.noop, c.noop === 'noop-global' ? '/hello' : c.path)),
-        maxFds: a.maxFds,
-        errors: a.errors,
-      };
-    });
+    const rows: Row[] = cases
+      .filter((c) => !c.again)
+      .map((c) => {
+        const a = avg(c);
+        return {
+          mode: c.mode,
+          adapter: c.adapter,
+          users: c.users,
+          reqPerSec: Math.round(a.reqPerSec),
+          p50Ms: a.p50Ms,
+          p99Ms: a.p99Ms,
+          cpuUsPerReq: Math.round(a.cpuUsPerReq),
+          ratioToBare: round2(ratioTo(c, c.bare, c.path)),
+          ratioToNoop: round2(ratioTo(c, c.noop, c.noop === 'noop-global' ? '/hello' : c.path)),
+          maxFds: a.maxFds,
+          errors: a.errors,
+        };
+      });
     printTable(rows);
-    printTargetRatios(cases, samples);
+    const targets = printTargetRatios(cases, samples);
     const latency = await latencyAtFixedRate(cases, samples, servers);
-    if (JSON_FILE) writeFileSync(JSON_FILE, JSON.stringify({ rows, latency }, null, 2));
+    if (JSON_FILE) writeFileSync(JSON_FILE, JSON.stringify({ rows, targets, latency }, null, 2));
     const failed = rows.filter((r) => r.errors > 0);
     if (failed.length) {
       console.error(`errors in: ${failed.map((r) => `${r.mode} [${r.adapter}]`).join(', ')}`);
@@ -514,7 +521,7 @@ async function latencyAtFixedRate(
   servers: Map<string, Server>,
 ): Promise<{ rate: number; rows: (Latency & { mode: string; adapter: string })[] }> {
   const chatCase = (server: string) =>
-    cases.find((c) => c.servers.length === 1 && c.servers[0] === server && c.path !== '/hello');
+    cases.find((c) => !c.again && c.servers.length === 1 && c.servers[0] === server && c.path !== '/hello');
   const noop = chatCase('noop');
   if (!noop) return { rate: 0, rows: [] };
   const rate = Math.round(median(samples.get(noop)!.map((m) => m.reqPerSec)) / 2);
@@ -554,11 +561,98 @@ async function latencyAtFixedRate(
 }
 
 /**
- * The ratios the targets name, each the median over rounds of one case's req/s over another's in the same
- * round (this machine's speed drifts within a minute; a ratio of medians would carry that drift).
+ * The order in which each round measures the cases (every other round reversed): each ratio a target names
+ * is taken between cases measured one after the other, because this machine's speed drifts by tens of per
+ * cent within a minute. In the order cases were listed, a metered route was measured five cases (about 40 s)
+ * after its no-op baseline, and 1,000 users eleven cases after one user; the per-round ratios of metered ÷
+ * no-op then spread over 0.65–1.00 in one run (run 25). The one-user metered server is measured a second and a
+ * third time (`again`: a baseline, not a row) beside the many-user, long-ledger and PostgreSQL cases. Cases
+ * not placed here (an experiment's) come last.
  */
-function printTargetRatios(cases: Case[], samples: Map<Case, Measure[]>): void {
-  const find = (mode: string, adapter: string) => cases.find((c) => c.mode === mode && c.adapter === adapter);
+function measureOrder(cases: Case[]): Case[] {
+  const take = (mode: string, adapter: string): Case[] => {
+    const i = cases.findIndex((c) => c.mode === mode && c.adapter === adapter);
+    return i < 0 ? [] : cases.splice(i, 1);
+  };
+  const sqlite = 'express, sqlite3';
+  const hello = [
+    ...take('bare (GET /hello)', 'express'),
+    ...take('unmetered, bound on metered controllers', 'express'),
+    ...take('noop bound globally (GET /hello)', 'express'),
+    ...take('unmetered, bound globally', 'express'),
+  ];
+  const b3 = take('metered', 'express, better-sqlite3');
+  const throttler = take('@nestjs/throttler ttl 1 s', 'express');
+  const one = take('metered', sqlite);
+  const express = [
+    ...take('noop guard+interceptor', 'express'),
+    ...take('bare', 'express'),
+    ...take('meter.run in the handler', sqlite),
+  ];
+  const ledger = take('metered, user with 1,000,000 ledger rows', sqlite);
+  const u1000 = take('metered, 1,000 users round-robin (cap 1024)', sqlite);
+  const u10000 = take('metered, 10,000 users round-robin (cap 256)', sqlite);
+  const pg = [...take('metered', 'express, postgres ×1'), ...take('metered', 'express, postgres ×2 (sum)')];
+  const pgUsers = [
+    ...take('metered, 1,000 users round-robin', 'express, postgres ×1'),
+    ...take('metered, 1,000 users round-robin', 'express, postgres ×2 (sum)'),
+  ];
+  const fastify = [
+    ...take('bare', 'fastify'),
+    ...take('noop guard+interceptor', 'fastify'),
+    ...take('metered', 'fastify, sqlite3'),
+    ...take('metered', 'fastify, better-sqlite3'),
+  ];
+  // --quick measures it once: its ratios are rough anyway, and it must stay under 2 minutes.
+  const again = (beside: Case[]): Case[] =>
+    QUICK || one.length === 0 || beside.length === 0 ? [] : [{ ...one[0], again: true }];
+  return [
+    ...hello,
+    ...b3,
+    ...throttler,
+    ...one,
+    ...express,
+    ...ledger,
+    ...again([...ledger, ...u1000]),
+    ...u1000,
+    ...u10000,
+    ...again([...u10000, ...pg]),
+    ...pg,
+    ...pgUsers,
+    ...fastify,
+    ...cases,
+  ];
+}
+
+/**
+ * Per round, `c`'s req/s over its baseline's, the baseline's sample being the one measured nearest to `c`'s
+ * in that round's order (a baseline server may be measured more than once a round: `again`).
+ */
+function nearestRatios(c: Case, bases: Case[], samples: Map<Case, Measure[]>): number[] {
+  return samples.get(c)!.map((m, round) => {
+    let best = samples.get(bases[0])![round];
+    for (const b of bases) {
+      const s = samples.get(b)![round];
+      if (Math.abs(s.at! - m.at!) < Math.abs(best.at! - m.at!)) best = s;
+    }
+    return m.reqPerSec / best.reqPerSec;
+  });
+}
+
+export interface TargetRatio {
+  name: string;
+  /** The median of the per-round ratios. */
+  ratio: number;
+  rounds: number[];
+}
+
+/**
+ * The ratios the targets name, each the median over rounds of one case's req/s over another's measured beside
+ * it in the same round (see `measureOrder`), with the rounds' spread.
+ */
+function printTargetRatios(cases: Case[], samples: Map<Case, Measure[]>): TargetRatio[] {
+  const find = (mode: string, adapter: string) =>
+    cases.find((c) => !c.again && c.mode === mode && c.adapter === adapter);
   const one = ['metered', 'express, sqlite3'] as const;
   const pairs: [string, readonly [string, string], readonly [string, string]][] = [
     ['metered ÷ no-op (Express)', one, ['noop guard+interceptor', 'express']],
@@ -575,16 +669,25 @@ function printTargetRatios(cases: Case[], samples: Map<Case, Measure[]>): void {
     ['PostgreSQL ×2 (sum) ÷ per-user SQLite', ['metered', 'express, postgres ×2 (sum)'], one],
     ['UsageMeter.run ÷ bare', ['meter.run in the handler', 'express, sqlite3'], ['bare', 'express']],
   ];
-  const lines: string[] = [];
+  const out: TargetRatio[] = [];
   for (const [name, a, b] of pairs) {
     const ca = find(...a);
     const cb = find(...b);
     if (!ca || !cb) continue;
-    const sa = samples.get(ca)!;
-    const sb = samples.get(cb)!;
-    lines.push(`| ${name} | ${median(sa.map((m, i) => m.reqPerSec / sb[i].reqPerSec)).toFixed(2)} |`);
+    const bases = cases.filter((c) => c.servers.join() === cb.servers.join() && c.path === cb.path);
+    const rounds = nearestRatios(ca, bases, samples);
+    out.push({ name, ratio: round2(median(rounds)), rounds: rounds.map(round2) });
   }
-  if (lines.length) console.log(`\n| target ratio (per-round median) | × |\n|---|---|\n${lines.join('\n')}`);
+  if (out.length)
+    console.log(
+      `\n| target ratio (per-round median) | × | rounds (min–max) |\n|---|---|---|\n${out
+        .map(
+          (t) =>
+            `| ${t.name} | ${t.ratio.toFixed(2)} | ${Math.min(...t.rounds).toFixed(2)}–${Math.max(...t.rounds).toFixed(2)} |`,
+        )
+        .join('\n')}`,
+    );
+  return out;
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100;
