@@ -35,6 +35,14 @@ const DURATION = QUICK ? 1.5 : 5;
 /** Seconds of load each server gets before it is measured (autocannon's `amount` ends on a 1 s tick). */
 const WARM_SECONDS = QUICK ? 1 : 2;
 /**
+ * Seconds of the same load right before each measured window (not in `--quick`, which must stay under 2
+ * minutes). A server idle for minutes, as each is between its turns, ran its first 2 s of load about a third
+ * slower than the next 8 s, the no-op's and the metered route's alike (a scratch run, 2026-12-06 22:10 UTC:
+ * 1,079 then about 1,570 req/s, and 997 then about 1,320), and that start was part of every 5 s window,
+ * by an amount that varied from case to case. Its requests and CPU count in the CPU per request, not in req/s.
+ */
+const PREWARM_SECONDS = QUICK ? 0 : 2;
+/**
  * How long CPU is still counted after a per-user SQLite case's load: `storage.journal.applyDelayMs` (the
  * default, 1 s) and half a second, so that the journaled rows' applies to the users' files are its own.
  */
@@ -124,33 +132,36 @@ async function load(
   const per = Math.max(1, Math.floor(CONNECTIONS / servers.length));
   let next = 0;
   const statuses: Record<string, number> = {};
-  const results = await Promise.all(
-    servers.map((s) =>
-      autocannon({
-        url: s.url,
-        connections: per,
-        duration,
-        requests: [
-          {
-            method: path === '/hello' ? 'GET' : 'POST',
-            path,
-            headers: { 'content-type': 'application/json' },
-            body: path === '/hello' ? undefined : BODY,
-            setupRequest: (req: autocannon.Request) => {
-              const user = `bench-user-${next++ % users}`;
-              return { ...req, headers: { ...req.headers, authorization: `Bearer ${user}` } };
+  const cannon = (seconds: number) =>
+    Promise.all(
+      servers.map((s) =>
+        autocannon({
+          url: s.url,
+          connections: per,
+          duration: seconds,
+          requests: [
+            {
+              method: path === '/hello' ? 'GET' : 'POST',
+              path,
+              headers: { 'content-type': 'application/json' },
+              body: path === '/hello' ? undefined : BODY,
+              setupRequest: (req: autocannon.Request) => {
+                const user = `bench-user-${next++ % users}`;
+                return { ...req, headers: { ...req.headers, authorization: `Bearer ${user}` } };
+              },
+              onResponse: (status: number, body: string) => {
+                if (status >= 300) {
+                  const key = `${status} ${body.slice(0, 120)}`;
+                  statuses[key] = (statuses[key] ?? 0) + 1;
+                }
+              },
             },
-            onResponse: (status: number, body: string) => {
-              if (status >= 300) {
-                const key = `${status} ${body.slice(0, 120)}`;
-                statuses[key] = (statuses[key] ?? 0) + 1;
-              }
-            },
-          },
-        ],
-      }),
-    ),
-  );
+          ],
+        }),
+      ),
+    );
+  const warmed = PREWARM_SECONDS ? await cannon(PREWARM_SECONDS) : [];
+  const results = await cannon(duration);
   if (tailMs) await new Promise((resolve) => setTimeout(resolve, tailMs));
   // --quick does not wait for the 1,000 users' paced commits (below 2 minutes); they are not its figures'.
   const drainedMs = QUICK ? 0 : await untilDrained(servers);
@@ -159,11 +170,14 @@ async function load(
     process.stderr.write(`  drained ${drainedMs} ms, then quiet ${quietMs} ms after the load\n`);
   clearInterval(sampler);
   const after = pids.map((pid) => cpuTicks(pid));
-  const total = results.reduce((n, r) => n + r.requests.total, 0);
+  // CPU per request over the warm-up and the measured window: both their requests and all their work.
+  const total = [...warmed, ...results].reduce((n, r) => n + r.requests.total, 0);
   const ticks = after.reduce((n, a, i) => n + a - before[i], 0);
-  const errors = results.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0);
+  const errors = [...warmed, ...results].reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0);
   if (errors) {
-    const kinds = results.map((r) => `errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`);
+    const kinds = [...warmed, ...results].map(
+      (r) => `errors ${r.errors}, timeouts ${r.timeouts}, non-2xx ${r.non2xx}`,
+    );
     process.stderr.write(`  ${kinds.join('; ')} ${JSON.stringify(statuses)}\n`);
   }
   return {
@@ -529,7 +543,10 @@ async function latencyAtFixedRate(
   const runs = new Map<Case, Latency[]>();
   for (let round = 0; round < ROUNDS; round++) {
     for (const c of round % 2 === 0 ? picked : [...picked].reverse()) {
-      const l = await fixedRate(servers.get(c.servers[0])!, rate, DURATION, CONNECTIONS);
+      const server = servers.get(c.servers[0])!;
+      // The same rate, unmeasured, first (see PREWARM_SECONDS).
+      if (PREWARM_SECONDS) await fixedRate(server, rate, PREWARM_SECONDS, CONNECTIONS);
+      const l = await fixedRate(server, rate, DURATION, CONNECTIONS);
       runs.set(c, [...(runs.get(c) ?? []), l]);
       process.stderr.write(
         `fixed rate ${rate}/s, round ${round + 1}/${ROUNDS} ${c.mode}: p99 ${l.p99Ms} ms\n`,
