@@ -31,19 +31,28 @@ export async function prefillLedger(dataDir: string, userId: string, rows: numbe
   const run = (sql: string, params: unknown[] = []) =>
     new Promise<void>((resolve, reject) => db.run(sql, params, (e) => (e ? reject(e) : resolve())));
   const start = Date.UTC(2026, 0, 1);
+  const stmt = db.prepare(
+    `INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code, input_tokens,
+      output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images,
+      pages, estimated, outcome, period_key, occurred_at)
+     VALUES (?, ?, 'openai', 'gpt-4o-mini', '/openai/v1/chat/completions', 'POST', 200, 12, 3, 4, 1, 100, 200, NULL, NULL, 0, 0, 0, 0, 'ok', 'month:2026-01-01', ?)`,
+  );
+  // Each insert awaited through its own callback, and the statement finalized once at the end: a run that
+  // finalized a statement per batch with its 500 inserts still queued stopped for good with 196 MB of the
+  // file's 438 MB written (2026-12-06 22:27 UTC), no callback ever called and nothing running.
+  const insert = (j: number) =>
+    new Promise<void>((resolve, reject) =>
+      stmt.run([uuidv7({ msecs: start + j }), userId, start + j], (e: Error | null) =>
+        e ? reject(e) : resolve(),
+      ),
+    );
   for (let i = 0; i < rows; i += 500) {
     await run('BEGIN');
-    const stmt = db.prepare(
-      `INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code, input_tokens,
-        output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images,
-        pages, estimated, outcome, period_key, occurred_at)
-       VALUES (?, ?, 'openai', 'gpt-4o-mini', '/openai/v1/chat/completions', 'POST', 200, 12, 3, 4, 1, 100, 200, NULL, NULL, 0, 0, 0, 0, 'ok', 'month:2026-01-01', ?)`,
-    );
-    for (let j = i; j < Math.min(rows, i + 500); j++) {
-      stmt.run([uuidv7({ msecs: start + j }), userId, start + j]);
-    }
-    await new Promise<void>((resolve) => stmt.finalize(() => resolve()));
+    const batch: Promise<void>[] = [];
+    for (let j = i; j < Math.min(rows, i + 500); j++) batch.push(insert(j));
+    await Promise.all(batch);
     await run('COMMIT');
   }
+  await new Promise<void>((resolve, reject) => stmt.finalize((e) => (e ? reject(e) : resolve())));
   await new Promise<void>((resolve) => db.close(() => resolve()));
 }
