@@ -486,7 +486,7 @@ async function main(): Promise<void> {
      * drifts by tens of percent within a minute, which a ratio of medians taken minutes apart would carry.
      */
     const ratioTo = (c: Case, server: string, path: string) => {
-      const bases = cases.filter((x) => x.servers.length === 1 && x.servers[0] === server && x.path === path);
+      const bases = measurementsOf(cases, [server], path);
       return bases.length ? median(nearestRatios(c, bases, samples)) : NaN;
     };
     const rows: Row[] = cases
@@ -641,6 +641,11 @@ function measureOrder(cases: Case[]): Case[] {
   ];
 }
 
+/** The cases that load these servers on this path: a baseline and its measurements `again`. */
+function measurementsOf(cases: Case[], servers: string[], path: string): Case[] {
+  return cases.filter((c) => c.servers.join() === servers.join() && c.path === path);
+}
+
 /**
  * Per round, `c`'s req/s over its baseline's, the baseline's sample being the one measured nearest to `c`'s
  * in that round's order (a baseline server may be measured more than once a round: `again`).
@@ -691,7 +696,7 @@ function printTargetRatios(cases: Case[], samples: Map<Case, Measure[]>): Target
     const ca = find(...a);
     const cb = find(...b);
     if (!ca || !cb) continue;
-    const bases = cases.filter((c) => c.servers.join() === cb.servers.join() && c.path === cb.path);
+    const bases = measurementsOf(cases, cb.servers, cb.path);
     const rounds = nearestRatios(ca, bases, samples);
     out.push({ name, ratio: round2(median(rounds)), rounds: rounds.map(round2) });
   }
