@@ -381,7 +381,10 @@ describeSqlite('admin API: the spending summary after a SIGKILL and a restart', 
     await server.stop();
     const journal = await openSqliteFile(join(dataDir, JOURNAL_FILE));
     for (const table of ['usage_summary_counters', 'usage_summary_totals', 'usage_summary_state'])
-      await journal.run(`DROP TABLE ${table}`, []);
+      await journal.run(`DROP TABLE ${table}`, []).catch((e: Error) => {
+        e.message = `${e.message} (dropping ${table} from the stopped server's journal)`;
+        throw e;
+      });
     await journal.close();
     server = await spawnServer(env, 120_000);
     const rebuilt = server.url;

@@ -1,4 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
+import { basename } from 'node:path';
 import { Database, OPEN_READONLY, OPEN_READWRITE } from 'sqlite3';
 import {
   type SqliteConnection,
@@ -40,7 +41,12 @@ export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]
       }
     } catch (e) {
       const code = String((e as { code?: string }).code ?? '');
-      if (Date.now() >= deadline || !/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
+      if (!/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
+      if (Date.now() >= deadline) {
+        // Which file, and after how long: a retried test's log then says where it waited.
+        (e as Error).message = `${(e as Error).message} (reading ${basename(file)}, retried for 10 s)`;
+        throw e;
+      }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
   }
