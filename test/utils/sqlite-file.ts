@@ -23,6 +23,9 @@ export async function openSqliteFile(file: string, readonly = false): Promise<Sq
   return wrapConnection('sqlite3', db);
 }
 
+/** How long `querySqliteFile` retries a file that is busy or cannot be read yet. */
+const READ_RETRY_MS = 10_000;
+
 /**
  * One read query on a file, opened read-only and closed again. A read-only connection cannot rebuild the
  * shared-memory index of a file whose last writer is closing it at that moment (the server's LRU or its
@@ -30,7 +33,7 @@ export async function openSqliteFile(file: string, readonly = false): Promise<Sq
  * was once too short in CI, for a server applying 2,000 users' files after a restart).
  */
 export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]> {
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + READ_RETRY_MS;
   for (;;) {
     try {
       const db = await openSqliteFile(file, true);
@@ -44,7 +47,8 @@ export async function querySqliteFile<T>(file: string, sql: string): Promise<T[]
       if (!/SQLITE_(READONLY|BUSY)/.test(code)) throw e;
       if (Date.now() >= deadline) {
         // Which file, and after how long: a retried test's log then says where it waited.
-        (e as Error).message = `${(e as Error).message} (reading ${basename(file)}, retried for 10 s)`;
+        (e as Error).message =
+          `${(e as Error).message} (reading ${basename(file)}, retried for ${READ_RETRY_MS / 1000} s)`;
         throw e;
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
