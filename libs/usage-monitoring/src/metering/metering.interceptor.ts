@@ -21,6 +21,7 @@ import {
   type RequestResponse,
 } from '../enforcement/execution-contexts';
 import { NORMALIZED_OPTIONS, USAGE_STORE } from '../usage-monitoring.internal-constants';
+import { jsonByteLength } from './json-byte-length';
 import { meterStream } from './metered-stream';
 import { checkFigures, isUsageFigures } from './usage-figures';
 import type { NormalizedUsageOptions } from '../usage-monitoring.normalized-options';
@@ -113,7 +114,7 @@ export class MeteringInterceptor implements NestInterceptor {
             route,
             emitted ? 'ok' : 'partial',
             measure,
-            byteLength(value),
+            jsonByteLength(value),
           ).then(() => {
             if (emitted) subscriber.next(value);
             subscriber.complete();
@@ -124,7 +125,7 @@ export class MeteringInterceptor implements NestInterceptor {
         inner.unsubscribe();
         // Unsubscribed before the end (the client left): still settle, as partial.
         if (!metering.settled && !handedOff)
-          void this.settle(context, request, metering, route, 'partial', measure, byteLength(value));
+          void this.settle(context, request, metering, route, 'partial', measure, jsonByteLength(value));
       };
     });
   }
@@ -216,7 +217,7 @@ export class MeteringInterceptor implements NestInterceptor {
           const data = (event as { data?: unknown } | null)?.data;
           if (data !== undefined) {
             events++;
-            bytes += byteLength(data);
+            bytes += jsonByteLength(data);
             stream.push(data);
           }
           subscriber.next(event);
@@ -440,15 +441,4 @@ function isAsyncIterable(v: unknown): v is AsyncIterable<unknown> {
     v !== null &&
     typeof (v as Record<PropertyKey, unknown>)[Symbol.asyncIterator] === 'function'
   );
-}
-
-function byteLength(value: unknown): number {
-  if (value === undefined || value === null) return 0;
-  if (typeof value === 'string') return Buffer.byteLength(value);
-  if (Buffer.isBuffer(value)) return value.length;
-  try {
-    return Buffer.byteLength(JSON.stringify(value) ?? '');
-  } catch {
-    return 0;
-  }
 }
