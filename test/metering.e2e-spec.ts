@@ -62,6 +62,25 @@ describeStore('metering', () => {
     expect(counter.used).toBe(46);
   });
 
+  it('records the request’s and the response’s sizes as they went over the wire', async () => {
+    // Escapes, a surrogate pair and two-byte characters: the JSON text's bytes, not the value's characters.
+    const reply = 'line one\nline "two"\t\\ — déjà vu 😀 \u0001';
+    const body = chat({ reply, messages: [{ role: 'user', content: 'sizes, s’il vous plaît 🙂' }] });
+    const res = await post('sizes', body);
+    expect(res.status).toBe(200);
+    expect(res.body.choices[0].message.content).toBe(reply);
+    const [row] = await queryUserDb<{ request_bytes: number; response_bytes: number }>(
+      t,
+      'sizes',
+      'SELECT request_bytes, response_bytes FROM usage_events',
+    );
+    expect(row).toEqual({
+      request_bytes: Buffer.byteLength(JSON.stringify(body)),
+      response_bytes: Number(res.headers['content-length']),
+    });
+    expect(row.response_bytes).toBe(Buffer.byteLength(res.text));
+  });
+
   it('estimates and flags usage when the provider reports none', async () => {
     const res = await post('estimated', chat({ omitUsage: true, reply: 'four words of reply' }));
     expect(res.status).toBe(200);
@@ -264,12 +283,18 @@ describeStore('recordAllRequests', () => {
         200,
       );
       expect((await request(t.url).get('/detect/plain')).status).toBe(200);
-      // The row is written after the response (on PostgreSQL by a statement of its own): wait up to 5 s.
+      // The row is written after the response (on PostgreSQL by a statement of its own; with SQLite the
+      // user's file may not exist until the journal applies it): wait up to 5 s.
       const sql = 'SELECT provider, path, method, status_code FROM api_requests';
-      let rows = await queryUserDb(t, 'watched', sql);
+      const read = () =>
+        queryUserDb(t, 'watched', sql).catch((e: Error) => {
+          if (e.message.startsWith('no database file')) return [];
+          throw e;
+        });
+      let rows = await read();
       for (const deadline = Date.now() + 5_000; !rows.length && Date.now() < deadline;) {
         await new Promise((r) => setTimeout(r, 25));
-        rows = await queryUserDb(t, 'watched', sql);
+        rows = await read();
       }
       expect(rows).toEqual([{ provider: null, path: '/detect/plain', method: 'GET', status_code: 200 }]);
       const events = await queryUserDb<{ n: number }>(t, 'watched', 'SELECT COUNT(*) AS n FROM usage_events');
