@@ -46,8 +46,10 @@ type Outcome = UsageEventRecord['outcome'];
 /**
  * Settles what the guard reserved, after the handler: reads the provider's own usage from the response
  * (estimated and flagged where missing), prices it, and appends the ledger row. The response is released
- * once that row has committed; the handler's result and errors pass through unchanged, and a tracking
- * failure never fails the request. Routes the guard did not meter pass straight through.
+ * once that row has committed, or at once when the request was admitted with a durable intent (its charge
+ * at the estimate committed before its handler ran, so a crash before the row commits still charges it);
+ * the handler's result and errors pass through unchanged, and a tracking failure never fails the request.
+ * Routes the guard did not meter pass straight through.
  */
 @Injectable()
 export class MeteringInterceptor implements NestInterceptor {
@@ -81,8 +83,9 @@ export class MeteringInterceptor implements NestInterceptor {
     const http = context.getType() === 'http';
     if (route.sse && http) return this.meterSse(context, request, metering, route, next);
     // A plain Observable rather than an operator chain: Nest handlers emit one value, which is held until
-    // its ledger row has committed, then passed on unchanged. A streamed body (StreamableFile, or an SDK
-    // stream sent as server-sent events) is passed on at once and settled when it ends.
+    // its ledger row has committed (with an intent, not held), then passed on unchanged. A streamed body
+    // (StreamableFile, or an SDK stream sent as server-sent events) is passed on at once and settled when
+    // it ends.
     return new Observable<unknown>((subscriber) => {
       let value: unknown;
       let emitted = false;
@@ -95,9 +98,9 @@ export class MeteringInterceptor implements NestInterceptor {
         },
         error: (error: unknown) => {
           const usage = () => (value === undefined ? ZERO_USAGE : measure());
-          void this.settle(context, request, metering, route, 'error', usage, 0, error).then(() =>
-            subscriber.error(error),
-          );
+          const settled = this.settle(context, request, metering, route, 'error', usage, 0, error);
+          if (metering.reservation.intent) subscriber.error(error);
+          else void settled.then(() => subscriber.error(error));
         },
         complete: () => {
           const streamed = http ? this.meterStreamed(context, request, metering, route, value) : undefined;
@@ -107,7 +110,7 @@ export class MeteringInterceptor implements NestInterceptor {
             subscriber.complete();
             return;
           }
-          void this.settle(
+          const settled = this.settle(
             context,
             request,
             metering,
@@ -115,10 +118,13 @@ export class MeteringInterceptor implements NestInterceptor {
             emitted ? 'ok' : 'partial',
             measure,
             jsonByteLength(value),
-          ).then(() => {
+          );
+          const release = () => {
             if (emitted) subscriber.next(value);
             subscriber.complete();
-          });
+          };
+          if (metering.reservation.intent) release();
+          else void settled.then(release);
         },
       });
       return () => {

@@ -77,9 +77,10 @@ export class UsageMeter {
    * Reserves every limit of the call all-or-none, runs `call`, and settles from what it returns: an SDK
    * response, an SDK stream (returned so that it is used exactly as without the meter, settled when it ends
    * — `partial` when the consumer stops early), or `UsageFigures`. A `call` that throws is recorded as failed
-   * and its error rethrown. With durable intent (the per-user store's default) the result is returned without
-   * waiting for its ledger row to commit — the call's charge at its estimate committed before it ran, so a
-   * crash in between still charges it; otherwise once the row is durable.
+   * and its error rethrown. When the store admitted the call with a durable intent (the per-user store's
+   * default; on the shared store, `durableIntent` for a call not admitted from a lease) the result is returned
+   * without waiting for its ledger row to commit — the call's charge at its estimate committed before it ran,
+   * so a crash in between still charges it; otherwise once the row is durable.
    */
   async run<T>(spec: MeterSpec, call: () => T | PromiseLike<T>): Promise<T> {
     const metering = await this.admit(spec);
@@ -91,9 +92,10 @@ export class UsageMeter {
       await this.record(metering, spec, 'error', statusOf(e), () => ZERO_USAGE);
       throw e;
     }
-    // With durable intent the call's charge at its estimate committed before it ran, so a crash before its
-    // ledger row commits still charges it: the result need not wait for that commit. Without it, it waits.
-    return this.settleResult(metering, spec, result, !this.options.durableIntent);
+    // With an intent the call's charge at its estimate committed before it ran, so a crash before its ledger
+    // row commits still charges it: the result need not wait for that commit. Without one (durable intent
+    // off, or a call admitted from a lease), it waits.
+    return this.settleResult(metering, spec, result, metering.reservation.intent !== true);
   }
 
   /**

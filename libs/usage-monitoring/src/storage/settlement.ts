@@ -65,6 +65,7 @@ export function admittedAs(req: ReserveRequest): Extract<ReserveResult, { admitt
       provider: req.provider,
       charges: req.charges,
       createdAt: req.now,
+      intent: false,
     },
   };
 }

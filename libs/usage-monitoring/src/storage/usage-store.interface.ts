@@ -42,6 +42,12 @@ export interface Reservation {
   provider: string;
   charges: LimitCharge[];
   createdAt: number;
+  /**
+   * Set by the store when it admitted the request only once its charge at the estimate was durable (durable
+   * intent, `ReserveRequest.interrupted`): a crash before its settlement commits still charges it, so the
+   * caller need not wait for that commit. Not set for a request admitted without one (a lease's).
+   */
+  intent?: boolean;
 }
 
 /**

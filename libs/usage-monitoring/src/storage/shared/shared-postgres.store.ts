@@ -283,6 +283,10 @@ export class SharedPostgresStore implements UsageStore {
       }
       if (fromLease) return admittedAs(req);
     }
+    const intent =
+      this.options.durableIntent && req.interrupted
+        ? intentItem(req.userId, req.interrupted, charges)
+        : undefined;
     const row = await this.reserveBatcher.submit({
       id: req.requestId,
       u: sharedUserId(req.userId),
@@ -299,13 +303,12 @@ export class SharedPostgresStore implements UsageStore {
         e: c.periodEnd,
         sx: c.shadowMax, // absent from the JSON when undefined
       })),
-      intent:
-        this.options.durableIntent && req.interrupted
-          ? intentItem(req.userId, req.interrupted, charges)
-          : undefined,
+      intent,
     });
     if (!row.o_pass) return { admitted: false, exceeded: firstExceeded(charges, row.o_state ?? []) };
     const admitted = admittedAs(req);
+    // Its reservation row, committed by that statement, carries its intent (a lease's admission has none).
+    admitted.reservation.intent = intent !== undefined;
     // An admitted request's state is the shadow limit that would have refused it, if any.
     if (row.o_state?.length) admitted.shadow = shadowExceeded(charges, row.o_state[0]);
     return admitted;

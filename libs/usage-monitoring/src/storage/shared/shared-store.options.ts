@@ -37,7 +37,8 @@ export interface SharedStorageOptions {
    * a reservation its instance never settled (the process died while the request ran, so its upstream call
    * may still be billed to you) is charged that way, once, with outcome `interrupted`, by the sweeper after
    * `reservationTtlMs`, instead of being released. Requests admitted from a lease (`leases`) have no row
-   * and are not covered, so turning this on turns leases off unless `leases` is set. Off by default here: it cost 3–8 % of the shared store's throughput in the bench
+   * and are not covered, so turning this on turns leases off unless `leases` is set. A covered request's
+   * response is released without waiting for its ledger row's commit; one admitted from a lease waits. Off by default here: it cost 3–8 % of the shared store's throughput in the bench
    * (a larger reservation row to write and delete per request); see the README.
    * @default false
    */

@@ -250,7 +250,10 @@ export class PerUserSqliteStore implements UsageStore {
         req.userId,
         write,
         (committed) => {
-          if (committed) return resolve(admitted);
+          if (committed) {
+            admitted.reservation.intent = true;
+            return resolve(admitted);
+          }
           refused = true;
           this.release(admitted.reservation);
           reject(new UsageStoreError('operational_error', 'the request intent could not be committed'));
