@@ -32,15 +32,21 @@ describeStore('log lines', () => {
       messages: [{ role: 'user', content: `${BODY_SECRET} please` }],
       max_tokens: 5,
     });
-    // An unknown model named by the client: warned once, with the name escaped.
+    // An unknown model named by the client: warned once, with the name escaped (a model of this attempt's).
     // (The free plan has a cost limit, so the guard prices the named model before the call.)
     const run = Date.now(); // a retried attempt starts on fresh users
     logger.lines.length = 0;
-    expect((await post(`plan=free;log-model-${run}`, body(`gpt-${HOSTILE}`))).status).toBe(200);
+    expect((await post(`plan=free;log-model-${run}`, body(`gpt-${run}-${HOSTILE}`))).status).toBe(200);
     // A plan name (from the host's plan function) that is not in the catalog: warned, escaped.
     expect((await post(`hostile-plan-${run}`, body())).status).toBe(200);
     // Alerts name the user: 4 of 5 calls of the free plan cross 80 %.
     for (let i = 0; i < 4; i++) expect((await post(`plan=free;${run}${HOSTILE}`, body())).status).toBe(200);
+    // An alert is published once the usage that crossed its threshold has committed: with durable intent
+    // (the default) that may be just after the response.
+    for (const until = Date.now() + 2_000; Date.now() < until;) {
+      if (logger.lines.some((l) => l.includes('usage alert'))) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
 
     const mine = logger.lines.filter((l) => /has no price|not in the catalog|usage alert/.test(l));
     expect(mine.filter((l) => l.includes('has no price'))).toHaveLength(1);

@@ -175,8 +175,13 @@ describeStore('metering', () => {
     const sub = t.app.get(UsageAlerts).alerts$.subscribe((a) => seen.push(a));
     alerts.length = 0;
     for (let i = 0; i < 7; i++) await post('alerted', chat());
+    // Published once the usage that crossed them has committed: with durable intent (the default) that
+    // may be just after the response.
+    const mine = () => alerts.filter((a) => a.userId === 'alerted');
+    for (const until = Date.now() + 2_000; mine().length < 3 && Date.now() < until;)
+      await new Promise((r) => setTimeout(r, 10));
     sub.unsubscribe();
-    const fired = alerts.filter((a) => a.userId === 'alerted').map((a) => [a.limitId, a.threshold, a.used]);
+    const fired = mine().map((a) => [a.limitId, a.threshold, a.used]);
     expect(fired).toEqual([
       ['ai_text:calls:month', 80, 4],
       ['ai_text:calls:month', 90, 5],
