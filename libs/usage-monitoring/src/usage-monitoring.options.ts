@@ -70,13 +70,13 @@ export interface SqliteStorageOptions {
    */
   reservationTtlMs?: number;
   /**
-   * Durable intent: each admitted request's charge at its estimate is committed (to `.usage-intents.sqlite`
-   * in `dataDir`, batched across users) before its handler runs, and dropped once it settles. If the
-   * process dies while a request runs (its upstream call may still be billed to you), the next start
-   * charges that request once, at its estimate, with outcome `interrupted`. A metered response is then
-   * released without waiting for its ledger row's commit (a crash in between charges it the same way), so a
-   * request waits for one commit, not two. Measured at no throughput cost beyond this machine's noise
-   * (0.95–1.06× in three runs, see the README), hence on by default.
+   * Durable intent: each admitted request's charge at its estimate is written before its handler runs (to
+   * the append-only `.usage-intents.<n>.log` in `dataDir`: one write for all the requests admitted in one
+   * turn of the event loop, on the main thread; with `synchronous: 'full'`, also an `fdatasync`), and dropped
+   * once it settles. If the process dies while a request runs (its upstream call may still be billed to
+   * you), the next start charges that request once, at its estimate, with outcome `interrupted`. A metered
+   * response is then released without waiting for its ledger row's commit (a crash in between charges it
+   * the same way), so a request waits for no commit at all. A failed write refuses the request (503).
    * @default true
    */
   durableIntent?: boolean;

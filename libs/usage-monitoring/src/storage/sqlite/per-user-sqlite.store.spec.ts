@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Database, OPEN_READONLY } from 'sqlite3';
@@ -6,6 +6,7 @@ import type { LimitCharge, Reservation, Settlement } from '../usage-store.interf
 import { PerUserSqliteStore } from './per-user-sqlite.store';
 import { DELTA_FIELDS } from './sqlite-batch-writer';
 import { entryJson, JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { isIntentLogFile } from './intent-log';
 import { userFileName } from './user-file-name';
 
 const NOW = Date.UTC(2026, 10, 20);
@@ -403,6 +404,66 @@ describe('PerUserSqliteStore', () => {
       charges: [charge('calls', 1, 1)],
     });
     expect(third.admitted).toBe(true);
+  });
+});
+
+describe('PerUserSqliteStore durable intent', () => {
+  it('refuses a request whose intent cannot be written and gives its quota back; charges one left unsettled at the next start, once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'usage-store-intent-'));
+    const options = { ...storeOptions(dir, 8, 0), durableIntent: true };
+    let store = new PerUserSqliteStore(options);
+    await store.init();
+    const request = (requestId: string) => {
+      const event = settlement({ requestId, userId: 'v' } as Reservation, 7).event;
+      return {
+        requestId,
+        userId: 'v',
+        provider: 'openai',
+        now: NOW,
+        charges: [charge('calls', 1, 1)],
+        interrupted: { ...event, outcome: 'interrupted' as const, estimated: true },
+      };
+    };
+    try {
+      // The intent log's file on a full device: the write fails.
+      const segment = (store as unknown as { intents: { segments: { fd: number }[] } }).intents.segments.at(
+        -1,
+      )!;
+      const fd = segment.fd;
+      segment.fd = openSync('/dev/full', 'a');
+      await expect(store.reserve(request('refused'))).rejects.toMatchObject({ reason: 'operational_error' });
+      expect(await store.health()).toEqual({ up: false, reason: 'usage writes failing' });
+      closeSync(segment.fd);
+      segment.fd = fd;
+      // The refused request's quota is free again (a limit of 1 call): the next one is admitted.
+      const admitted = await store.reserve(request('admitted'));
+      expect(admitted).toMatchObject({ admitted: true, reservation: { intent: true } });
+      expect(await store.health()).toEqual({ up: true });
+      // Closed with it unsettled (as a crash would leave it): the next start charges it, at its estimate.
+      await store.close();
+      expect(readdirSync(dir).filter(isIntentLogFile)).toHaveLength(1);
+      for (let start = 0; start < 2; start++) {
+        store = new PerUserSqliteStore(options);
+        await store.init();
+        await store.close();
+      }
+      expect(readdirSync(dir).filter(isIntentLogFile)).toEqual([]);
+      const rows = await query(
+        join(dir, userFileName('v')),
+        'SELECT request_id, outcome, estimated FROM usage_events',
+      );
+      expect(rows).toEqual([{ request_id: 'admitted', outcome: 'interrupted', estimated: 1 }]);
+      const counters = await query(
+        join(dir, userFileName('v')),
+        "SELECT used FROM usage_counters WHERE metric = 'calls'",
+      );
+      expect(counters).toEqual([{ used: 1 }]);
+      store = new PerUserSqliteStore(options);
+      await store.init();
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -31,7 +31,8 @@ import { counterKey } from '../counter-key';
 import { DataDirLock } from './data-dir-lock';
 import type { SqliteDriver } from './sqlite-connection';
 import { UserDataSourceFactory } from './user-data-source.factory';
-import { INTENT_FILE, JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { JOURNAL_FILE, UsageJournal } from './usage-journal';
+import { IntentLog } from './intent-log';
 import { ApplyPacer, type CounterDelta } from './sqlite-batch-writer';
 import { UserLedger } from './user-ledger';
 import { UserLedgerCache } from './user-ledger.cache';
@@ -92,8 +93,8 @@ export class PerUserSqliteStore implements UsageStore {
   private journal!: UsageJournal;
   /** Users whose database the LRU closed, kept with their counters (unless `maxUsersInMemory` is 0). */
   private parked: ParkedLedgers | undefined;
-  /** Durable intent: the log, and each admitted request's row in it. */
-  private intents: UsageJournal | undefined;
+  /** Durable intent: the log, and each admitted request's sequence number in it. */
+  private intents: IntentLog | undefined;
   private readonly intentSeq = new Map<string, number>();
   /** Admin changes: their history and the overrides (a file), grants and resets (in memory too). */
   private admin!: AdminLog;
@@ -161,16 +162,12 @@ export class PerUserSqliteStore implements UsageStore {
     }
     if (this.options.durableIntent) {
       try {
-        this.intents = await UsageJournal.open(
-          this.dataDir,
-          { ...this.options, driver: this.factory.driver, batchForgets: true },
-          INTENT_FILE,
-        );
+        this.intents = await IntentLog.open(this.dataDir, { ...this.options, driver: this.factory.driver });
       } catch (e) {
         await this.admin.close();
         this.lock.release();
         throw new Error(
-          `storage.durableIntent: cannot open ${INTENT_FILE} in "${this.options.dataDir}": ${(e as Error).message}`,
+          `storage.durableIntent: cannot open the intent log in "${this.options.dataDir}": ${(e as Error).message}`,
         );
       }
     }
@@ -211,7 +208,7 @@ export class PerUserSqliteStore implements UsageStore {
     const interrupted = this.intents?.leftoverUsers() ?? [];
     if (interrupted.length) {
       for (const userId of interrupted) await this.cache.acquire(userId);
-      await this.intents!.drain();
+      this.intents!.drain();
       this.logger.warn(
         `charged requests the previous run admitted and never settled, at their estimate (outcome interrupted), for ${interrupted.length} user(s)`,
       );
@@ -233,37 +230,34 @@ export class PerUserSqliteStore implements UsageStore {
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
     const ledger = this.ledger(req.userId);
-    const result = ledger ? ledger.reserve(req) : this.cache.acquire(req.userId).then((l) => l.reserve(req));
-    if (!this.intents || !req.interrupted) return result;
-    return Promise.resolve(result).then((r) => (r.admitted ? this.recordIntent(req, r) : r));
+    if (!this.intents || !req.interrupted) {
+      return ledger ? ledger.reserve(req) : this.cache.acquire(req.userId).then((l) => l.reserve(req));
+    }
+    if (!ledger) return this.cache.acquire(req.userId).then((l) => this.withIntent(req, l.reserve(req)));
+    return this.withIntent(req, ledger.reserve(req));
   }
 
-  /** Admits `admitted` once its intent has committed; a failed commit refuses it (503) and releases it. */
-  private recordIntent(
-    req: ReserveRequest,
-    admitted: ReserveResult & { admitted: true },
-  ): Promise<ReserveResult> {
-    const write = { event: req.interrupted, deltas: req.charges.map(deltaOf) };
-    return new Promise((resolve, reject) => {
-      let refused = false;
-      this.intents!.append(
-        req.userId,
-        write,
-        (committed) => {
-          if (committed) {
-            admitted.reservation.intent = true;
-            return resolve(admitted);
-          }
-          refused = true;
-          this.release(admitted.reservation);
-          reject(new UsageStoreError('operational_error', 'the request intent could not be committed'));
-        },
-        (seq) => {
-          if (refused) this.intents!.forget(seq);
-          else this.intentSeq.set(req.requestId, seq);
-        },
-      );
-    });
+  /**
+   * Admits `result` once its intent is written, with the other intents of this turn (with `synchronous:
+   * 'full'`, once on disk); a failed write refuses it (503) and releases it.
+   */
+  private withIntent(req: ReserveRequest, result: ReserveResult): ReserveResult | Promise<ReserveResult> {
+    if (!result.admitted) return result;
+    const intents = this.intents!;
+    const seq = intents.append(req.userId, { event: req.interrupted, deltas: req.charges.map(deltaOf) });
+    return intents.turn.then(
+      () => {
+        this.intentSeq.set(req.requestId, seq);
+        result.reservation.intent = true;
+        return result;
+      },
+      (e: unknown) => {
+        this.ledger(req.userId)?.release(result.reservation);
+        throw new UsageStoreError('operational_error', 'the request intent could not be written', {
+          cause: e,
+        });
+      },
+    );
   }
 
   /** The request settled or was released: its intent has nothing left to charge. */
@@ -276,7 +270,11 @@ export class PerUserSqliteStore implements UsageStore {
 
   release(reservation: Reservation): void {
     this.ledger(reservation.userId)?.release(reservation);
-    if (this.intents) this.forgetIntent(reservation.requestId);
+    if (this.intents) {
+      this.forgetIntent(reservation.requestId);
+      // Its request has no row to skip the intent by: the forget is written now, not with the next intent.
+      this.intents.flush();
+    }
   }
 
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult> {
@@ -312,6 +310,7 @@ export class PerUserSqliteStore implements UsageStore {
     };
     for (const ledger of this.cache.values()) expire(ledger);
     if (this.parked) for (const ledger of this.parked.values()) expire(ledger);
+    if (released > 0) this.intents?.flush();
     if (released > 0) {
       this.options.onReservationsReleased?.(released);
       this.log.warn(
@@ -457,7 +456,8 @@ export class PerUserSqliteStore implements UsageStore {
       return { up: false, reason: 'data directory unavailable' };
     }
     if (this.openFailing) return { up: false, reason: 'cannot open user databases' };
-    if (this.journal.failure || this.parked?.anyFailing) return { up: false, reason: 'usage writes failing' };
+    if (this.journal.failure || this.intents?.failure || this.parked?.anyFailing)
+      return { up: false, reason: 'usage writes failing' };
     for (const l of this.cache.values()) if (l.failing) return { up: false, reason: 'usage writes failing' };
     return { up: true };
   }
@@ -483,10 +483,7 @@ export class PerUserSqliteStore implements UsageStore {
     if (this.parked) uncommitted += await this.parked.flushAll();
     await this.journal.drain();
     await this.journal.close();
-    if (this.intents) {
-      await this.intents.drain();
-      await this.intents.close();
-    }
+    await this.intents?.close();
     await this.admin.close();
     if (!journaled) this.logger.error('usage writes could not be committed to the journal before closing');
     if (uncommitted > 0) {

@@ -2,15 +2,7 @@ import fc from 'fast-check';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  CHECKPOINT_INTERVAL_MS,
-  entryJson,
-  FORGET_BATCH,
-  INTENT_FILE,
-  JOURNAL_FILE,
-  UsageJournal,
-} from './usage-journal';
-import { openConnection } from './sqlite-connection';
+import { CHECKPOINT_INTERVAL_MS, entryJson, JOURNAL_FILE, UsageJournal } from './usage-journal';
 import type { SqliteDriver } from './sqlite-connection';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -85,82 +77,6 @@ describe.each<SqliteDriver>(['sqlite3', 'better-sqlite3'])('UsageJournal checkpo
       await again.close();
     }
   }, 30_000);
-});
-
-describe('UsageJournal with batchForgets (the intent log)', () => {
-  let dir: string;
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'usage-intents-'));
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
-
-  it('deletes forgotten rows once a batch waits, at the next checkpoint tick, or when drained', async () => {
-    const opts = { busyTimeoutMs: 1_000, synchronous: 'normal' as const, driver: 'sqlite3' as const };
-    const journal = await UsageJournal.open(dir, { ...opts, batchForgets: true }, INTENT_FILE);
-    const reader = await openConnection('sqlite3', join(dir, INTENT_FILE), {
-      ...opts,
-      mustExist: true,
-      pragmas: '',
-    });
-    const count = async () =>
-      (await reader.all<{ n: number }>('SELECT COUNT(*) AS n FROM usage_journal'))[0].n;
-    const seqs: number[] = [];
-    try {
-      const add = (i: number) =>
-        journal.append(
-          'u',
-          {
-            request: {
-              requestId: `r${i}`,
-              userId: 'u',
-              provider: null,
-              path: '/',
-              method: 'GET',
-              statusCode: 200,
-              durationMs: 1,
-              occurredAt: 0,
-            },
-          },
-          () => undefined,
-          (seq) => seqs.push(seq),
-        );
-      for (let i = 0; i < FORGET_BATCH + 40; i++) add(i);
-      expect(await journal.caughtUp()).toBe(true);
-      expect(await count()).toBe(FORGET_BATCH + 40);
-      /** Polls until the count is `n` (true), false after 1 s; right after a checkpoint tick when it drops. */
-      const until = async (n: number) => {
-        for (const end = Date.now() + 1_000; Date.now() < end; await sleep(5))
-          if ((await count()) === n) return true;
-        return false;
-      };
-      // Fewer than a batch: deleted by a checkpoint tick.
-      for (const seq of seqs.slice(0, 10)) journal.forget(seq);
-      expect(await until(FORGET_BATCH + 30)).toBe(true);
-      // Just after that tick: 10 more stay for the next one, also through the commits of new appends in
-      // between (under load the intent log commits every turn; each must not delete the few that wait).
-      for (const seq of seqs.slice(10, 20)) journal.forget(seq);
-      for (let i = 0; i < 3; i++) {
-        add(FORGET_BATCH + 40 + i);
-        expect(await journal.caughtUp()).toBe(true);
-      }
-      await sleep(20);
-      expect(await count()).toBe(FORGET_BATCH + 33);
-      expect(await until(FORGET_BATCH + 23)).toBe(true);
-      for (const seq of seqs.slice(FORGET_BATCH + 40)) journal.forget(seq);
-      expect(await until(FORGET_BATCH + 20)).toBe(true);
-      // A whole batch: deleted in the next turns, without waiting for a tick.
-      for (const seq of seqs.slice(20, 20 + FORGET_BATCH)) journal.forget(seq);
-      await sleep(20);
-      expect(await count()).toBe(20);
-      // Drained (start-up, shutdown): whatever waits.
-      for (const seq of seqs.slice(20 + FORGET_BATCH, 30 + FORGET_BATCH)) journal.forget(seq);
-      expect(await journal.drain()).toBe(true);
-      expect(await count()).toBe(10);
-    } finally {
-      await reader.close();
-      await journal.close();
-    }
-  });
 });
 
 describe('entryJson', () => {

@@ -29,12 +29,6 @@ import {
 /** The journal's file, directly inside `dataDir` (a dot-name, which no user's file can have). */
 export const JOURNAL_FILE = '.usage-journal.sqlite';
 
-/**
- * The intent log's file (durable intent): a journal whose rows are the writes that charge admitted requests
- * at their estimate, committed before each request's handler runs and forgotten once it settles.
- */
-export const INTENT_FILE = '.usage-intents.sqlite';
-
 /** A write as the journal keeps it: what its user's database will receive, without the callbacks. */
 export type JournaledWrite = Pick<PendingWrite, 'event' | 'deltas' | 'request' | 'alerts' | 'row' | 'kind'>;
 
@@ -56,7 +50,7 @@ export function entryJson(userId: string, w: JournaledWrite): string {
  * A journal entry read back at start-up: this format, format 2, or the object form of earlier versions
  * (`[userId, { event, deltas, request, alerts }]`), which a crash may have left.
  */
-function parseEntry(text: string): [string, JournaledWrite] {
+export function parseEntry(text: string): [string, JournaledWrite] {
   const e = JSON.parse(text) as unknown[];
   if (e[1] !== FORMAT && e[1] !== 2) return e as [string, JournaledWrite];
   // Format 2's deltas are objects already.
@@ -135,7 +129,7 @@ export interface JournalRow {
 }
 
 /** The write a user's database commits for a journal row; once committed, the journal forgets the row. */
-export function pendingOf(row: JournalRow, journal: UsageJournal): PendingWrite {
+export function pendingOf(row: JournalRow, journal: { forget(seq: number): void }): PendingWrite {
   const { seq } = row;
   const pending = journaledFields(row.write);
   pending.retried = row.retried;
@@ -178,13 +172,6 @@ interface Entry {
 export const CHECKPOINT_INTERVAL_MS = 200;
 
 /**
- * With `batchForgets` (the intent log), forgotten rows are deleted once this many wait, or at the next
- * checkpoint tick: a delete of 19 rows cost SQLite ~5 µs per row, one of 500 rows ~1.4 µs (a scratch
- * measurement, 2026-12-06). A row deleted late is harmless: a settled request's intent is skipped whole.
- */
-export const FORGET_BATCH = 256;
-
-/**
  * How often (ms) the spending summary receives the sums of the entries committed since its last ones (see
  * `spending-summary.ts`), while entries arrive; and at once when it is read (`summarized`) or drained.
  */
@@ -219,6 +206,8 @@ export class UsageJournal {
   /** Entries whose sums the summary has received since the journal was opened (see `summarized`). */
   private summedCount = 0;
   private running = false;
+  /** Writes in the commit now running. */
+  private committing = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
   private readonly left = new Map<string, JournalRow[]>();
@@ -261,8 +250,6 @@ export class UsageJournal {
       outboxTargets?: readonly string[];
       /** Keeps the spending summary (`spending-summary.ts`) of what the journal receives. */
       summary?: boolean;
-      /** Deletes forgotten rows in batches (`FORGET_BATCH`) rather than in the next turn. */
-      batchForgets?: boolean;
       /** With `summary`: how often (ms) the sums go to it while entries arrive. @default SUMS_INTERVAL_MS */
       sumsIntervalMs?: number;
     },
@@ -289,7 +276,6 @@ export class UsageJournal {
       throw e;
     }
     const journal = new UsageJournal(connection, checkpointer);
-    journal.batchForgets = options.batchForgets === true;
     try {
       if (options.outboxTargets) await prepareOutbox(connection, options.outboxTargets);
       if (options.summary) {
@@ -363,9 +349,6 @@ export class UsageJournal {
   summaryBuilt = false;
   /** Keeps the spending summary: the entries' sums go to it about once a second (`SUMS_INTERVAL_MS`). */
   private summary = false;
-  private batchForgets = false;
-  /** With `batchForgets`: set by a checkpoint tick or `drain()`, so that the next commit deletes what waits. */
-  private forgetsDue = false;
 
   /** Every user's summary counters of periods not ended at `now`. */
   summaryCounters(now: number): Promise<SummaryCounterRow[]> {
@@ -423,7 +406,7 @@ export class UsageJournal {
 
   /** Writes queued or committing, not yet in the journal. */
   get pending(): number {
-    return this.queue.length + (this.running ? 1 : 0);
+    return this.queue.length + this.committing;
   }
 
   append(
@@ -438,8 +421,7 @@ export class UsageJournal {
   }
 
   /**
-   * The user's database committed this row (the intent log: its request settled): drop it from the journal,
-   * in the next turn's commit (with `batchForgets`, see `forgetsReady`).
+   * The user's database committed this row: drop it from the journal, in the next turn's commit.
    */
   forget(seq: number): void {
     if (this.summary && seq > this.mark) {
@@ -447,7 +429,7 @@ export class UsageJournal {
       return;
     }
     this.forgotten.push(seq);
-    if (this.forgetsReady()) this.schedule();
+    this.schedule();
   }
 
   /**
@@ -464,18 +446,6 @@ export class UsageJournal {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     return true;
-  }
-
-  /**
-   * Whether the next commit deletes the forgotten rows: always without `batchForgets`; with it, once a batch
-   * waits or a tick or `drain()` asked. Commits of appends in between leave them waiting: under load the
-   * intent log commits every turn, and taking its few forgotten rows each time was a 19-row delete per turn.
-   */
-  private forgetsReady(): boolean {
-    return (
-      this.forgotten.length > 0 &&
-      (!this.batchForgets || this.forgotten.length >= FORGET_BATCH || this.forgetsDue)
-    );
   }
 
   /**
@@ -504,8 +474,7 @@ export class UsageJournal {
     ) {
       if (Date.now() > until) return false;
       if (!this.running) {
-        // A retry's backoff, forgotten rows waiting for their batch, or sums not yet due: now.
-        this.forgetsDue = true;
+        // A retry's backoff, or sums not yet due: now.
         this.sumsWanted = true;
         clearTimeout(this.retryTimer);
         this.retryTimer = undefined;
@@ -533,10 +502,6 @@ export class UsageJournal {
    * (nothing is lost; it grows until a later checkpoint succeeds).
    */
   private checkpoint(): void {
-    if (this.forgotten.length > 0) {
-      this.forgetsDue = true;
-      this.schedule();
-    }
     if (this.unsummed.count > 0 && Date.now() - this.sumsAt >= this.sumsIntervalMs) this.schedule();
     if (this.checkpointing || (this.uncheckpointed === 0 && ++this.idleTicks < 25)) return;
     this.uncheckpointed = 0;
@@ -567,11 +532,9 @@ export class UsageJournal {
     const started = this.onCommit ? performance.now() : 0;
     const batch = this.queue;
     this.queue = [];
-    const forgotten = this.forgetsReady() ? this.forgotten : [];
-    if (forgotten.length) {
-      this.forgotten = [];
-      this.forgetsDue = false;
-    }
+    this.committing = batch.length;
+    const forgotten = this.forgotten;
+    this.forgotten = [];
     // The summary's sums, when due, go in the first statement, after its entries: the sums of those and of
     // the entries committed since the last sums (`unsummed`), never of a later statement's (it may fail).
     const sumsDue =
@@ -630,13 +593,13 @@ export class UsageJournal {
           () => null,
           (error: Error) => {
             this.forgotten.push(...forgotten);
-            this.forgetsDue = true;
             return error;
           },
         ),
       );
     }
     const errors = (await Promise.all(chunks)).filter((e) => e !== null);
+    this.committing = 0;
     this.busySince = 0;
     this.uncheckpointed++;
     if (errors.length) {
@@ -653,7 +616,7 @@ export class UsageJournal {
     this.failure = null;
     this.retryDelay = RETRY_MIN_MS;
     if (this.onCommit && batch.length > 0) this.onCommit(batch.length, (performance.now() - started) / 1000);
-    if (this.queue.length > 0 || this.forgetsReady() || (this.sumsWanted && this.unsummed.count > 0)) {
+    if (this.queue.length > 0 || this.forgotten.length > 0 || (this.sumsWanted && this.unsummed.count > 0)) {
       setImmediate(() => void this.flush());
       return;
     }

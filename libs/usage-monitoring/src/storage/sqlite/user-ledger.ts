@@ -18,6 +18,7 @@ import { type ApplyPacer, type CounterDelta, rowJson, SqliteBatchWriter } from '
 import { type Allowance, type AllowanceBook } from './admin-log';
 import { counterKey } from '../counter-key';
 import type { SqliteConnection } from './sqlite-connection';
+import type { IntentLog } from './intent-log';
 import {
   entryJson,
   type JournaledWrite,
@@ -103,7 +104,7 @@ export class UserLedger {
     stallMs: number,
     { journal, pacer }: LedgerJournal,
     allowances: AllowanceBook,
-    intents?: UsageJournal,
+    intents?: IntentLog,
   ): Promise<UserLedger> {
     const ledger = new UserLedger(userId, dataSource, onIdle, stallMs, journal, allowances);
     const writer = new SqliteBatchWriter(connection, userId, () => ledger.notifyIfIdle(), pacer);
