@@ -67,12 +67,14 @@ class Turn {
  * forgotten once it settles or is released; at start-up, the intents never forgotten are handed back
  * (`leftoverUsers`, `takeLeftovers`) and charged.
  *
- * An append-only file, written with one `write(2)` on the calling thread: the record is in the operating
- * system's page cache when `append` returns, which a killed process cannot undo (the same promise as a
- * SQLite commit with `synchronous = NORMAL`). With `synchronous: 'full'`, `durable()` also waits for an
- * `fdatasync`, one for all the records written while the previous one ran. The SQLite intent log this
- * replaces cost each request a statement on libuv's threads and a trip back through the event loop before
- * its handler ran (docs/performance.md, "The intent log as a file").
+ * An append-only file. The intents appended in one turn of the event loop are written together, with one
+ * `write(2)` on the main thread in that turn's check phase (`setImmediate`), and their requests go on
+ * together once it returns (`turn`): the records are then in the operating system's page cache, which a
+ * killed process cannot undo (the same promise as a SQLite commit with `synchronous = NORMAL`). With
+ * `synchronous: 'full'`, the turn also waits for an `fdatasync`. The SQLite intent log this replaces cost
+ * each request a statement on libuv's threads and a trip back through the event loop before its handler ran;
+ * a write per request, in the turn each arrived in, cost the host more than it saved (docs/performance.md,
+ * "The intent log as a file").
  *
  * Records start with a newline, so a record torn by a failed write is one line that does not parse, skipped:
  * `\nI<seq> <entry>` is an intent (`entryJson`), `\nF<seq>,<seq>,…;` forgets intents. Forgets of settled

@@ -310,8 +310,8 @@ export class PerUserSqliteStore implements UsageStore {
     };
     for (const ledger of this.cache.values()) expire(ledger);
     if (this.parked) for (const ledger of this.parked.values()) expire(ledger);
-    if (released > 0) this.intents?.flush();
     if (released > 0) {
+      this.intents?.flush();
       this.options.onReservationsReleased?.(released);
       this.log.warn(
         'ttl',
