@@ -99,13 +99,17 @@ export interface Row {
   errors: number;
 }
 
-/** Open file descriptors of a process that point at SQLite files (database, WAL, shared memory). */
+/**
+ * Open file descriptors of a process that point at the store's files in its data directory: SQLite files
+ * (database, WAL, shared memory) and the intent log's.
+ */
 function fdCount(pid: number): number {
   let n = 0;
   try {
     for (const fd of readdirSync(`/proc/${pid}/fd`)) {
       try {
-        if (/\.sqlite(-wal|-shm)?$/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) n++;
+        if (/\.sqlite(-wal|-shm)?$|\/\.usage-intents\.\d+\.log$/.test(readlinkSync(`/proc/${pid}/fd/${fd}`)))
+          n++;
       } catch {
         /* closed meanwhile */
       }
