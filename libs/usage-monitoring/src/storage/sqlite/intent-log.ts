@@ -11,7 +11,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import type { SqliteDriver } from './sqlite-connection';
-import { entryJson, parseEntry, UsageJournal, type JournaledWrite, type JournalRow } from './usage-journal';
+import { entryJson, LeftoverRows, parseEntry, UsageJournal, type JournaledWrite } from './usage-journal';
 
 /**
  * The intent log's files (durable intent), directly inside `dataDir`: `.usage-intents.<n>.log`, oldest
@@ -81,14 +81,13 @@ class Turn {
  * requests wait for the next intent's write (a lost one repeats a charge the ledger skips: its request id has
  * a row); `flush()` writes them at once (the store calls it after a release, whose request has no row).
  */
-export class IntentLog {
+export class IntentLog extends LeftoverRows {
   /** Oldest first; the last is the one written to. */
   private readonly segments: Segment[] = [];
   private nextSeq = 1;
   /** Forgets not written yet, as their record's text (`\nF1,2,3`), or ''. */
   private forgets = '';
   private forgetTimer: NodeJS.Timeout | undefined;
-  private readonly left = new Map<string, JournalRow[]>();
   /** The leftovers' segments (a previous run's), by sequence number; this run's are found by range. */
   private readonly oldSeqs = new Map<number, Segment>();
   /** The intents appended in this turn, written together in its check phase (`setImmediate`). */
@@ -99,7 +98,9 @@ export class IntentLog {
   private constructor(
     private readonly dir: string,
     private readonly full: boolean,
-  ) {}
+  ) {
+    super();
+  }
 
   /**
    * Reads the segments a previous run left (and the SQLite intent log of an earlier version, whose intents
@@ -159,24 +160,6 @@ export class IntentLog {
     }
     log.trim();
     return log;
-  }
-
-  /** Users with intents a previous run left unsettled. */
-  leftoverUsers(): string[] {
-    return [...this.left.keys()];
-  }
-
-  /** Takes a user's leftover intents (oldest first); the caller charges them, then `forget`s them. */
-  takeLeftovers(userId: string): JournalRow[] {
-    const list = this.left.get(userId) ?? [];
-    this.left.delete(userId);
-    return list;
-  }
-
-  /** Hands leftovers back that could not be charged (the user's database failed). */
-  putBack(userId: string, rows: JournalRow[]): void {
-    if (rows.length === 0) return;
-    this.left.set(userId, [...rows, ...(this.left.get(userId) ?? [])]);
   }
 
   /**
@@ -244,7 +227,7 @@ export class IntentLog {
     this.writeTurn();
     this.flush();
     while (this.segments.some((s) => s.syncs > 0)) await new Promise((resolve) => setTimeout(resolve, 5));
-    const clean = this.left.size === 0 && this.segments.every((s) => s.outstanding === 0);
+    const clean = !this.anyLeft && this.segments.every((s) => s.outstanding === 0);
     for (const s of this.segments) {
       if (s.fd !== undefined) closeSync(s.fd);
       s.fd = undefined;
@@ -257,12 +240,6 @@ export class IntentLog {
       }
     }
     this.segments.length = 0;
-  }
-
-  private keep(userId: string, row: JournalRow): void {
-    const list = this.left.get(userId);
-    if (list) list.push(row);
-    else this.left.set(userId, [row]);
   }
 
   /** One `write(2)`; a short write is a failure (its torn record is skipped when read back). */

@@ -181,6 +181,44 @@ const INSERT_SQL = 'INSERT INTO usage_journal (entry) SELECT value FROM json_eac
 const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM json_each(?))';
 
 /**
+ * Rows a previous run left, per user, oldest first (the journal's, or the intent log's): each user's are
+ * handed out once, to be applied before the user's counters are read, and handed back if they could not be.
+ */
+export class LeftoverRows {
+  private readonly left = new Map<string, JournalRow[]>();
+
+  /** Users with rows left that their database has not confirmed. */
+  leftoverUsers(): string[] {
+    return [...this.left.keys()];
+  }
+
+  /** Takes a user's leftover rows (oldest first); the caller applies them, then `forget`s their seqs. */
+  takeLeftovers(userId: string): JournalRow[] {
+    const list = this.left.get(userId) ?? [];
+    this.left.delete(userId);
+    return list;
+  }
+
+  /** Hands rows back that could not be applied (the user's database was closed before it committed them). */
+  putBack(userId: string, rows: JournalRow[]): void {
+    if (rows.length === 0) return;
+    this.left.set(userId, [...rows, ...(this.left.get(userId) ?? [])]);
+  }
+
+  /** Whether any user's rows are left. */
+  protected get anyLeft(): boolean {
+    return this.left.size > 0;
+  }
+
+  /** Adds a row read back at start-up, after the user's earlier ones. */
+  protected keep(userId: string, row: JournalRow): void {
+    const list = this.left.get(userId);
+    if (list) list.push(row);
+    else this.left.set(userId, [row]);
+  }
+}
+
+/**
  * Cross-user group commit. Every user's settlements of a turn go into one transaction on one journal
  * database, so that many users active at once cost one commit per turn instead of one per user; each
  * user's rows then move to the user's own database in larger, delayed batches (see `UserLedger`), and
@@ -188,7 +226,7 @@ const DELETE_SQL = 'DELETE FROM usage_journal WHERE seq IN (SELECT value FROM js
  * (a crash between the two commits) are handed back by `leftovers` and applied before the user's
  * counters are read; applying twice is harmless (ledger rows are unique by request id).
  */
-export class UsageJournal {
+export class UsageJournal extends LeftoverRows {
   private queue: Entry[] = [];
   private forgotten: number[] = [];
   /** Forgotten entries above the summary's mark: deleted once a mark covers them (see `spending-summary.ts`). */
@@ -210,7 +248,6 @@ export class UsageJournal {
   private committing = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = RETRY_MIN_MS;
-  private readonly left = new Map<string, JournalRow[]>();
   /** The last commit failure; cleared by the next successful commit. */
   failure: Error | null = null;
   /** Writes appended, and writes the journal holds, since it was opened (see `caughtUp`). */
@@ -236,6 +273,7 @@ export class UsageJournal {
     private readonly statements: SqliteConnection,
     private readonly checkpointer: SqliteConnection,
   ) {
+    super();
     this.checkpointTimer = setInterval(() => this.checkpoint(), CHECKPOINT_INTERVAL_MS);
     this.checkpointTimer.unref();
   }
@@ -293,9 +331,7 @@ export class UsageJournal {
         // A statement's sums (`SummarySums`): its trigger deletes them; skipped should one be left.
         if (r.entry.startsWith('{')) continue;
         const [userId, write] = parseEntry(r.entry);
-        const list = journal.left.get(userId) ?? [];
-        list.push({ seq: r.seq, write });
-        journal.left.set(userId, list);
+        journal.keep(userId, { seq: r.seq, write });
       }
     } catch (e) {
       await journal.close();
@@ -384,24 +420,6 @@ export class UsageJournal {
     const [{ seq }] = await this.statements.all<{ seq: number }>('SELECT seq FROM usage_summary_mark', []);
     this.marked(seq);
     return n;
-  }
-
-  /** Users with rows left in the journal that their database has not confirmed. */
-  leftoverUsers(): string[] {
-    return [...this.left.keys()];
-  }
-
-  /** Takes a user's leftover rows (oldest first); the caller applies them, then `forget`s their seqs. */
-  takeLeftovers(userId: string): JournalRow[] {
-    const list = this.left.get(userId) ?? [];
-    this.left.delete(userId);
-    return list;
-  }
-
-  /** Hands rows back that could not be applied (the user's database was closed before it committed them). */
-  putBack(userId: string, rows: JournalRow[]): void {
-    if (rows.length === 0) return;
-    this.left.set(userId, [...rows, ...(this.left.get(userId) ?? [])]);
   }
 
   /** Writes queued or committing, not yet in the journal. */
