@@ -214,12 +214,6 @@ export class IntentLog extends LeftoverRows {
     }
   }
 
-  /** Writes what waits; true when nothing does. */
-  drain(): boolean {
-    this.flush();
-    return this.forgets === '';
-  }
-
   /** Writes what waits and closes the file; with nothing left to charge, the log's files are removed. */
   async close(): Promise<void> {
     clearTimeout(this.forgetTimer);

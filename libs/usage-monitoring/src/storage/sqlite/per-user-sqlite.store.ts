@@ -208,7 +208,7 @@ export class PerUserSqliteStore implements UsageStore {
     const interrupted = this.intents?.leftoverUsers() ?? [];
     if (interrupted.length) {
       for (const userId of interrupted) await this.cache.acquire(userId);
-      this.intents!.drain();
+      this.intents!.flush();
       this.logger.warn(
         `charged requests the previous run admitted and never settled, at their estimate (outcome interrupted), for ${interrupted.length} user(s)`,
       );
