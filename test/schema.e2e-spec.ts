@@ -1,10 +1,13 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DataSource, type DataSourceOptions } from 'typeorm';
 import { USAGE_ENTITIES, USAGE_MIGRATIONS } from '@app/usage-monitoring';
 import { USAGE_MIGRATIONS_TABLE } from '@app/usage-monitoring/storage/migrations';
+import request from 'supertest';
 import { createTestApp } from './utils/create-test-app';
+import { bearer } from './utils/test-controllers';
+import { queryUserDb } from './utils/user-db';
 import {
   createSchema,
   describeSqlite,
@@ -65,6 +68,43 @@ describeSqlite('schema template (per-user SQLite)', () => {
       ).toEqual(['.usage-schema-notes', `.usage-schema-v${USAGE_MIGRATIONS.length}`]);
     } finally {
       await t.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('the template is in WAL mode (a new file needs no journal switch), and one left in rollback mode is rebuilt', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'usage-template-'));
+    const template = join(dataDir, `.usage-schema-v${USAGE_MIGRATIONS.length}`);
+    // Bytes 18 and 19 of a SQLite header: 2 in WAL mode, 1 with a rollback journal.
+    const mode = (file: string) => [...readFileSync(file).subarray(18, 20)];
+    try {
+      const first = await createTestApp({ usage: { storage: { dataDir } } });
+      await first.close();
+      expect(mode(template)).toEqual([2, 2]);
+      // As an earlier release left it: the same schema, a rollback journal.
+      const ds = new DataSource({ type: 'sqlite', database: template });
+      await ds.initialize();
+      await ds.query('PRAGMA journal_mode = DELETE');
+      await ds.destroy();
+      expect(mode(template)).toEqual([1, 1]);
+      const t = await createTestApp({ usage: { storage: { dataDir } } });
+      try {
+        expect(mode(template)).toEqual([2, 2]);
+        const res = await request(t.url)
+          .post('/openai/v1/chat/completions')
+          .set('authorization', bearer('after-rebuild'))
+          .send({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 });
+        expect(res.status).toBe(200);
+        const rows = await queryUserDb<{ n: number }>(
+          t,
+          'after-rebuild',
+          'SELECT COUNT(*) AS n FROM usage_events',
+        );
+        expect(rows[0].n).toBe(1);
+      } finally {
+        await t.close();
+      }
+    } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }
   });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, link, readdir, rename, rm, unlink } from 'node:fs/promises';
+import { access, copyFile, link, open, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as Sqlite3 from 'sqlite3';
@@ -70,14 +70,15 @@ export class UserDataSourceFactory {
    * Builds (once per schema version) an empty database with every migration applied, inside `dataDir`.
    * A new user's file is a copy of it: creating the schema through the migration runner cost tens of
    * milliseconds per new user, enough for a burst of first requests to run past the enforcement timeout.
+   * The template is in WAL mode already, so a new user's first open writes nothing: switching a copy from
+   * the rollback journal cost 4 fsyncs per new user (one template of an earlier version is rebuilt).
    */
   async prepareTemplate(): Promise<void> {
     const path = join(this.options.dataDir, `.usage-schema-v${SCHEMA_VERSION}`);
-    if (!existsSync(path)) {
+    if (!existsSync(path) || !(await inWalMode(path))) {
       const building = `${path}.${process.pid}.building`;
       await rm(building, { force: true });
       const ds = await this.open(building);
-      await ds.query('PRAGMA journal_mode = DELETE');
       await ds.destroy();
       await rename(building, path);
     }
@@ -97,7 +98,16 @@ export class UserDataSourceFactory {
 
   async create(userId: string): Promise<DataSource> {
     const file = this.filePath(userId);
-    if (this.template && !existsSync(file)) await this.copyTemplate(file);
+    // Asked on the thread pool: a synchronous check waited about 0.2 ms on the main thread in a burst of new
+    // users (the directory busy with their files being created).
+    if (
+      this.template &&
+      !(await access(file).then(
+        () => true,
+        () => false,
+      ))
+    )
+      await this.copyTemplate(file);
     return this.open(file);
   }
 
@@ -164,6 +174,17 @@ export class UserDataSourceFactory {
       throw e;
     }
     return dataSource;
+  }
+}
+
+/** Whether a database file's header says WAL mode (bytes 18 and 19, the file format's versions, are 2). */
+async function inWalMode(path: string): Promise<boolean> {
+  const file = await open(path, 'r');
+  try {
+    const { buffer, bytesRead } = await file.read(Buffer.alloc(20), 0, 20, 0);
+    return bytesRead === 20 && buffer[18] === 2 && buffer[19] === 2;
+  } finally {
+    await file.close();
   }
 }
 
