@@ -11,7 +11,10 @@ export class UserLedgerCache {
   private readonly opening = new Map<string, Promise<UserLedger>>();
   private readonly closing = new Map<string, Promise<unknown>>();
   private slotsUsed = 0;
-  private waiters: (() => void)[] = [];
+  /** Openers waiting for a slot, first come first served: each freed slot goes to the first. */
+  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Evictions under way: each frees a slot when its database is closed. */
+  private evicting = 0;
   private closed = false;
 
   constructor(
@@ -31,6 +34,11 @@ export class UserLedgerCache {
   /** The user's ledger if it is open (marks it recently used); never opens. */
   get(userId: string): UserLedger | undefined {
     return this.open.get(userId);
+  }
+
+  /** Whether the user's database is being opened (or waits for a slot, or for its last close). */
+  isOpening(userId: string): boolean {
+    return this.opening.has(userId);
   }
 
   values(): IterableIterator<UserLedger> {
@@ -55,9 +63,9 @@ export class UserLedgerCache {
     return p;
   }
 
-  /** A ledger became idle: someone waiting for a slot may evict it now. */
+  /** A ledger became idle: it may be closed for someone waiting for a slot. */
   notifyIdle(): void {
-    if (this.waiters.length) this.wake();
+    if (this.waiters.length > this.evicting) this.evictForWaiters();
   }
 
   /** Runs `fn` holding one slot (a database opened outside the cache still counts against the cap). */
@@ -66,13 +74,16 @@ export class UserLedgerCache {
     try {
       return await fn();
     } finally {
-      this.slotsUsed--;
-      this.wake();
+      this.releaseSlot();
     }
   }
 
   async closeAll(): Promise<number> {
     this.closed = true;
+    // Openers still waiting for a slot will not get one.
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(new Error('usage store is closed'));
     await Promise.allSettled([...this.opening.values()]);
     await Promise.allSettled([...this.closing.values()]);
     let uncommitted = 0;
@@ -81,7 +92,6 @@ export class UserLedgerCache {
     const results = await Promise.allSettled(ledgers.map((l) => l.close()));
     for (const r of results) if (r.status !== 'fulfilled' || !r.value) uncommitted++;
     this.slotsUsed = 0;
-    this.wake();
     return uncommitted;
   }
 
@@ -92,20 +102,40 @@ export class UserLedgerCache {
     try {
       return await this.openLedger(userId);
     } catch (e) {
-      this.slotsUsed--;
-      this.wake();
+      this.releaseSlot();
       throw e;
     }
   }
 
-  private async takeSlot(): Promise<void> {
-    while (this.slotsUsed >= this.cap) {
-      if (this.closed) throw new Error('usage store is closed');
-      const victim = this.leastRecentIdle();
-      if (victim) this.evict(victim);
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
+  private takeSlot(): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('usage store is closed'));
+    if (this.slotsUsed < this.cap) {
+      this.slotsUsed++;
+      return Promise.resolve();
     }
-    this.slotsUsed++;
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      this.evictForWaiters();
+    });
+  }
+
+  /** A slot is free: handed to the first waiter (it stays used), or given back. */
+  private releaseSlot(): void {
+    const next = this.waiters.shift();
+    if (next) next.resolve();
+    else this.slotsUsed--;
+  }
+
+  /**
+   * Closes idle databases, least recently used first, one for each waiter no eviction under way will
+   * serve. A burst of new users then costs one scan per slot freed, not one per waiter each time.
+   */
+  private evictForWaiters(): void {
+    while (this.waiters.length > this.evicting) {
+      const victim = this.leastRecentIdle();
+      if (!victim) return;
+      this.evict(victim);
+    }
   }
 
   private leastRecentIdle(): UserLedger | undefined {
@@ -115,19 +145,14 @@ export class UserLedgerCache {
 
   private evict(ledger: UserLedger): void {
     this.open.delete(ledger.userId);
+    this.evicting++;
     const done = this.retire(ledger)
       .catch(() => false)
       .finally(() => {
         this.closing.delete(ledger.userId);
-        this.slotsUsed--;
-        this.wake();
+        this.evicting--;
+        this.releaseSlot();
       });
     this.closing.set(ledger.userId, done);
-  }
-
-  private wake(): void {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const w of waiters) w();
   }
 }
