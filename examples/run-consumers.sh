@@ -61,6 +61,7 @@ install_nest12() { prepare consumer-nest12 && add_sqlite3 consumer-nest12 consum
 run_nest11() {
   smoke consumer-nest11 run express sqlite
   smoke consumer-nest11 run fastify sqlite
+  smoke consumer-nest11 burst express
 }
 
 run_nest12() {
@@ -69,6 +70,7 @@ run_nest12() {
   smoke consumer-nest12 run fastify postgres
   smoke consumer-nest12-sqlite3 run express sqlite
   smoke consumer-nest12-sqlite3 run fastify sqlite
+  smoke consumer-nest12-sqlite3 burst fastify
 }
 
 # Both apps by default; `run-consumers.sh nest12` runs one.

@@ -2,6 +2,7 @@
 // folder after `npm run build`, so that `sqlite3` and `pg` resolve from the app's own node_modules:
 //
 //   node smoke.mjs run <express|fastify> <sqlite|postgres>
+//   node smoke.mjs burst <express|fastify>
 //   node smoke.mjs missing-driver sqlite3
 //
 // `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
@@ -11,7 +12,9 @@
 // (top by calls, users at 100 %) and the dashboard (the user's page, the operator's); the same plan through
 // POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
 // the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
-// after a graceful stop, one ledger row per call with the upstream's token counts. `missing-driver` checks that start-up fails, naming the package to install.
+// after a graceful stop, one ledger row per call with the upstream's token counts. `burst` sends 200 users' first
+// requests at once (per-user SQLite, the default options): every one 200, one file each. `missing-driver`
+// checks that start-up fails, naming the package to install.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -28,6 +31,7 @@ const [mode, ...args] = process.argv.slice(2);
 const name = `${basename(process.cwd())}: ${mode} ${args.join(' ')}`;
 try {
   if (mode === 'run') await run(args[0], args[1]);
+  else if (mode === 'burst') await burst(args[0]);
   else if (mode === 'missing-driver') await missingDriver(args[0]);
   else throw new Error(`unknown mode ${mode}`);
   console.log(`ok   ${name}`);
@@ -238,6 +242,40 @@ async function run(adapter, storage) {
     await app.stop();
     upstream.close();
     await db?.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function burst(adapter) {
+  const upstream = await fakeOpenAi();
+  const dataDir = mkdtempSync(join(tmpdir(), 'usage-smoke-'));
+  const app = await startApp({
+    HTTP_ADAPTER: adapter,
+    OPENAI_BASE_URL: `${upstream.url}/v1`,
+    METRICS_PORT: String(await freePort()),
+    USAGE_DATA_DIR: dataDir,
+  });
+  try {
+    // Each new user's file is created and opened in turn; the last ones wait far past the 250 ms
+    // enforcement timeout, within the open timeout.
+    const users = Array.from({ length: 200 }, (_, i) => `burst-${adapter}-${i}`);
+    const statuses = await Promise.all(
+      users.map((user) =>
+        fetch(`${app.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${user}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hi' }] }),
+        }).then((r) => r.status),
+      ),
+    );
+    assert.deepEqual(statuses.filter((s) => s !== 200), [], 'every first request is admitted');
+    assert.equal(upstream.calls(), 200);
+    assert.ok(['0', 'SIGTERM'].includes(String(await app.stop())), 'graceful stop');
+    const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
+    assert.equal(files.length, 200, 'one file per user');
+  } finally {
+    await app.stop();
+    upstream.close();
     rmSync(dataDir, { recursive: true, force: true });
   }
 }

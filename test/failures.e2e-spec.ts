@@ -54,34 +54,37 @@ describeSqlite('store unavailable (per-user SQLite)', () => {
     expect(rows[0].n).toBe(1);
   });
 
-  it('answers 503 within the enforcement timeout when no database slot frees up, and gives the late reservation back', async () => {
+  it('waits for a free database slot up to openTimeoutMs, not enforcementTimeoutMs; then answers 503 and gives the late reservation back', async () => {
     const t2 = await createTestApp({
-      usage: { storage: { maxOpenDataSources: 1 }, enforcementTimeoutMs: 100 },
+      usage: { storage: { maxOpenDataSources: 1, openTimeoutMs: 1000 }, enforcementTimeoutMs: 100 },
     });
-    try {
-      const slow = request(t2.url)
-        .post('/openai/v1/chat/completions')
-        .set('authorization', bearer('slow'))
-        .send({ ...chat, delayMs: 600 });
-      const slowDone = slow.then((r) => r.status);
+    const post = (user: string, body: object = chat) =>
+      request(t2.url).post('/openai/v1/chat/completions').set('authorization', bearer(user)).send(body);
+    /** `user`'s request while `slow` holds the only slot for `delayMs`: its status and how long it waited. */
+    const behind = async (slow: string, delayMs: number, user: string) => {
+      const slowDone = post(slow, { ...chat, delayMs }).then((r) => r.status);
       await new Promise((r) => setTimeout(r, 100));
       const started = Date.now();
-      const blocked = await request(t2.url)
-        .post('/openai/v1/chat/completions')
-        .set('authorization', bearer('blocked'))
-        .send(chat);
-      const waited = Date.now() - started;
-      expect(blocked.status).toBe(503);
-      expect(blocked.body).toEqual(EXPECTED_503);
-      expect(waited).toBeLessThan(500);
-      expect(await slowDone).toBe(200);
+      const res = await post(user);
+      return { res, waited: Date.now() - started, slow: await slowDone };
+    };
+    try {
+      // The slot frees up after about 400 ms: past the enforcement timeout, within the open timeout.
+      const freed = await behind('slow-1', 500, 'patient');
+      expect(freed.res.status).toBe(200);
+      expect(freed.waited).toBeGreaterThanOrEqual(250);
+      expect(freed.slow).toBe(200);
+      // It does not within the open timeout: 503 at about 1 s, whatever the enforcement timeout says.
+      const blocked = await behind('slow-2', 2500, 'blocked');
+      expect(blocked.res.status).toBe(503);
+      expect(blocked.res.body).toEqual(EXPECTED_503);
+      expect(blocked.waited).toBeGreaterThanOrEqual(1000);
+      expect(blocked.waited).toBeLessThan(2000);
+      expect(blocked.slow).toBe(200);
       expect(t2.app.get(UsageService).enforcementStats().failures).toEqual({
         'database_session_unavailable:openai': 1,
       });
-      const ok = await request(t2.url)
-        .post('/openai/v1/chat/completions')
-        .set('authorization', bearer('blocked'))
-        .send(chat);
+      const ok = await post('blocked');
       expect(ok.status).toBe(200);
       const [snapshot] = await t2.probe.store.readCounters('blocked', [
         {

@@ -59,4 +59,32 @@ describeSqlite('open DataSources (LRU)', () => {
       await t.close();
     }
   });
+
+  it('admits 300 new users arriving at once: their opens queue past the enforcement timeout, within the open timeout', async () => {
+    // The defaults: 250 ms enforcement timeout, 5 s open timeout, 64 open databases. Each new user's file is
+    // created and opened in turn (a few milliseconds each), so the last wait far longer than 250 ms.
+    const t = await createTestApp();
+    try {
+      const users = Array.from({ length: 300 }, (_, i) => `burst-${i}`);
+      const codes = await Promise.all(
+        users.map((u) =>
+          request(t.url)
+            .post('/openai/v1/chat/completions')
+            .set('authorization', bearer(u))
+            .send(chat)
+            .then((r) => r.status),
+        ),
+      );
+      expect(codes.filter((c) => c !== 200)).toEqual([]);
+      const usage = t.app.get(UsageService);
+      expect(usage.enforcementStats().failures).toEqual({});
+      expect(sqliteFiles(t.dataDir)).toHaveLength(300);
+      for (const u of users) {
+        const report = await usage.getUsage(u);
+        expect(report.limits[0]).toMatchObject({ scope: 'ai_text', used: 1, reserved: 0 });
+      }
+    } finally {
+      await t.close();
+    }
+  });
 });

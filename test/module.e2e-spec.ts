@@ -120,6 +120,11 @@ describeStore('UsageMonitoringModule wiring', () => {
     ],
     ['bad pattern', { plans: TEST_PLANS, providerPatterns: { x: '(' } }, /providerPatterns\.x/],
     [
+      'bad open timeout',
+      { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), openTimeoutMs: -5 } },
+      /storage\.openTimeoutMs must be an integer ≥ 1 \(got -5\)/,
+    ],
+    [
       'bad cache size',
       { plans: TEST_PLANS, storage: { dataDir: tempDataDir(), maxOpenDataSources: 0 } },
       /storage\.maxOpenDataSources/,

@@ -38,6 +38,7 @@ const SQLITE_KEYS: Record<keyof SqliteStorageOptions, true> = {
   type: true,
   dataDir: true,
   maxOpenDataSources: true,
+  openTimeoutMs: true,
   busyTimeoutMs: true,
   synchronous: true,
   driver: true,

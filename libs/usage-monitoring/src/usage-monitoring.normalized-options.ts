@@ -34,6 +34,7 @@ export type ResolvedStorage =
       type: 'sqlite';
       dataDir: string;
       maxOpenDataSources: number;
+      openTimeoutMs: number;
       busyTimeoutMs: number;
       synchronous: 'normal' | 'full';
       driver: SqliteDriver;
@@ -335,6 +336,7 @@ function resolveStorage(options: UsageMonitoringModuleOptions): ResolvedStorage 
     type: 'sqlite',
     dataDir,
     maxOpenDataSources: positiveInt(s.maxOpenDataSources, 'storage.maxOpenDataSources', 64),
+    openTimeoutMs: positiveInt(s.openTimeoutMs, 'storage.openTimeoutMs', 5000),
     busyTimeoutMs: positiveInt(s.busyTimeoutMs, 'storage.busyTimeoutMs', 2000, 0),
     synchronous,
     driver,

@@ -21,6 +21,14 @@ export interface SqliteStorageOptions {
    */
   maxOpenDataSources?: number;
   /**
+   * How long a request may wait for its user's database to open before the guard answers 503: a user's
+   * first request since start-up opens (or creates) their file, behind the other users' opens when many
+   * arrive together (a few milliseconds each). Every other request is bound by `enforcementTimeoutMs`; a
+   * value below it changes nothing.
+   * @default 5000
+   */
+  openTimeoutMs?: number;
+  /**
    * SQLite busy timeout in milliseconds.
    * @default 2000
    */

@@ -60,6 +60,8 @@ interface Waiter {
   resolve: (metering: MeteringContext | null) => void;
   reject: (e: unknown) => void;
   late: boolean;
+  /** Given the store's longer open timeout (its user's database was still opening at the deadline). */
+  opening: boolean;
 }
 
 const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
@@ -81,6 +83,8 @@ export class UsageEnforcer {
   private readonly periods = new PeriodClock();
   /** Admissions waiting for the store, oldest first, and the timer that expires them. */
   private readonly waiting = new Set<Waiter>();
+  /** Admissions past `enforcementTimeoutMs` whose user's database is opening, oldest first. */
+  private readonly opening = new Set<Waiter>();
   private ticker: NodeJS.Timeout | undefined;
 
   /** @internal Nest injects these. */
@@ -232,9 +236,10 @@ export class UsageEnforcer {
   }
 
   /**
-   * Waits for the store until `enforcementTimeoutMs`. One interval timer serves every admission waiting
-   * (their deadlines expire in the order they were made), instead of a timer set and cleared per request;
-   * a late admission is rejected within a fifth of the timeout after its deadline.
+   * Waits for the store until `enforcementTimeoutMs`, or, for an admission whose user's database is still
+   * opening then (`UsageStore.openTimeoutMs`), until the store's open timeout. One interval timer serves every
+   * admission waiting (their deadlines expire in the order they were made), instead of a timer set and
+   * cleared per request; a late admission is rejected within a fifth of the timeout after its deadline.
    */
   private withTimeout(p: PromiseLike<ReserveResult>, admission: Admission): Promise<MeteringContext | null> {
     return new Promise((resolve, reject) => {
@@ -244,6 +249,7 @@ export class UsageEnforcer {
         resolve,
         reject,
         late: false,
+        opening: false,
       };
       this.waiting.add(waiter);
       this.ticker ??= setInterval(
@@ -254,7 +260,7 @@ export class UsageEnforcer {
         (r) => this.answered(waiter, r),
         (e: unknown) => {
           if (waiter.late) return;
-          this.waiting.delete(waiter);
+          this.stopWaiting(waiter);
           this.failed(waiter, e);
         },
       );
@@ -268,7 +274,7 @@ export class UsageEnforcer {
       if (r.admitted) void Promise.resolve(this.store.release(r.reservation)).catch(() => undefined);
       return;
     }
-    this.waiting.delete(waiter);
+    this.stopWaiting(waiter);
     try {
       waiter.resolve(this.admitted(waiter.admission, r));
     } catch (e) {
@@ -285,18 +291,41 @@ export class UsageEnforcer {
     }
   }
 
+  private stopWaiting(waiter: Waiter): void {
+    (waiter.opening ? this.opening : this.waiting).delete(waiter);
+  }
+
   private expireWaiters(): void {
     const now = Date.now();
     for (const w of this.waiting) {
       if (w.deadline > now) break; // the rest were made later
-      w.late = true;
       this.waiting.delete(w);
-      this.failed(w, new EnforcementTimeoutError('usage store did not answer in time'));
+      // A first request of a user (since start-up) waits for the database to open, behind other users'
+      // opens in a burst: the store's open timeout bounds it. Every admission here has the same extension,
+      // so this set stays in deadline order too.
+      const openTimeoutMs = this.store.openTimeoutMs?.(w.admission.req.userId);
+      if (openTimeoutMs !== undefined && openTimeoutMs > this.options.enforcementTimeoutMs) {
+        w.deadline += openTimeoutMs - this.options.enforcementTimeoutMs;
+        w.opening = true;
+        this.opening.add(w);
+        continue;
+      }
+      this.expire(w);
     }
-    if (this.waiting.size === 0) {
+    for (const w of this.opening) {
+      if (w.deadline > now) break;
+      this.opening.delete(w);
+      this.expire(w);
+    }
+    if (this.waiting.size === 0 && this.opening.size === 0) {
       clearInterval(this.ticker);
       this.ticker = undefined;
     }
+  }
+
+  private expire(waiter: Waiter): void {
+    waiter.late = true;
+    this.failed(waiter, new EnforcementTimeoutError('usage store did not answer in time'));
   }
 
   /** A failure to decide: counted by reason, then fail-open (`null`) or the 503. HTTP errors pass as they are. */

@@ -290,6 +290,13 @@ export interface UsageStore {
   /** Called once at module init (open files, take locks, run migrations). */
   init?(): Promise<void>;
   reserve(request: ReserveRequest): ReserveResult | Promise<ReserveResult>;
+  /**
+   * When the user's storage is being opened now (their first request since start-up, queued behind other
+   * users' opens in a burst), how long in all an admission may wait for it, in ms, instead of the
+   * enforcement timeout; `undefined` when it is not. Asked only of an admission that reached the enforcement
+   * timeout.
+   */
+  openTimeoutMs?(userId: string): number | undefined;
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult>;
   /** Returns an unused reservation without charging (e.g. the handler never ran). */
   release(reservation: Reservation): void | Promise<void>;

@@ -64,6 +64,11 @@ export interface PerUserSqliteStoreOptions {
    * @default 250 (the enforcement timeout)
    */
   stallMs?: number;
+  /**
+   * How long a request may wait for its user's database to open (see `SqliteStorageOptions.openTimeoutMs`).
+   * @default 5000
+   */
+  openTimeoutMs?: number;
   /** Cross-user group commit through the journal file (see `SqliteStorageOptions.journal`). */
   journal: { applyDelayMs: number; maxUsersInMemory: number };
   /** Alert webhook URLs: alerts go to the journal's outbox for each (`alerts.webhook`). */
@@ -226,6 +231,11 @@ export class PerUserSqliteStore implements UsageStore {
     const ttl = this.options.reservationTtlMs;
     this.sweeper = setInterval(() => this.sweep(), Math.min(60_000, Math.max(50, Math.floor(ttl / 4))));
     this.sweeper.unref();
+  }
+
+  /** `openTimeoutMs` while the user's database is opening: a first request waits for it, not for a commit. */
+  openTimeoutMs(userId: string): number | undefined {
+    return this.cache.isOpening(userId) ? (this.options.openTimeoutMs ?? 5000) : undefined;
   }
 
   reserve(req: ReserveRequest): ReserveResult | Promise<ReserveResult> {
