@@ -52,6 +52,12 @@ export class AlertWebhooks {
   /** Outbox rows being delivered, and their deliveries. */
   private readonly busy = new Set<number>();
   private readonly deliveries = new Set<Promise<void>>();
+  /**
+   * Rows whose delivery ended while a read of due rows was in flight: that read may return them as they
+   * were before (an acknowledged row still due, a failed one at its old attempt), so it skips them.
+   */
+  private readonly endedDuringRead = new Set<number>();
+  private reading = false;
   private nextRetryAt = Infinity;
   private stopped = false;
   private subscription: Subscription | undefined;
@@ -132,24 +138,32 @@ export class AlertWebhooks {
       this.again = false;
       if (this.busy.size >= MAX_IN_FLIGHT) return;
       let due: OutboxRow[];
+      this.reading = true;
       try {
         // Heads in flight come back too (the per-user store does not claim rows): ask for room beyond them.
         due = await this.outbox!.outboxDue(Date.now(), MAX_IN_FLIGHT + this.busy.size);
       } catch (e) {
         this.logger.error(`alert outbox unreadable: ${(e as Error).message}`);
+        this.endedDuringRead.clear();
         return;
+      } finally {
+        this.reading = false;
       }
+      const stale = this.endedDuringRead;
       for (const row of due) {
-        if (this.stopped || this.busy.size >= MAX_IN_FLIGHT) return;
-        if (this.busy.has(row.id)) continue;
+        if (this.stopped || this.busy.size >= MAX_IN_FLIGHT) break;
+        // A stale row is read again in the next pass, which a delivery's end always asks for.
+        if (this.busy.has(row.id) || stale.has(row.id)) continue;
         this.busy.add(row.id);
         const delivery = this.deliver(row).finally(() => {
           this.busy.delete(row.id);
+          if (this.reading) this.endedDuringRead.add(row.id);
           this.deliveries.delete(delivery);
           this.wake();
         });
         this.deliveries.add(delivery);
       }
+      stale.clear();
     } while (this.again && !this.stopped);
   }
 
