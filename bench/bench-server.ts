@@ -216,7 +216,6 @@ const usageModule = () =>
           ],
         },
       ],
-      enforcementTimeoutMs: 5000,
       storage: storage(),
     }),
   );
