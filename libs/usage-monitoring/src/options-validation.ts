@@ -52,6 +52,7 @@ const SHARED_KEYS: Record<keyof SharedStorageOptions, true> = {
   migrationsRun: true,
   poolSize: true,
   timeouts: true,
+  queueTimeoutMs: true,
   reservationTtlMs: true,
   durableIntent: true,
   leases: true,

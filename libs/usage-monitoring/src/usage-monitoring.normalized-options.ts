@@ -408,6 +408,7 @@ function resolveShared(s: SharedStorageOptions): ResolvedSharedStorage {
     connectMs: positiveInt(t.connectMs, 'storage.timeouts.connectMs', 1000),
     statementMs: positiveInt(t.statementMs, 'storage.timeouts.statementMs', 2000),
     lockMs: positiveInt(t.lockMs, 'storage.timeouts.lockMs', 1000),
+    queueTimeoutMs: positiveInt(s.queueTimeoutMs, 'storage.queueTimeoutMs', 5000),
     reservationTtlMs,
     durableIntent,
     // Leases by default; not with durable intent unless asked for (lease-admitted requests have no row).

@@ -60,8 +60,8 @@ interface Waiter {
   resolve: (metering: MeteringContext | null) => void;
   reject: (e: unknown) => void;
   late: boolean;
-  /** Given the store's longer open timeout (its user's database was still opening at the deadline). */
-  opening: boolean;
+  /** Given the store's longer timeout (`UsageStore.waitTimeoutMs`) at its deadline. */
+  extended: boolean;
 }
 
 const isThenable = <T>(v: unknown): v is PromiseLike<T> =>
@@ -83,8 +83,10 @@ export class UsageEnforcer {
   private readonly periods = new PeriodClock();
   /** Admissions waiting for the store, oldest first, and the timer that expires them. */
   private readonly waiting = new Set<Waiter>();
-  /** Admissions past `enforcementTimeoutMs` whose user's database is opening, oldest first. */
-  private readonly opening = new Set<Waiter>();
+  /** Admissions past `enforcementTimeoutMs` that the store is still working for, oldest first. */
+  private readonly extended = new Set<Waiter>();
+  /** Admissions past their deadline, decided in the check phase after the event loop has polled (`expireDue`). */
+  private due = new Set<Waiter>();
   private ticker: NodeJS.Timeout | undefined;
 
   /** @internal Nest injects these. */
@@ -236,10 +238,12 @@ export class UsageEnforcer {
   }
 
   /**
-   * Waits for the store until `enforcementTimeoutMs`, or, for an admission whose user's database is still
-   * opening then (`UsageStore.openTimeoutMs`), until the store's open timeout. One interval timer serves every
+   * Waits for the store until `enforcementTimeoutMs`, or, for an admission the store is still working for
+   * then (`UsageStore.waitTimeoutMs`: its user's database opening, or in line behind a burst's statements),
+   * until the store's longer timeout. One interval timer serves every
    * admission waiting (their deadlines expire in the order they were made), instead of a timer set and
-   * cleared per request; a late admission is rejected within a fifth of the timeout after its deadline.
+   * cleared per request; a late admission is rejected within a fifth of the timeout after its deadline, once
+   * the event loop has read what arrived meanwhile (`expireDue`).
    */
   private withTimeout(p: PromiseLike<ReserveResult>, admission: Admission): Promise<MeteringContext | null> {
     return new Promise((resolve, reject) => {
@@ -249,13 +253,10 @@ export class UsageEnforcer {
         resolve,
         reject,
         late: false,
-        opening: false,
+        extended: false,
       };
       this.waiting.add(waiter);
-      this.ticker ??= setInterval(
-        () => this.expireWaiters(),
-        Math.max(5, this.options.enforcementTimeoutMs / 5),
-      );
+      this.startTicker();
       p.then(
         (r) => this.answered(waiter, r),
         (e: unknown) => {
@@ -292,35 +293,61 @@ export class UsageEnforcer {
   }
 
   private stopWaiting(waiter: Waiter): void {
-    (waiter.opening ? this.opening : this.waiting).delete(waiter);
+    if (!(waiter.extended ? this.extended : this.waiting).delete(waiter)) this.due.delete(waiter);
   }
 
+  private startTicker(): void {
+    this.ticker ??= setInterval(
+      () => this.expireWaiters(),
+      Math.max(5, this.options.enforcementTimeoutMs / 5),
+    );
+  }
+
+  /**
+   * Takes the admissions past their deadline aside, to be decided in this turn's check phase: timers run
+   * before the event loop polls, so after the loop was busy (a burst of requests being parsed) an answer
+   * that came in time may be waiting, unread, on a socket or a finished thread-pool task.
+   */
   private expireWaiters(): void {
     const now = Date.now();
-    for (const w of this.waiting) {
-      if (w.deadline > now) break; // the rest were made later
-      this.waiting.delete(w);
-      // A first request of a user (since start-up) waits for the database to open, behind other users'
-      // opens in a burst: the store's open timeout bounds it. Every admission here has the same extension,
-      // so this set stays in deadline order too.
-      const openTimeoutMs = this.store.openTimeoutMs?.(w.admission.req.userId);
-      if (openTimeoutMs !== undefined && openTimeoutMs > this.options.enforcementTimeoutMs) {
-        w.deadline += openTimeoutMs - this.options.enforcementTimeoutMs;
-        w.opening = true;
-        this.opening.add(w);
-        continue;
+    const dueBefore = this.due.size;
+    for (const set of [this.waiting, this.extended]) {
+      for (const w of set) {
+        if (w.deadline > now) break; // the rest were made later
+        set.delete(w);
+        this.due.add(w);
       }
-      this.expire(w);
     }
-    for (const w of this.opening) {
-      if (w.deadline > now) break;
-      this.opening.delete(w);
-      this.expire(w);
-    }
-    if (this.waiting.size === 0 && this.opening.size === 0) {
+    if (this.due.size > 0 && dueBefore === 0) setImmediate(() => this.expireDue());
+    if (this.waiting.size === 0 && this.extended.size === 0) {
       clearInterval(this.ticker);
       this.ticker = undefined;
     }
+  }
+
+  /**
+   * The admissions still unanswered past their deadline: each waits on until the store's longer timeout when
+   * the store is still working for it (`waitTimeoutMs`: a first request waiting for its user's database to
+   * open, or one in line behind a burst's statements), else gets its 503. A store gives every admission the
+   * same extension, so `extended` stays in deadline order too.
+   */
+  private expireDue(): void {
+    const due = this.due;
+    this.due = new Set();
+    for (const w of due) {
+      if (!w.extended) {
+        const since = w.deadline - this.options.enforcementTimeoutMs;
+        const waitMs = this.store.waitTimeoutMs?.(w.admission.req.userId, since);
+        if (waitMs !== undefined && waitMs > this.options.enforcementTimeoutMs) {
+          w.deadline += waitMs - this.options.enforcementTimeoutMs;
+          w.extended = true;
+          this.extended.add(w);
+          continue;
+        }
+      }
+      this.expire(w);
+    }
+    if (this.extended.size > 0) this.startTicker();
   }
 
   private expire(waiter: Waiter): void {

@@ -291,12 +291,14 @@ export interface UsageStore {
   init?(): Promise<void>;
   reserve(request: ReserveRequest): ReserveResult | Promise<ReserveResult>;
   /**
-   * When the user's storage is being opened now (their first request since start-up, queued behind other
-   * users' opens in a burst), how long in all an admission may wait for it, in ms, instead of the
-   * enforcement timeout; `undefined` when it is not. Asked only of an admission that reached the enforcement
-   * timeout.
+   * How long in all (ms) an admission may wait, instead of the enforcement timeout, while the store is
+   * working for it rather than stalled; `undefined` when it is stalled (the admission gets its 503). The
+   * per-user store answers while the user's database is opening (a first request since start-up, behind
+   * other users' opens in a burst); the shared store while its statements keep going to the database (the
+   * admission is in line behind a burst's). `since`: when the admission began (`Date.now()`). Asked only of
+   * an admission that reached the enforcement timeout, never on the request path.
    */
-  openTimeoutMs?(userId: string): number | undefined;
+  waitTimeoutMs?(userId: string, since: number): number | undefined;
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult>;
   /** Returns an unused reservation without charging (e.g. the handler never ran). */
   release(reservation: Reservation): void | Promise<void>;

@@ -191,6 +191,8 @@ export class SharedPostgresStore implements UsageStore {
   private listener: ListeningClient | undefined;
   private relisten: NodeJS.Timeout | undefined;
   private closing = false;
+  /** When each admission statement in flight (a reservation batch, a lease take) was sent (`Date.now()`). */
+  private readonly admissionsSentAt = new Set<{ at: number }>();
 
   constructor(
     private readonly options: ResolvedSharedStorage,
@@ -271,6 +273,31 @@ export class SharedPostgresStore implements UsageStore {
     this.leases?.start(this.clock);
   }
 
+  /**
+   * `queueTimeoutMs` for an admission in line rather than stalled. Stalled: an admission statement has been
+   * in flight about as long as the admission has waited (nine tenths of it: the rest is the turn it was
+   * queued in), so the database has not answered in all that time. In line: the statements in flight were
+   * sent later (it waited behind earlier ones, which answered: each batch goes once the one before it has),
+   * or none is in flight (it is queued behind this process's own backlog, e.g. a burst being parsed).
+   */
+  waitTimeoutMs(_userId: string, since: number): number | undefined {
+    const now = Date.now();
+    const waited = now - since;
+    for (const sent of this.admissionsSentAt) if (now - sent.at >= waited * 0.9) return undefined;
+    return this.options.queueTimeoutMs;
+  }
+
+  /** Runs an admission statement, known to `waitTimeoutMs` while it is in flight. */
+  private async admitting<T>(statement: () => Promise<T>): Promise<T> {
+    const sent = { at: Date.now() };
+    this.admissionsSentAt.add(sent);
+    try {
+      return await statement();
+    } finally {
+      this.admissionsSentAt.delete(sent);
+    }
+  }
+
   async reserve(req: ReserveRequest): Promise<ReserveResult> {
     const { charges } = req;
     if (this.leases && charges.length > 0) {
@@ -318,9 +345,11 @@ export class SharedPostgresStore implements UsageStore {
   private async reserveBatch(items: ReserveItem[]): Promise<ReserveRow[]> {
     try {
       const now = Math.max(...items.map((i) => i.now));
-      const { rows } = await this.pool.query<ReserveRow>(
-        { name: 'usage_reserve_batch', text: SQL.RESERVE_BATCH },
-        [now, JSON.stringify(items)],
+      const { rows } = await this.admitting(() =>
+        this.pool.query<ReserveRow>({ name: 'usage_reserve_batch', text: SQL.RESERVE_BATCH }, [
+          now,
+          JSON.stringify(items),
+        ]),
       );
       const byId = new Map(rows.map((r) => [r.o_id, r]));
       return items.map((i) => byId.get(i.id) ?? { o_id: i.id, o_pass: false, o_state: null });
@@ -477,9 +506,11 @@ export class SharedPostgresStore implements UsageStore {
     headroom: number,
   ): Promise<Map<string, number>> {
     try {
-      const { rows } = await this.pool.query<{ o_id: string; o_amount: string | number }>(
-        { name: 'usage_take_leases', text: SQL.TAKE_LEASES },
-        [now, headroom, JSON.stringify(items, (k, v: unknown) => (k === 'at' ? undefined : v))],
+      const { rows } = await this.admitting(() =>
+        this.pool.query<{ o_id: string; o_amount: string | number }>(
+          { name: 'usage_take_leases', text: SQL.TAKE_LEASES },
+          [now, headroom, JSON.stringify(items, (k, v: unknown) => (k === 'at' ? undefined : v))],
+        ),
       );
       return new Map(rows.map((r) => [r.o_id, Number(r.o_amount)]));
     } catch (e) {

@@ -28,6 +28,16 @@ export interface SharedStorageOptions {
    */
   timeouts?: { connectMs?: number; statementMs?: number; lockMs?: number };
   /**
+   * How long a request may wait in line behind the database's other statements before the guard answers 503,
+   * while the store keeps sending them (the database is answering): a burst, such as many users' first
+   * requests on a cold instance (each takes its user's first leases), queues up behind a few statements of
+   * tens of milliseconds each. A request whose statement is in flight while none has been sent since it
+   * began (a stalled database) still gets its 503 at `enforcementTimeoutMs`; a value below that changes
+   * nothing.
+   * @default 5000
+   */
+  queueTimeoutMs?: number;
+  /**
    * A reservation not settled after this long (its instance died mid-request) is released by a sweeper.
    * @default 900000 (15 minutes)
    */
@@ -84,6 +94,7 @@ export interface ResolvedSharedStorage {
   connectMs: number;
   statementMs: number;
   lockMs: number;
+  queueTimeoutMs: number;
   reservationTtlMs: number;
   durableIntent: boolean;
   /** Null when leases are off. */

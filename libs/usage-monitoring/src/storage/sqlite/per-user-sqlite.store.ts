@@ -234,7 +234,7 @@ export class PerUserSqliteStore implements UsageStore {
   }
 
   /** `openTimeoutMs` while the user's database is opening: a first request waits for it, not for a commit. */
-  openTimeoutMs(userId: string): number | undefined {
+  waitTimeoutMs(userId: string): number | undefined {
     return this.cache.isOpening(userId) ? (this.options.openTimeoutMs ?? 5000) : undefined;
   }
 
