@@ -68,6 +68,7 @@ run_nest12() {
   smoke consumer-nest12 missing-driver sqlite3
   smoke consumer-nest12 run express postgres
   smoke consumer-nest12 run fastify postgres
+  smoke consumer-nest12 burst express postgres
   smoke consumer-nest12-sqlite3 run express sqlite
   smoke consumer-nest12-sqlite3 run fastify sqlite
   smoke consumer-nest12-sqlite3 burst fastify

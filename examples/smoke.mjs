@@ -2,7 +2,7 @@
 // folder after `npm run build`, so that `sqlite3` and `pg` resolve from the app's own node_modules:
 //
 //   node smoke.mjs run <express|fastify> <sqlite|postgres>
-//   node smoke.mjs burst <express|fastify>
+//   node smoke.mjs burst <express|fastify> [sqlite|postgres]
 //   node smoke.mjs missing-driver sqlite3
 //
 // `run` starts a fake OpenAI upstream on 127.0.0.1 and the app against it, calls the app's
@@ -13,7 +13,8 @@
 // POST /v1/summaries (UsageMeter.run in a service); GET /health/usage;
 // the metrics the library recorded into the app's globally registered OpenTelemetry SDK (Prometheus);
 // after a graceful stop, one ledger row per call with the upstream's token counts. `burst` sends 200 users' first
-// requests at once (per-user SQLite, the default options): every one 200, one file each. `missing-driver`
+// requests at once (per-user SQLite, the default options): every one 200, one file each; with `postgres`, 1,000
+// users' on a cold instance of the shared store: every one 200, one ledger row each. `missing-driver`
 // checks that start-up fails, naming the package to install.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -31,7 +32,7 @@ const [mode, ...args] = process.argv.slice(2);
 const name = `${basename(process.cwd())}: ${mode} ${args.join(' ')}`;
 try {
   if (mode === 'run') await run(args[0], args[1]);
-  else if (mode === 'burst') await burst(args[0]);
+  else if (mode === 'burst') await burst(args[0], args[1] ?? 'sqlite');
   else if (mode === 'missing-driver') await missingDriver(args[0]);
   else throw new Error(`unknown mode ${mode}`);
   console.log(`ok   ${name}`);
@@ -246,19 +247,22 @@ async function run(adapter, storage) {
   }
 }
 
-async function burst(adapter) {
+async function burst(adapter, storage) {
   const upstream = await fakeOpenAi();
+  const db = storage === 'postgres' ? await freshDatabase() : undefined;
   const dataDir = mkdtempSync(join(tmpdir(), 'usage-smoke-'));
   const app = await startApp({
     HTTP_ADAPTER: adapter,
     OPENAI_BASE_URL: `${upstream.url}/v1`,
     METRICS_PORT: String(await freePort()),
-    USAGE_DATA_DIR: dataDir,
+    ...(db ? { USAGE_DATABASE_URL: db.url } : { USAGE_DATA_DIR: dataDir }),
   });
+  // SQLite: each new user's file is created and opened in turn; the last ones wait far past the 250 ms
+  // enforcement timeout, within the open timeout. PostgreSQL: a cold instance's first requests wait in line
+  // behind the statements taking each user's first quota, within the queue timeout.
+  const n = db ? 1000 : 200;
   try {
-    // Each new user's file is created and opened in turn; the last ones wait far past the 250 ms
-    // enforcement timeout, within the open timeout.
-    const users = Array.from({ length: 200 }, (_, i) => `burst-${adapter}-${i}`);
+    const users = Array.from({ length: n }, (_, i) => `burst-${adapter}-${i}`);
     const statuses = await Promise.all(
       users.map((user) =>
         fetch(`${app.url}/v1/chat/completions`, {
@@ -269,13 +273,18 @@ async function burst(adapter) {
       ),
     );
     assert.deepEqual(statuses.filter((s) => s !== 200), [], 'every first request is admitted');
-    assert.equal(upstream.calls(), 200);
+    assert.equal(upstream.calls(), n);
     assert.ok(['0', 'SIGTERM'].includes(String(await app.stop())), 'graceful stop');
-    const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
-    assert.equal(files.length, 200, 'one file per user');
+    if (db) {
+      assert.equal((await db.rows()).length, n, 'one ledger row per user');
+    } else {
+      const files = readdirSync(dataDir).filter((f) => f.endsWith('.sqlite') && !f.startsWith('.'));
+      assert.equal(files.length, n, 'one file per user');
+    }
   } finally {
     await app.stop();
     upstream.close();
+    await db?.drop();
     rmSync(dataDir, { recursive: true, force: true });
   }
 }
