@@ -193,6 +193,8 @@ export class SharedPostgresStore implements UsageStore {
   private closing = false;
   /** When each admission statement in flight (a reservation batch, a lease take) was sent (`Date.now()`). */
   private readonly admissionsSentAt = new Set<{ at: number }>();
+  /** When an admission statement last answered (`Date.now()`). */
+  private lastAdmissionAnswerAt = 0;
 
   constructor(
     private readonly options: ResolvedSharedStorage,
@@ -276,14 +278,17 @@ export class SharedPostgresStore implements UsageStore {
   /**
    * `queueTimeoutMs` for an admission in line rather than stalled. Stalled: an admission statement has been
    * in flight about as long as the admission has waited (nine tenths of it: the rest is the turn it was
-   * queued in), so the database has not answered in all that time. In line: the statements in flight were
-   * sent later (it waited behind earlier ones, which answered: each batch goes once the one before it has),
-   * or none is in flight (it is queued behind this process's own backlog, e.g. a burst being parsed).
+   * queued in) and no admission statement answered meanwhile: the database has not answered in all that
+   * time. In line: the statements in flight were sent later (it waited behind earlier ones, which answered:
+   * each batch goes once the one before it has), others answered meanwhile (the reservation and lease
+   * batches take turns), or none is in flight (it is queued behind this process's own backlog, e.g. a burst
+   * being parsed).
    */
   waitTimeoutMs(_userId: string, since: number): number | undefined {
     const now = Date.now();
-    const waited = now - since;
-    for (const sent of this.admissionsSentAt) if (now - sent.at >= waited * 0.9) return undefined;
+    const quiet = (now - since) * 0.9;
+    if (now - this.lastAdmissionAnswerAt < quiet) return this.options.queueTimeoutMs;
+    for (const sent of this.admissionsSentAt) if (now - sent.at >= quiet) return undefined;
     return this.options.queueTimeoutMs;
   }
 
@@ -292,7 +297,9 @@ export class SharedPostgresStore implements UsageStore {
     const sent = { at: Date.now() };
     this.admissionsSentAt.add(sent);
     try {
-      return await statement();
+      const answer = await statement();
+      this.lastAdmissionAnswerAt = Date.now();
+      return answer;
     } finally {
       this.admissionsSentAt.delete(sent);
     }

@@ -31,8 +31,8 @@ export interface SharedStorageOptions {
    * How long a request may wait in line behind the database's other statements before the guard answers 503,
    * while the store keeps sending them (the database is answering): a burst, such as many users' first
    * requests on a cold instance (each takes its user's first leases), queues up behind a few statements of
-   * tens of milliseconds each. A request whose statement is in flight while none has been sent since it
-   * began (a stalled database) still gets its 503 at `enforcementTimeoutMs`; a value below that changes
+   * tens of milliseconds each. A request that has waited its whole `enforcementTimeoutMs` while a statement
+   * was in flight and none answered (a stalled database) still gets its 503 then; a value below that changes
    * nothing.
    * @default 5000
    */
