@@ -126,6 +126,71 @@ describePostgres(
       },
     );
 
+    it('a database that stops answering while a burst is in line: the requests in line get 503 while it is silent, not after the queue timeout', async () => {
+      const schema = await createSchema();
+      // Leases off: every request one reservation statement, 256 to a batch, one batch after another.
+      // Lock and statement timeouts of 20 s: the locked statements never fail while the test looks.
+      const server = await spawnServer({
+        USAGE_TEST_SCHEMA: schema,
+        USAGE_TEST_LEASES: 'false',
+        USAGE_TEST_LOCK_MS: '20000',
+      });
+      const agent = new Agent({ keepAlive: true, maxSockets: 1500 });
+      const locker = new Client({ ...PG, options: `-c search_path=${schema}` });
+      const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+      const counters = async () =>
+        (await sql<{ n: number }>(schema, 'SELECT COUNT(*) AS n FROM usage_counters'))[0].n;
+      try {
+        await locker.connect();
+        const done: { status: number; at: number }[] = [];
+        const burst = Promise.all(
+          Array.from({ length: 1500 }, (_, i) =>
+            postStatus(`${server.url}${URL_PATH}`, agent, `plan=hundred;line-${i}`).then((status) =>
+              done.push({ status, at: Date.now() }),
+            ),
+          ),
+        );
+        // A slow database first: the counters locked 80 ms of every 100, so a batch answers about every
+        // 100 ms. The line moves, and every request in it has its first look at the enforcement timeout
+        // (and is given the queue timeout) before two batches (512 users, 3 counters each) are through.
+        while ((await counters()) < 2 * 256 * 3) {
+          await locker.query('BEGIN');
+          await locker.query('LOCK TABLE usage_counters IN ACCESS EXCLUSIVE MODE');
+          await sleep(80);
+          await locker.query('ROLLBACK');
+          await sleep(20);
+        }
+        // Then silent. Admitted so far: a reservation row until settled, then a ledger row; the lock waits
+        // for the batch in flight, so at most one more batch (256) is admitted before it.
+        const [{ n: admitted }] = await sql<{ n: number }>(
+          schema,
+          'SELECT (SELECT COUNT(*) FROM usage_reservations) + (SELECT COUNT(*) FROM usage_events) AS n',
+        );
+        await locker.query('BEGIN');
+        await locker.query('LOCK TABLE usage_counters IN ACCESS EXCLUSIVE MODE');
+        const lockedAt = Date.now();
+        await sleep(2_500);
+        const unlockedAt = Date.now();
+        await locker.query('ROLLBACK');
+        await burst;
+        // Those in line get 503 while nothing answers; admitted ones wait for their ledger rows' commit, made
+        // once the lock goes. With one look at the enforcement timeout only, those in line, already given the
+        // 5 s queue timeout, waited through the silence and were admitted once the lock went (every one of
+        // 1,500 got 200 in a run of that version).
+        const refused = done.filter((d) => d.status === 503);
+        expect(admitted).toBeLessThan(1000);
+        expect(done.filter((d) => d.status !== 200 && d.status !== 503)).toEqual([]);
+        expect(refused.length).toBeGreaterThanOrEqual(1500 - admitted - 256);
+        expect(refused.filter((d) => d.at < lockedAt || d.at >= unlockedAt)).toEqual([]);
+      } finally {
+        await locker.query('ROLLBACK').catch(() => undefined);
+        await locker.end();
+        agent.destroy();
+        await server.stop('SIGKILL');
+        await dropSchema(schema);
+      }
+    });
+
     it('refuses a bad queue timeout at start-up, naming the option', async () => {
       const build = (queueTimeoutMs: unknown) =>
         Test.createTestingModule({

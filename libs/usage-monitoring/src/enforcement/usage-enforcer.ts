@@ -55,12 +55,17 @@ interface Admission {
 
 /** An admission waiting for the store (`withTimeout`). */
 interface Waiter {
+  /** When it is next looked at (`Date.now()`): its 503, unless the store is still working for it. */
   deadline: number;
+  /** Since when the store's progress is asked about at the deadline: the admission's start, then an interval before the last look. */
+  since: number;
+  /** Once extended: when it gets its 503 at the latest (its start plus the store's `waitTimeoutMs`). */
+  limit: number;
   admission: Admission;
   resolve: (metering: MeteringContext | null) => void;
   reject: (e: unknown) => void;
   late: boolean;
-  /** Given the store's longer timeout (`UsageStore.waitTimeoutMs`) at its deadline. */
+  /** Given the store's longer timeout (`UsageStore.waitTimeoutMs`) at a deadline. */
   extended: boolean;
 }
 
@@ -247,8 +252,11 @@ export class UsageEnforcer {
    */
   private withTimeout(p: PromiseLike<ReserveResult>, admission: Admission): Promise<MeteringContext | null> {
     return new Promise((resolve, reject) => {
+      const now = Date.now();
       const waiter: Waiter = {
-        deadline: Date.now() + this.options.enforcementTimeoutMs,
+        deadline: now + this.options.enforcementTimeoutMs,
+        since: now,
+        limit: Infinity,
         admission,
         resolve,
         reject,
@@ -304,18 +312,24 @@ export class UsageEnforcer {
   }
 
   /**
-   * Takes the admissions past their deadline aside, to be decided in this turn's check phase: timers run
-   * before the event loop polls, so after the loop was busy (a burst of requests being parsed) an answer
-   * that came in time may be waiting, unread, on a socket or a finished thread-pool task.
+   * Admissions past their deadline: each the store is still working for (`waitTimeoutMs`: a first request
+   * waiting for its user's database to open, or one in line behind a burst's statements) is looked at again
+   * one enforcement timeout later, the store asked about the last two intervals (so that one that stalls
+   * while a burst is in line fails it then, while one slow batch does not), up to its start plus the
+   * store's longer timeout. The others are asked once more in this turn's check phase (`expireDue`), and get
+   * their 503 only then: timers run before the event loop polls, so after the loop was busy (a burst of
+   * requests being parsed) an answer that came in time may be waiting, unread, on a socket.
    */
   private expireWaiters(): void {
     const now = Date.now();
     const dueBefore = this.due.size;
-    for (const set of [this.waiting, this.extended]) {
+    // Extended ones first: they began earlier, so their limits come first (`extended` stays in deadline
+    // order). One extended again goes to the end of `extended`, past every one expired now.
+    for (const set of [this.extended, this.waiting]) {
       for (const w of set) {
         if (w.deadline > now) break; // the rest were made later
         set.delete(w);
-        this.due.add(w);
+        if (!this.extend(w, now)) this.due.add(w);
       }
     }
     if (this.due.size > 0 && dueBefore === 0) setImmediate(() => this.expireDue());
@@ -325,29 +339,31 @@ export class UsageEnforcer {
     }
   }
 
-  /**
-   * The admissions still unanswered past their deadline: each waits on until the store's longer timeout when
-   * the store is still working for it (`waitTimeoutMs`: a first request waiting for its user's database to
-   * open, or one in line behind a burst's statements), else gets its 503. A store gives every admission the
-   * same extension, so `extended` stays in deadline order too.
-   */
+  /** The admissions past their deadline that the store was not working for in the timers phase: asked again, after the poll. */
   private expireDue(): void {
     const due = this.due;
     this.due = new Set();
-    for (const w of due) {
-      if (!w.extended) {
-        const since = w.deadline - this.options.enforcementTimeoutMs;
-        const waitMs = this.store.waitTimeoutMs?.(w.admission.req.userId, since);
-        if (waitMs !== undefined && waitMs > this.options.enforcementTimeoutMs) {
-          w.deadline += waitMs - this.options.enforcementTimeoutMs;
-          w.extended = true;
-          this.extended.add(w);
-          continue;
-        }
-      }
-      this.expire(w);
-    }
+    const now = Date.now();
+    for (const w of due) if (!this.extend(w, now)) this.expire(w);
     if (this.extended.size > 0) this.startTicker();
+  }
+
+  /**
+   * Gives an admission past its deadline another enforcement timeout (at most up to its limit) while the
+   * store is working for it; false when it is not, or past its limit. Deadlines set at one `now` are that
+   * plus the same interval, capped by limits in the order the admissions began: `extended` stays in order.
+   */
+  private extend(w: Waiter, now: number): boolean {
+    if (now >= w.limit) return false;
+    const interval = this.options.enforcementTimeoutMs;
+    const waitMs = this.store.waitTimeoutMs?.(w.admission.req.userId, w.since);
+    if (waitMs === undefined || waitMs <= interval) return false;
+    if (!w.extended) w.limit = w.since + waitMs;
+    w.extended = true;
+    w.since = Math.max(w.since, now - interval);
+    w.deadline = Math.min(now + interval, w.limit);
+    this.extended.add(w);
+    return true;
   }
 
   private expire(waiter: Waiter): void {

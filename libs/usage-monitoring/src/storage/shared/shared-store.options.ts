@@ -32,8 +32,9 @@ export interface SharedStorageOptions {
    * while the store keeps sending them (the database is answering): a burst, such as many users' first
    * requests on a cold instance (each takes its user's first leases), queues up behind a few statements of
    * tens of milliseconds each. A request that has waited its whole `enforcementTimeoutMs` while a statement
-   * was in flight and none answered (a stalled database) still gets its 503 then; a value below that changes
-   * nothing.
+   * was in flight and none answered (a stalled database) still gets its 503 then; one already in line gets
+   * it once no statement has answered for two enforcement timeouts. A value below `enforcementTimeoutMs`
+   * changes nothing.
    * @default 5000
    */
   queueTimeoutMs?: number;
