@@ -322,7 +322,6 @@ export class UsageEnforcer {
    */
   private expireWaiters(): void {
     const now = Date.now();
-    const dueBefore = this.due.size;
     // Extended ones first: they began earlier, so their limits come first (`extended` stays in deadline
     // order). One extended again goes to the end of `extended`, past every one expired now.
     for (const set of [this.extended, this.waiting]) {
@@ -332,7 +331,8 @@ export class UsageEnforcer {
         if (!this.extend(w, now)) this.due.add(w);
       }
     }
-    if (this.due.size > 0 && dueBefore === 0) setImmediate(() => this.expireDue());
+    // `due` is empty before this pass: the check phase after each pass takes it whole.
+    if (this.due.size > 0) setImmediate(() => this.expireDue());
     if (this.waiting.size === 0 && this.extended.size === 0) {
       clearInterval(this.ticker);
       this.ticker = undefined;

@@ -295,8 +295,9 @@ export interface UsageStore {
    * working for it rather than stalled; `undefined` when it is stalled (the admission gets its 503). The
    * per-user store answers while the user's database is opening (a first request since start-up, behind
    * other users' opens in a burst); the shared store while its statements keep going to the database (the
-   * admission is in line behind a burst's). `since`: when the admission began (`Date.now()`). Asked only of
-   * an admission that reached the enforcement timeout, never on the request path.
+   * admission is in line behind a burst's). `since` (`Date.now()`): the start of the span the store is asked
+   * about, the admission's start at its first deadline, then the last two enforcement timeouts. Asked at each
+   * deadline of an admission still waiting (every `enforcementTimeoutMs`), never on the request path.
    */
   waitTimeoutMs?(userId: string, since: number): number | undefined;
   settle(reservation: Reservation, settlement: Settlement): Promise<SettleResult>;

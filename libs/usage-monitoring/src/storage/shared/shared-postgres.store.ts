@@ -277,8 +277,8 @@ export class SharedPostgresStore implements UsageStore {
 
   /**
    * `queueTimeoutMs` for an admission in line rather than stalled. Stalled: an admission statement has been
-   * in flight about as long as the admission has waited (nine tenths of it: the rest is the turn it was
-   * queued in) and no admission statement answered meanwhile: the database has not answered in all that
+   * in flight for about the whole span since `since` (nine tenths of it: the rest is the turn the admission
+   * was queued in) and no admission statement answered in it: the database has not answered in all that
    * time. In line: the statements in flight were sent later (it waited behind earlier ones, which answered:
    * each batch goes once the one before it has), others answered meanwhile (the reservation and lease
    * batches take turns), or none is in flight (it is queued behind this process's own backlog, e.g. a burst
