@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import type { LimitCharge } from '../usage-store.interface';
-import { LeaseBook, type LeaseDatabase } from './lease-book';
+import { LeaseBook, MAX_LEASE_SCALE, type LeaseDatabase } from './lease-book';
 
 const charge = (amount: number, max = 1_000_000, metric: 'calls' | 'tokens' = 'calls'): LimitCharge => ({
   limitId: `openai:${metric}:month`,
@@ -61,14 +61,59 @@ describe('LeaseBook', () => {
     const results: boolean[] = [];
     for (let i = 0; i < 6; i++) results.push(await admitOrTake(book, `r${i}`, [charge(1)], 0));
     expect(results).toEqual([true, true, true, true, true, true]);
-    expect(db.asks).toBe(2); // blocks of 4 calls: requests 0–3, then 4–5
-    expect([...db.granted.values()]).toEqual([4, 4]);
+    // Blocks of 4 calls: requests 0–3, then 4–5 from the next, twice the size (the first was spent at once).
+    expect(db.asks).toBe(2);
+    expect([...db.granted.values()]).toEqual([4, 8]);
     // The first block is spent but its requests have not settled: it is not given back yet.
     await new Promise(setImmediate);
     expect(db.returned).toEqual([]);
     for (let i = 0; i < 4; i++) book.done(`r${i}`);
     await new Promise(setImmediate);
     expect(db.returned).toEqual([[...db.granted.keys()][0]]);
+  });
+
+  it('a counter spending its leases fast gets larger ones, up to MAX_LEASE_SCALE blocks; slower, the same size; after a pause, one block', async () => {
+    const db = new Ledger();
+    const book = new LeaseBook(OPTIONS, db, 60_000);
+    const sizes = () => [...db.granted.values()];
+    let n = 0;
+    // Spend each lease whole at `now`, then ask for the next.
+    const spend = async (now: number) => {
+      const before = sizes().length;
+      while (sizes().length === before)
+        expect(await admitOrTake(book, `r${n++}`, [charge(1)], now)).toBe(true);
+      return sizes()[sizes().length - 1];
+    };
+    // Spent within a quarter of holdMs (250 ms): 4, 8, 16, 32, 64 (16 × 4), then 64 again.
+    await spend(0);
+    const fast: number[] = [];
+    for (let i = 1; i <= 6; i++) fast.push(await spend(i * 10));
+    expect(fast).toEqual([8, 16, 32, 64, 64, 64]);
+    expect(MAX_LEASE_SCALE).toBe(16);
+    // The last lease (asked at 60) spent at 400, more slowly: the next is as large, not larger.
+    expect(await spend(400)).toBe(64);
+    // That one (asked at 400) is not spent before its holdMs is up: a tick retires it; the next is one block.
+    for (let i = 0; i < 10; i++) expect(book.admit('u', `s${i}`, [charge(1)], 500)).toBe(true);
+    book.tick(1_400);
+    expect(await admitOrTake(book, 'after-pause', [charge(1)], 1_400)).toBe(true);
+    expect(sizes()[sizes().length - 1]).toBe(4);
+    // A request of 5 calls: blocks are in requests' worth at its size (4 × 5), grown from the last one.
+    const size = sizes().length;
+    for (let i = 0; i < 3; i++) await admitOrTake(book, `big${i}`, [charge(1)], 1_401);
+    expect(await admitOrTake(book, 'five', [charge(5)], 1_402)).toBe(true);
+    expect(sizes().slice(size)).toEqual([2 * 4 * 5]);
+  });
+
+  it('a larger lease refused: the next ask, at once, is for one block', async () => {
+    const db = new Ledger();
+    const book = new LeaseBook(OPTIONS, db, 60_000);
+    for (let i = 0; i < 4; i++) expect(await admitOrTake(book, `r${i}`, [charge(1)], 0)).toBe(true);
+    db.refuse = true; // the counter nears its limit: the database grants no block now
+    expect(await admitOrTake(book, 'grown', [charge(1)], 1)).toBe(false); // asked 8, refused
+    db.refuse = false;
+    expect(await admitOrTake(book, 'base', [charge(1)], 2)).toBe(true); // asked 4 at once, granted
+    expect([...db.granted.values()]).toEqual([4, 0, 4]);
+    expect(db.asks).toBe(3);
   });
 
   it('after a refused ask, asks again for that counter only after holdMs', async () => {

@@ -21,6 +21,27 @@ interface Lease {
   /** It admits until then (instance clock), then is given back once `inflight` is 0. */
   until: number;
   retired: boolean;
+  /** When it was asked for (instance clock), and its size in `requests` blocks (`nextScale`). */
+  askedAt: number;
+  scale: number;
+}
+
+/**
+ * A counter that spends a lease within a quarter of `holdMs` gets one twice the size next, up to this many
+ * times `requests`: a hot user's counter at 1,500 requests a second took a 64-request lease every 43 ms,
+ * two statements each (take and give back), where one of 1,024 lasts about 0.7 s.
+ */
+export const MAX_LEASE_SCALE = 16;
+
+/**
+ * The size (in blocks of `requests`) of the next lease on a counter whose lease admitting now is `prev`
+ * (about to be retired): twice `prev`'s if it was spent within a quarter of `holdMs`, up to `MAX_LEASE_SCALE`;
+ * the same if spent more slowly; one block if there was none, it ran out of time first, or it was granted
+ * under other limits.
+ */
+function nextScale(prev: Lease | undefined, c: LimitCharge, now: number, holdMs: number): number {
+  if (!prev || !grantedUnder(prev, c) || now >= prev.until) return 1;
+  return now - prev.askedAt < holdMs / 4 ? Math.min(prev.scale * 2, MAX_LEASE_SCALE) : prev.scale;
 }
 
 interface TakeItem {
@@ -168,8 +189,9 @@ export class LeaseBook {
       if (current && now < current.until && current.remaining >= Math.max(c.amount, 1)) continue;
       if ((this.refused.get(key) ?? 0) > now) return false; // no lease here: the database decides
       // The counter's lease is spent, expired, or granted under limits that have changed since.
+      const scale = nextScale(slot, c, now, this.options.holdMs);
       if (slot) this.retire(slot);
-      const want = this.options.requests * Math.max(c.amount, 1);
+      const want = this.options.requests * Math.max(c.amount, 1) * scale;
       const item: TakeItem = {
         id: newRequestId(),
         u: userId,
@@ -198,6 +220,8 @@ export class LeaseBook {
               inflight: 0,
               until: now + this.options.holdMs,
               retired: false,
+              askedAt: now,
+              scale,
             };
             this.held.set(lease.id, lease);
             let byCounter = this.active.get(userId);
@@ -205,8 +229,10 @@ export class LeaseBook {
             const before = byCounter.get(lease.counter);
             if (before) this.retire(before);
             byCounter.set(lease.counter, lease);
-          } else {
+          } else if (scale === 1) {
             this.refused.set(key, now + this.options.holdMs);
+          } else {
+            // A larger block refused: the next ask, at once, is for one block (no lease is left to grow from).
           }
         },
         () => undefined, // the database is unavailable: the per-request path reports it

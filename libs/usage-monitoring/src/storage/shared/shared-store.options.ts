@@ -69,11 +69,15 @@ export interface SharedStorageOptions {
   leases?:
     | boolean
     | {
-        /** Requests' worth of each counter (at the current request's size) one lease takes. @default 64 */
+        /**
+         * Requests' worth of each counter (at the current request's size) one lease takes. A counter that
+         * spends its lease within a quarter of `holdMs` gets one twice as large next, up to 16 times this.
+         * @default 64
+         */
         requests?: number;
         /** A lease admits for this long after it was taken, then is given back once its requests settled. @default 1000 */
         holdMs?: number;
-        /** A lease is taken only while the counter has room for this many leases. @default 8 */
+        /** A lease is taken only while the counter has room for this many leases (of its size). @default 8 */
         headroom?: number;
       };
 }
