@@ -89,50 +89,68 @@ interface ReserveRow {
   o_state: LockedCounter[] | null;
 }
 
-/** A settlement as sent to the batch statement (`limits` and `alerts` stay here). */
 /**
  * Finds which settlement of a committed batch crossed which threshold: each counter's value before the
  * batch is its final value minus the batch's inserted amounts; walking the batch in order from there
  * gives every request's before and after.
  */
 function markAlerts(items: SettleItem[], inserted: Set<string>, counters: SettledCounter[]): void {
-  const key = (u: string, p: string, sc: string, m: string) => `${u}\u0001${p}\u0001${sc}\u0001${m}`;
-  // Thresholds are of the limit as adjusted: granted quota added, forgiven usage left out.
-  const running = new Map<string, number>();
-  const adjusted = new Map<string, SettledCounter>();
+  // Per user, the batch's counters of that user (a few), found by their fields: no key text per charge
+  // (building one per charge, twice, cost ~8 µs per request in a profile, 2026-12-07).
+  const byUser = new Map<string, RunningCounter[]>();
   for (const c of counters) {
-    const k = key(c.u, c.p, c.sc, c.m);
-    running.set(k, Number(c.used) - Number(c.forgiven ?? 0));
-    adjusted.set(k, c);
+    // Thresholds are of the limit as adjusted: granted quota added, forgiven usage left out.
+    const r = {
+      p: c.p,
+      sc: c.sc,
+      m: c.m,
+      value: Number(c.used) - Number(c.forgiven ?? 0),
+      granted: Number(c.granted ?? 0),
+    };
+    const list = byUser.get(c.u);
+    if (list) list.push(r);
+    else byUser.set(c.u, [r]);
   }
+  const find = (u: string, ch: SettleItem['charges'][number]) =>
+    byUser.get(u)?.find((r) => r.p === ch.p && r.sc === ch.sc && r.m === ch.m);
   for (const item of items) {
     if (!inserted.has(item.id)) continue;
     for (const ch of item.charges) {
-      const k = key(item.u, ch.p, ch.sc, ch.m);
-      if (running.has(k)) running.set(k, running.get(k)! - ch.act);
+      const r = find(item.u, ch);
+      if (r) r.value -= ch.act;
     }
   }
   for (const item of items) {
     if (!inserted.has(item.id)) continue;
     item.charges.forEach((ch, index) => {
-      const k = key(item.u, ch.p, ch.sc, ch.m);
-      const before = running.get(k);
-      if (before === undefined) return;
+      const r = find(item.u, ch);
+      if (!r) return;
+      const before = r.value;
       const after = before + ch.act;
-      running.set(k, after);
+      r.value = after;
       if (ch.act <= 0) return;
-      const max = item.limits[index].max + Number(adjusted.get(k)?.granted ?? 0);
+      const max = item.limits[index].max + r.granted;
       for (const threshold of crossedThresholds(before, after, max)) {
         item.alerts.push({ index, threshold, used: after, max });
       }
       const shadowMax = item.limits[index].shadowMax;
       if (shadowMax !== undefined) {
-        const limit = shadowMax + Number(adjusted.get(k)?.granted ?? 0);
+        const limit = shadowMax + r.granted;
         for (const threshold of crossedThresholds(before, after, limit))
           item.alerts.push({ index, threshold, used: after, max: limit, shadow: true });
       }
     });
   }
+}
+
+/** A counter of a settled batch, walked through the batch's settlements in order (`markAlerts`). */
+interface RunningCounter {
+  p: string;
+  sc: string;
+  m: string;
+  /** Usage less forgiven usage, before the settlement being walked. */
+  value: number;
+  granted: number;
 }
 
 /** A pool client that can LISTEN (pg's `Client`). */
