@@ -69,7 +69,8 @@ export interface LeaseDatabase {
  * exceeds what the database added to `reserved` for it; a lease goes back (its amount out of `reserved`)
  * only once every request admitted from it has settled (its usage is in `used`), so other instances
  * never see room that is really spent; a counter near its limit gets no lease (`headroom`), and after
- * one refusal none is asked for `holdMs`, so requests there go straight to the per-request statement.
+ * a refused ask for one block none is asked for `holdMs`, so requests there go straight to the per-request
+ * statement. A hot counter's leases grow (`nextScale`), each granted only with room for `headroom` of it.
  */
 export class LeaseBook {
   /**
