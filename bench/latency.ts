@@ -2,7 +2,7 @@
  * `npm run bench:latency -- [--rate R] [--rounds N] [--duration S] [--warm S] CASE...`: latency at one fixed
  * rate, as `npm run bench` measures it under its table (an open loop: request i due at i / rate, its latency
  * counted from then), for any cases (`noop`, `metered`, `metered:BENCH_INTENT=0`, … as for `bench:cpu`;
- * the chat route, one user). Each case's server starts once, is warmed (`--warm`, 3 s of autocannon), then
+ * the chat route, one user; `metered:BENCH_STORE=postgres` on a schema of its own). Each case's server starts once, is warmed (`--warm`, 3 s of autocannon), then
  * measured `--rounds` times (5) for `--duration` seconds (5) at `--rate` req/s (1,400), the cases in
  * alternating order. Prints per case the medians of p50, p99, p99.9 and the slowest request, and what the
  * server's own thread saw in the same rounds: its longest garbage collection and its event loop's delay (p99,
@@ -17,9 +17,11 @@ import type { ChildProcess } from 'node:child_process';
 import {
   chatRoundRobin,
   compile,
+  dropPgSchema,
   fixedRate,
   median,
   parseCase,
+  pgSchema,
   startServer,
   takeNumberFlag,
   gcLine,
@@ -51,13 +53,22 @@ async function main(): Promise<void> {
   compile();
   const tmp = mkdtempSync(join(tmpdir(), 'usage-latency-'));
   const servers: Server[] = [];
+  const schemas: string[] = [];
   try {
     for (const [i, spec] of CASES.entries()) {
       const { mode, env, users, rows } = parseCase(spec, 1);
       if (users !== 1 || rows !== 0)
         throw new Error(`bench:latency measures one user with an empty ledger ("${spec}")`);
+      // A PostgreSQL case gets a schema of its own, dropped at the end.
+      let schema: string | undefined;
+      if (env.BENCH_STORE === 'postgres') {
+        schema = await pgSchema(`_l${i}`);
+        if (!schema) throw new Error(`no PostgreSQL answers for "${spec}"`);
+        schemas.push(schema);
+      }
       const s = await startServer(spec, {
         ...env,
+        ...(schema ? { BENCH_SCHEMA: schema } : {}),
         BENCH_MODE: mode,
         BENCH_DATA_DIR: join(tmp, String(i)),
         BENCH_GC: '1',
@@ -97,6 +108,7 @@ async function main(): Promise<void> {
   } finally {
     for (const s of servers) s.child.kill('SIGTERM');
     await Promise.all(servers.map((s) => new Promise((resolve) => s.child.once('exit', resolve))));
+    for (const schema of schemas) await dropPgSchema(schema).catch(() => undefined);
     rmSync(tmp, { recursive: true, force: true });
   }
 }

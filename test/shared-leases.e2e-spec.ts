@@ -1,6 +1,7 @@
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
 import { UsageMonitoringModule, type Plan } from '@app/usage-monitoring';
+import type { LimitCharge } from '@app/usage-monitoring/storage/usage-store.interface';
 import { SharedPostgresStore } from '@app/usage-monitoring/storage/shared/shared-postgres.store';
 import { createTestApp, TEST_PLANS } from './utils/create-test-app';
 import { spawnServer, type ServerProcess } from './utils/spawn-server';
@@ -87,6 +88,50 @@ describePostgres('shared PostgreSQL store with per-instance leases (storage.leas
       expect(
         await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_events WHERE user_id = $1', [user]),
       ).toEqual([{ n: 200 }]);
+    } finally {
+      await t.close();
+      await dropSchema(schema);
+    }
+  });
+
+  it("requests admitted from a lease in one turn go on together, in that turn's check phase", async () => {
+    const schema = await createSchema();
+    const t = await createTestApp({
+      store: 'postgres',
+      schema,
+      usage: { plans: PLANS, enforcementTimeoutMs: 5_000 },
+      shared: { leases: { requests: 32, holdMs: 60_000 } },
+    });
+    try {
+      const store = t.probe.store as SharedPostgresStore;
+      const now = Date.now();
+      const calls: LimitCharge = {
+        limitId: 'openai:calls:month',
+        scope: 'openai',
+        metric: 'calls',
+        period: 'month',
+        periodKey: 'month:2026-12-01',
+        periodStart: Date.UTC(2026, 11, 1),
+        periodEnd: Date.UTC(2027, 0, 1),
+        max: 100_000,
+        amount: 1,
+      };
+      const reserve = (requestId: string) =>
+        store.reserve({ requestId, userId: 'in-turn', provider: 'openai', charges: [calls], now });
+      // The first takes a lease (a statement); the three after it are admitted from it in memory.
+      expect((await reserve('r0')).admitted).toBe(true);
+      const order: string[] = [];
+      const admissions = ['r1', 'r2', 'r3'].map((id) =>
+        reserve(id).then((r) => order.push(r.admitted ? id : `${id} refused`)),
+      );
+      queueMicrotask(() => order.push('microtask'));
+      setImmediate(() => order.push('check phase, queued after them'));
+      await Promise.all(admissions);
+      await new Promise((r) => setImmediate(r));
+      // Not in a microtask of the turn they were asked in, each on its own: all three, after it, together.
+      expect(order).toEqual(['microtask', 'r1', 'r2', 'r3', 'check phase, queued after them']);
+      expect(await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_leases')).toEqual([{ n: 1 }]);
+      expect(await sql(schema, 'SELECT COUNT(*)::int AS n FROM usage_reservations')).toEqual([{ n: 0 }]);
     } finally {
       await t.close();
       await dropSchema(schema);
