@@ -2,12 +2,12 @@
  * `npm run bench:latency -- [--rate R] [--rounds N] [--duration S] [--warm S] CASE...`: latency at one fixed
  * rate, as `npm run bench` measures it under its table (an open loop: request i due at i / rate, its latency
  * counted from then), for any cases (`noop`, `metered`, `metered:BENCH_INTENT=0`, … as for `bench:cpu`;
- * the chat route, one user; `metered:BENCH_STORE=postgres` on a schema of its own). Each case's server starts once, is warmed (`--warm`, 3 s of autocannon), then
- * measured `--rounds` times (5) for `--duration` seconds (5) at `--rate` req/s (1,400), the cases in
- * alternating order. Prints per case the medians of p50, p99, p99.9 and the slowest request, and what the
- * server's own thread saw in the same rounds: its longest garbage collection and its event loop's delay (p99,
- * max), so that a slow tail can be told apart as this thread's (a pause, a long task) or another's (a
- * commit waiting on SQLite's threads, the client).
+ * the chat route, one user; `metered:BENCH_STORE=postgres` on a schema of its own). Each case's server
+ * starts once, is warmed (`--warm`, 3 s of autocannon), then measured `--rounds` times (5) for `--duration`
+ * seconds (5) at `--rate` req/s (1,400), the cases in alternating order. Prints per case the medians of
+ * p50, p99, p99.9 and the slowest request, and what the server's own thread saw in the same rounds: its
+ * longest garbage collection and its event loop's delay (p99, max), so that a slow tail can be told apart
+ * as this thread's (a pause, a long task) or another's (a commit waiting on SQLite's threads, the client).
  */
 import autocannon from 'autocannon';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -105,14 +105,17 @@ describePostgres('shared PostgreSQL store with per-instance leases (storage.leas
     try {
       const store = t.probe.store as SharedPostgresStore;
       const now = Date.now();
+      // This month's window (UTC), whenever the test runs.
+      const d = new Date(now);
+      const periodStart = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1);
       const calls: LimitCharge = {
         limitId: 'openai:calls:month',
         scope: 'openai',
         metric: 'calls',
         period: 'month',
-        periodKey: 'month:2026-12-01',
-        periodStart: Date.UTC(2026, 11, 1),
-        periodEnd: Date.UTC(2027, 0, 1),
+        periodKey: `month:${new Date(periodStart).toISOString().slice(0, 10)}`,
+        periodStart,
+        periodEnd: Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1),
         max: 100_000,
         amount: 1,
       };

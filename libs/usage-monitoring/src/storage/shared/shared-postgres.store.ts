@@ -339,9 +339,7 @@ export class SharedPostgresStore implements UsageStore {
     const { charges } = req;
     if (this.leases && charges.length > 0) {
       const u = sharedUserId(req.userId);
-      // Requests that find a lease spent wait for the next one; a few rounds at most, then the database.
-      let fromLease = this.leases.admit(u, req.requestId, charges, req.now);
-      if (fromLease) {
+      if (this.leases.admit(u, req.requestId, charges, req.now)) {
         // Admitted in memory: its handler runs with the others admitted in this turn, in its check phase,
         // as durable intent's requests do on the per-user store (the host's work on a batch of requests
         // costs less per request than on each one as it arrives: docs/performance.md, "Lease admissions
@@ -349,11 +347,12 @@ export class SharedPostgresStore implements UsageStore {
         await this.endOfTurn();
         return admittedAs(req);
       }
-      for (let round = 0; !fromLease && round < 3; round++) {
+      // Requests that find a lease spent wait for the next one; a few rounds at most, then the database.
+      // (They go on when the take answers, with the others that waited for it.)
+      for (let round = 0; round < 3; round++) {
         if (!(await this.leases.take(u, charges, req.now))) break;
-        fromLease = this.leases.admit(u, req.requestId, charges, req.now);
+        if (this.leases.admit(u, req.requestId, charges, req.now)) return admittedAs(req);
       }
-      if (fromLease) return admittedAs(req);
     }
     const intent =
       this.options.durableIntent && req.interrupted
