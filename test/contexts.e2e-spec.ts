@@ -12,6 +12,7 @@ import { APP_GUARD } from '@nestjs/core';
 import { Args, GraphQLModule, Query, Resolver } from '@nestjs/graphql';
 import { ClientProxyFactory, MessagePattern, Transport, type ClientProxy } from '@nestjs/microservices';
 import { SubscribeMessage, WebSocketGateway } from '@nestjs/websockets';
+import type { AddressInfo, Server } from 'node:net';
 import { firstValueFrom } from 'rxjs';
 import { io, type Socket } from 'socket.io-client';
 import request from 'supertest';
@@ -112,7 +113,8 @@ describeStore('metering in GraphQL resolvers, WebSocket gateways and microservic
   let t: TestApp;
   let rpc: ClientProxy;
   const logger = new CapturingLogger();
-  const rpcPort = 20_000 + Math.floor(Math.random() * 20_000);
+  /** The port the microservice listens on, chosen by the system (a random pick could be a port in use). */
+  let rpcPort = 0;
 
   beforeAll(async () => {
     t = await createTestApp({
@@ -129,8 +131,12 @@ describeStore('metering in GraphQL resolvers, WebSocket gateways and microservic
       providers: [{ provide: APP_GUARD, useClass: AnyContextAuth }, AskResolver, AskGateway],
       logger: process.env.DEBUG_CONTEXTS ? new ConsoleLogger() : logger,
       beforeListen: async (app) => {
-        app.connectMicroservice({ transport: Transport.TCP, options: { host: '127.0.0.1', port: rpcPort } });
+        const microservice = app.connectMicroservice({
+          transport: Transport.TCP,
+          options: { host: '127.0.0.1', port: 0 },
+        });
         await app.startAllMicroservices();
+        rpcPort = (microservice.unwrap<Server>().address() as AddressInfo).port;
       },
     });
     rpc = ClientProxyFactory.create({
@@ -139,8 +145,8 @@ describeStore('metering in GraphQL resolvers, WebSocket gateways and microservic
     });
   });
   afterAll(async () => {
-    await rpc.close();
-    await t.close();
+    await rpc?.close();
+    await t?.close();
   });
 
   /** A socket.io client of the app's gateway, connected (with these credentials, if any). */
