@@ -124,9 +124,9 @@ describePostgres('usage_reserve_batch (PostgreSQL)', () => {
 
       // Revert to the row-per-request version of the function (and the migrations after it: leases, the
       // intent column, whose function decides the same, the alert outbox, the admin adjustments, whose
-      // function decides the same without any, and shadow limits, the same without any) and run the same
-      // batches.
-      const latest = USAGE_MIGRATIONS.slice(-6).map((m) => new m().name);
+      // function decides the same without any, shadow limits, the same without any, and the keyed plans'
+      // settings, which change no decision) and run the same batches.
+      const latest = USAGE_MIGRATIONS.slice(-7).map((m) => new m().name);
       expect(latest).toEqual([
         'UsageReserveBatchInMemory1764547200000',
         'UsageLeases1764633600000',
@@ -134,6 +134,7 @@ describePostgres('usage_reserve_batch (PostgreSQL)', () => {
         'UsageAlertOutbox1764892800000',
         'UsageAdjustments1764979200000',
         'UsageShadowLimits1765065600000',
+        'UsageKeyedPlans1765152000000',
       ]);
       for (let i = 0; i < latest.length; i++) await ds.undoLastMigration();
       for (const r of runs) expect(await outcome(ds, r.first, r.second)).toEqual(r.now);

@@ -9,6 +9,7 @@ import { UsageReservationIntent1764806400000 } from './1764806400000-usage-reser
 import { UsageAlertOutbox1764892800000 } from './1764892800000-usage-alert-outbox';
 import { UsageAdjustments1764979200000 } from './1764979200000-usage-adjustments';
 import { UsageShadowLimits1765065600000 } from './1765065600000-usage-shadow-limits';
+import { UsageKeyedPlans1765152000000 } from './1765152000000-usage-keyed-plans';
 
 /** The usage schema's migrations, oldest first. */
 export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
@@ -22,6 +23,7 @@ export const USAGE_MIGRATIONS: (new () => MigrationInterface)[] = [
   UsageAlertOutbox1764892800000,
   UsageAdjustments1764979200000,
   UsageShadowLimits1765065600000,
+  UsageKeyedPlans1765152000000,
 ];
 
 /** Name of the table TypeORM records applied usage migrations in. */

@@ -145,85 +145,20 @@ export const MIGRATION_LOCK_KEY = 0x75736167; // 'usag'
 export const RESERVE_BATCH = `SELECT o_id, o_pass, o_state FROM usage_reserve_batch($1, $2::jsonb)`;
 
 /**
- * Settles a batch in one statement: deletes the reservations, appends the ledger and request rows
- * (idempotent by request id), and moves each counter's summed amounts from `reserved` to `used` — only
- * for the reservations actually deleted and the ledger rows actually inserted, locking counters in the
- * same order as admission. The payload is read as \`json\`, not \`jsonb\`: \`json_to_recordset\` takes the text as
- * it is, where \`jsonb\` first builds its binary form: the whole statement 78 → 67 µs of PostgreSQL's CPU per row
- * (medians of six rounds of a scratch measurement, batches of 20, 2026-12-06).
+ * Settles a batch in one statement (see the `usage_settle_batch` migration): deletes the reservations, appends
+ * the ledger and request rows, and moves each counter's amounts from `reserved` to `used`.
  */
-export const SETTLE_BATCH = `
-WITH s AS (
-  SELECT * FROM json_to_recordset($1::json) AS s(id text, u text, provider text, model text, endpoint text,
-    method text, status int, it int8, ot int8, cost int8, rt int, rqb int, rsb int, ua text, ip text, se int,
-    im int, pa int, est boolean, outcome text, pk text, at int8, cit int8, cwt int8, rst int8, pv text,
-    sr text, charges json)
-),
-del AS (
-  DELETE FROM usage_reservations r USING s WHERE r.request_id = s.id RETURNING r.request_id
-),
-ev AS (
-  INSERT INTO usage_events (request_id, user_id, provider, model, endpoint, method, status_code, input_tokens,
-    output_tokens, cost_micros, response_time_ms, request_bytes, response_bytes, user_agent, ip, searches, images,
-    pages, estimated, outcome, period_key, occurred_at, cached_input_tokens, cache_write_tokens, reasoning_tokens,
-    price_version, shadow_refused)
-  SELECT id, u, provider, model, endpoint, method, status, it, ot, cost, rt, rqb, rsb, ua, ip, se, im, pa, est,
-    outcome, pk, at, cit, cwt, rst, pv, sr
-  FROM s ORDER BY id
-  ON CONFLICT (request_id) DO NOTHING
-  RETURNING request_id
-),
-rq AS (
-  INSERT INTO api_requests (request_id, user_id, provider, path, method, status_code, duration_ms, occurred_at)
-  SELECT id, u, provider, endpoint, method, status, rt, at FROM s ORDER BY id
-  ON CONFLICT (request_id) DO NOTHING
-  RETURNING 1
-),
-d AS (
-  SELECT s.u, c.p, c.sc, c.m,
-    sum(CASE WHEN s.id IN (SELECT request_id FROM ev) THEN c.act ELSE 0 END)::int8 AS used_delta,
-    sum(CASE WHEN s.id IN (SELECT request_id FROM del) THEN c.a ELSE 0 END)::int8 AS res_delta
-  FROM s CROSS JOIN LATERAL json_to_recordset(s.charges) AS c(p text, sc text, m text, a int8, act int8)
-  GROUP BY s.u, c.p, c.sc, c.m
-),
-lk AS (
-  SELECT uc.user_id, uc.period_key, uc.scope, uc.metric, d.used_delta, d.res_delta
-  FROM usage_counters uc
-  JOIN d ON uc.user_id = d.u AND uc.period_key = d.p AND uc.scope = d.sc AND uc.metric = d.m
-  ORDER BY uc.user_id, uc.period_key, uc.scope, uc.metric
-  FOR UPDATE OF uc
-),
-upd AS (
-  UPDATE usage_counters uc
-  SET used = uc.used + l.used_delta, reserved = greatest(0, uc.reserved - l.res_delta), updated_at = $2
-  FROM lk l
-  WHERE uc.user_id = l.user_id AND uc.period_key = l.period_key AND uc.scope = l.scope AND uc.metric = l.metric
-  RETURNING uc.user_id, uc.period_key, uc.scope, uc.metric, uc.used, uc.granted, uc.forgiven
-)
-SELECT (SELECT coalesce(jsonb_agg(request_id), '[]'::jsonb) FROM ev) AS inserted,
-       (SELECT count(*) FROM rq) AS requests,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object('u', user_id, 'p', period_key, 'sc', scope, 'm', metric,
-                                                     'used', used, 'granted', granted, 'forgiven', forgiven)),
-                        '[]'::jsonb) FROM upd) AS counters`;
+export const SETTLE_BATCH = `SELECT o_inserted AS inserted, o_requests AS requests, o_counters AS counters
+FROM usage_settle_batch($1::json, $2)`;
 
 /** Takes a batch of leases in one statement (see the `usage_take_leases` migration): each whole or not at all. */
 export const TAKE_LEASES = `SELECT o_id, o_amount FROM usage_take_leases($1, $2, $3::jsonb)`;
 
 /**
- * Gives leases back — those named in $1 and those expired before $2 (the sweeper's call) — deleting their
- * rows and taking their amounts out of `reserved`, only for rows still there: a lease is released once.
+ * Gives leases back — those named in $1 and those expired before $2 (the sweeper's call) — once each (see the
+ * `usage_return_leases` migration).
  */
-export const RETURN_LEASES = `
-WITH del AS (
-  DELETE FROM usage_leases WHERE lease_id = ANY($1::text[]) OR expires_at < $2
-  RETURNING user_id, period_key, scope, metric, amount
-),
-parts AS (
-  SELECT user_id, period_key, scope, metric, sum(amount)::int8 AS amount FROM del
-  GROUP BY user_id, period_key, scope, metric
-),
-${UNRESERVE_PARTS}
-SELECT (SELECT count(*) FROM del) AS released`;
+export const RETURN_LEASES = `SELECT o_released AS released FROM usage_return_leases($1::text[], $2)`;
 
 /** Creates a counter row of the current period if it is missing ($1 user … $6 now), for an admin change. */
 export const ENSURE_COUNTER = `
