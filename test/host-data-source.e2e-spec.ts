@@ -85,6 +85,28 @@ describePostgres('a DataSource the host created with TypeOrmModule', () => {
     }
   });
 
+  it('fails start-up with the same instructions when the tables exist but the latest migration has not run', async () => {
+    const schema = await createSchema();
+    const dataSource = new DataSource({
+      ...pgOptions(schema),
+      migrations: USAGE_MIGRATIONS.slice(0, -1),
+      migrationsTableName: USAGE_MIGRATIONS_TABLE,
+    });
+    await dataSource.initialize();
+    try {
+      await dataSource.runMigrations();
+      const moduleRef = await Test.createTestingModule({
+        imports: [
+          UsageMonitoringModule.forRoot({ plans: TEST_PLANS, storage: { type: 'shared', dataSource } }),
+        ],
+      }).compile();
+      await expect(moduleRef.init()).rejects.toThrow(/usage tables are missing; add USAGE_MIGRATIONS/);
+    } finally {
+      await dataSource.destroy();
+      await dropSchema(schema);
+    }
+  });
+
   it('refuses a DataSource that is not PostgreSQL, naming the option', async () => {
     const build = Test.createTestingModule({
       imports: [

@@ -5,8 +5,7 @@ import type { MigrationInterface, QueryRunner } from 'typeorm';
  * or merge join and no sequential scan, so that every counter, reservation and lease a batch touches is found
  * through its key's index, one lookup per key. The planner takes a batch's JSON for 100 rows (10,000 for the
  * charges inside its rows) where a batch has a few, and against that guess reading the whole counter table
- * into a hash looked cheaper than a lookup per key, with the table analyzed or not, until the table holds
- * about a million rows. With the 3,000 counters of 1,000 users beside it, a settle statement of one user's 26
+ * into a hash looked cheaper than a lookup per key, with the table analyzed or not. With the 3,000 counters of 1,000 users beside it, a settle statement of one user's 26
  * requests read all of them (`auto_explain`, 2026-12-07) and took 2.7 ms, against 1.0 ms before those
  * users' counters existed; `test/keyed-plans.e2e-spec.ts` counts the rows each call reads.
  */

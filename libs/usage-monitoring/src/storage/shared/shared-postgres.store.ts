@@ -264,6 +264,11 @@ export class SharedPostgresStore implements UsageStore {
     } catch {
       throw missing;
     }
+    // Settling is a function since the UsageKeyedPlans migration: without it every settlement would fail.
+    const { rows } = await this.pool.query<{ ok: boolean }>(
+      "SELECT to_regprocedure('usage_settle_batch(json, bigint)') IS NOT NULL AS ok",
+    );
+    if (!rows[0].ok) throw missing;
     // Leases came with a later migration: a database without it is swept of reservations only.
     this.leaseTable = await this.pool.query('SELECT 1 FROM usage_leases LIMIT 0').then(
       () => true,
